@@ -1,0 +1,62 @@
+# Two commands for a fresh machine: `make run` (API + Redis + one worker on the tiny default
+# checkpoint) and `make test`. Everything else here is what those two need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEVICE ?= cpu
+TLS ?= 0
+MODEL ?=
+JS_DIR := tests/e2e/js
+
+.PHONY: run test install redis js-deps tiny bench bench-model bench-api lint format
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# A private redis-server is started by the project itself; only the binary is needed.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "redis-server not found: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
+	cd $(JS_DIR) && npm install --no-audit --no-fund --silent
+	touch $@
+
+js-deps: $(JS_DIR)/node_modules/.installed
+
+run: install redis
+	$(PY) -m server.stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
+		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL))
+
+test: install redis js-deps
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+tiny: install
+	$(PY) -m model.tiny weights/tiny-64x --parallel-num 64
+	$(PY) -m model.tiny weights/tiny-16x --parallel-num 16
+
+bench: bench-model bench-api
+
+bench-model: install
+	$(PY) -m model.bench
+
+bench-api: install redis
+	$(PY) -m server.bench
+
+lint: install
+	$(VENV)/bin/ruff check server worker model tests
+	$(VENV)/bin/ruff format --check server worker model tests
+
+format: install
+	$(VENV)/bin/ruff format server worker model tests
+	$(VENV)/bin/ruff check --fix server worker model tests

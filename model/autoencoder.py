@@ -1,0 +1,194 @@
+"""The binary-token autoencoder (``ae.safetensors``): the decoder that turns a token grid into pixels.
+
+The encoder is only declared, so that the checkpoint's ``encoder.*`` keys can be checked; inference
+never builds its weights. Decoder details kept from the official code: GroupNorm(32, eps 1e-6),
+``x * sigmoid(x)``, bias-free ResBlock convolutions, an adaptive group norm whose scale is the
+*unbiased* per-channel std of the token map (eps added before the sqrt), and a 2x upsampler that is
+a convolution to 4C channels followed by depth-to-space in DCR order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+GROUPS = 32
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """``ae_config.json``: ``{"gan_decoder": false, "ddconfig": {...}}``."""
+
+    ch: int
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    z_channels: int
+    in_channels: int = 3
+    out_ch: int = 3
+    double_z: bool = False
+    gan_decoder: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> AutoencoderConfig:
+        dd = dict(raw["ddconfig"])
+        known = {"ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels", "out_ch", "double_z"}
+        config = cls(
+            **{k: (tuple(v) if k == "ch_mult" else v) for k, v in dd.items() if k in known},
+            gan_decoder=bool(raw.get("gan_decoder", False)),
+            extra={k: v for k, v in dd.items() if k not in known},
+        )
+        if config.gan_decoder:
+            raise ValueError("gan_decoder autoencoders are not used by the BitDance text-to-image checkpoints")
+        return config
+
+    @property
+    def patch_size(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(GROUPS, in_channels, eps=EPS)
+        self.norm2 = nn.GroupNorm(GROUPS, out_channels, eps=EPS)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(swish(self.norm2(h)))
+        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return h + shortcut
+
+
+def depth_to_space(x: torch.Tensor, block: int = 2) -> torch.Tensor:
+    """DCR depth-to-space: ``(B, C, H, W) -> (B, C/block², H·block, W·block)``."""
+    b, c, h, w = x.shape
+    x = x.view(b, block, block, c // block**2, h, w).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(b, c // block**2, h * block, w * block)
+
+
+class Upsampler(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depth_to_space(self.conv1(x))
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """``GroupNorm(x) * gamma(std(z)) + beta(mean(z))`` with per-channel statistics of the token map."""
+
+    def __init__(self, z_channels: int, channels: int):
+        super().__init__()
+        self.gn = nn.GroupNorm(GROUPS, channels, eps=EPS, affine=False)
+        self.gamma = nn.Linear(z_channels, channels)
+        self.beta = nn.Linear(z_channels, channels)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        flat = style.flatten(2)
+        scale = self.gamma((flat.var(dim=-1) + EPS).sqrt()).view(b, c, 1, 1)
+        bias = self.beta(flat.mean(dim=-1)).view(b, c, 1, 1)
+        return scale * self.gn(x) + bias
+
+
+class _Level(nn.Module):
+    """One resolution level (``up.N`` / ``down.N``): its ResBlocks and optional resampler."""
+
+    def __init__(self, blocks: list[ResBlock]):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+
+
+class Decoder(nn.Module):
+    """``(B, z, h, w)`` binary tokens -> ``(B, 3, 16h, 16w)`` image in about [-1, 1]."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        ch, mult, n_res, z = config.ch, config.ch_mult, config.num_res_blocks, config.z_channels
+        channels = ch * mult[-1]
+        self.conv_in = nn.Conv2d(z, channels, 3, padding=1)
+        self.mid_block = nn.ModuleList(ResBlock(channels, channels) for _ in range(n_res))
+        levels: list[_Level] = []
+        adaptive: list[AdaptiveGroupNorm] = []
+        for level in reversed(range(len(mult))):
+            out = ch * mult[level]
+            adaptive.insert(0, AdaptiveGroupNorm(z, channels))
+            blocks = []
+            for _ in range(n_res):
+                blocks.append(ResBlock(channels, out))
+                channels = out
+            up = _Level(blocks)
+            if level > 0:
+                up.upsample = Upsampler(channels)
+            levels.insert(0, up)
+        self.up = nn.ModuleList(levels)
+        self.adaptive = nn.ModuleList(adaptive)
+        self.norm_out = nn.GroupNorm(GROUPS, channels, eps=EPS)
+        self.conv_out = nn.Conv2d(channels, config.out_ch, 3, padding=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        style = tokens
+        x = self.conv_in(tokens)
+        for block in self.mid_block:
+            x = block(x)
+        for level in reversed(range(len(self.up))):
+            x = self.adaptive[level](x, style)
+            for block in self.up[level].block:
+                x = block(x)
+            if level > 0:
+                x = self.up[level].upsample(x)
+        return self.conv_out(swish(self.norm_out(x)))
+
+
+class Encoder(nn.Module):
+    """Declared for key checking only (the text-to-image pipeline never encodes images)."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        ch, mult, n_res = config.ch, config.ch_mult, config.num_res_blocks
+        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1, bias=False)
+        levels = []
+        in_mult = (1, *mult)
+        channels = ch
+        for level in range(len(mult)):
+            channels, out = ch * in_mult[level], ch * mult[level]
+            blocks = []
+            for _ in range(n_res):
+                blocks.append(ResBlock(channels, out))
+                channels = out
+            down = _Level(blocks)
+            if level < len(mult) - 1:
+                down.downsample = nn.Conv2d(out, out, 3, stride=2, padding=1)
+            levels.append(down)
+        self.down = nn.ModuleList(levels)
+        self.mid_block = nn.ModuleList(ResBlock(channels, channels) for _ in range(n_res))
+        self.norm_out = nn.GroupNorm(GROUPS, channels, eps=EPS)
+        self.conv_out = nn.Conv2d(channels, config.z_channels, 1)
+
+
+class BinaryAutoencoder(nn.Module):
+    """The whole ``ae.safetensors`` module: ``encoder.*`` and ``decoder.*``."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+
+def to_uint8_pixels(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` decoder output -> ``(B, H, W, 3)`` uint8 on the CPU, exactly as the official code."""
+    return torch.clamp(127.5 * images + 128.0, 0, 255).permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8)

@@ -1,0 +1,266 @@
+"""BitDance text-to-image inference: prompt -> LLM -> next-patch diffusion -> binary tokens -> pixels."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from model.autoencoder import to_uint8_pixels
+from model.errors import GenerationCancelled
+from model.loading import load_modules
+from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
+from model.prompts import PromptEncoder, image_prefix_tokens
+from model.resolutions import check_supported_size, supported_sizes
+from model.sampler import GuidanceLayout, NoiseSource, euler_maruyama, uses_guidance
+
+ProgressCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt's share of a batch: its own seed, guidance scale and image count."""
+
+    prompt: str
+    seed: int | None = None
+    guidance_scale: float = 7.5
+    num_images: int = 1
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage in the last call (filled when ``pipe.profile`` is on)."""
+
+    llm: float = 0.0
+    head: float = 0.0
+    decoder: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class BitDancePipeline:
+    """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`."""
+
+    def __init__(self, modules, prompts: PromptEncoder, device: torch.device, dtype: torch.dtype):
+        from model.llm import PatchDecoder
+
+        self.device, self.dtype = device, dtype
+        self.prompts = prompts
+        self.llm_config = modules.llm_config
+        self.decoder_net = modules.decoder
+        self.head = modules.head
+        self.projector = modules.projector
+        self.backbone = modules.backbone
+        self.patch_decoder = PatchDecoder(modules.backbone)
+        self.parallel_num = modules.head.config.parallel_num
+        self.patch = int(round(self.parallel_num**0.5))
+        self.token_size = modules.ae_config.patch_size
+        self.token_bits = modules.ae_config.z_channels
+        self.position_table = sincos_table(self.llm_config.hidden_size // 2).to(device)
+        self.profile = False
+        self.last_times = StageTimes()
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> BitDancePipeline:
+        """Load a checkpoint directory in the native BitDance layout (nothing is fetched from a hub).
+
+        Args:
+            path: directory with ``config.json``, ``model.safetensors``, the tokenizer files,
+                ``ae_config.json`` + ``ae.safetensors``, ``vision_head_config.json`` +
+                ``vision_head.safetensors`` and ``projector.safetensors``.
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            dtype: weight dtype; default bfloat16 on CUDA (run under bf16 autocast, as upstream)
+                and float32 on the CPU.
+        """
+        device = torch.device(device)
+        dtype = dtype or default_dtype(device)
+        prompts = PromptEncoder.from_directory(path)
+        return cls(load_modules(path, device, dtype), prompts, device, dtype)
+
+    def supported_sizes(self) -> tuple[tuple[int, int], ...]:
+        """``(height, width)`` sizes this checkpoint generates."""
+        return supported_sizes(self.parallel_num)
+
+    def generate(
+        self,
+        prompt: str,
+        height: int,
+        width: int,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = None,
+        num_images: int = 1,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> list[Image.Image]:
+        """Generate ``num_images`` images for one prompt.
+
+        Args:
+            prompt: the text prompt.
+            height, width: output size in pixels; one of :meth:`supported_sizes` (else ``ValueError``).
+            num_inference_steps: Euler–Maruyama steps of the diffusion head per patch.
+            guidance_scale: classifier-free guidance scale; guidance is off at or below 1.
+            seed: seeds this request's own ``torch.Generator``; ``None`` draws a random seed.
+                With the same weights the images equal the official pipeline's for that seed.
+            num_images: images generated for the prompt.
+            progress: ``progress(step, total)`` after each decoding step.
+            should_stop: checked before each decoding step; ``True`` raises :class:`GenerationCancelled`.
+        """
+        request = GenerationRequest(prompt, seed, guidance_scale, num_images)
+        return self.generate_batch([request], height, width, num_inference_steps, progress, should_stop)[0]
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        height: int,
+        width: int,
+        num_inference_steps: int = 25,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> list[list[Image.Image]]:
+        """Generate several requests of one size and step count in one pass through the LLM and the head.
+
+        Each request keeps its own prompt, seed, guidance scale and image count, and gets exactly
+        the images it would get alone. Returns one list of images per request, in order.
+        """
+        # 1. Check inputs
+        self.check_inputs(requests, height, width, num_inference_steps)
+        tokens = self.sample_tokens(requests, height, width, num_inference_steps, progress, should_stop)
+        # 6. Decode the token grids to pixels, one image at a time (batch-independent results)
+        started = self._clock()
+        pixels = [self.decode(tokens[i : i + 1], height, width) for i in range(tokens.shape[0])]
+        self.last_times.decoder = self._clock() - started
+        images = [Image.fromarray(p[0].numpy()) for p in pixels]
+        out, start = [], 0
+        for request in requests:
+            out.append(images[start : start + request.num_images])
+            start += request.num_images
+        return out
+
+    def check_inputs(
+        self, requests: Sequence[GenerationRequest], height: int, width: int, num_inference_steps: int
+    ) -> None:
+        if not requests:
+            raise ValueError("at least one request is needed")
+        check_supported_size(height, width, self.parallel_num)
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        for request in requests:
+            if not isinstance(request.prompt, str):
+                raise ValueError(f"prompt must be a string, got {type(request.prompt).__name__}")
+            if not isinstance(request.num_images, int) or request.num_images < 1:
+                raise ValueError(f"num_images must be a positive integer, got {request.num_images!r}")
+            if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+                raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {request.seed}")
+
+    @torch.inference_mode()
+    def sample_tokens(
+        self,
+        requests: Sequence[GenerationRequest],
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> torch.Tensor:
+        """The binary token sequences ``(images, N, 32)`` in decoding order, values in {-1, +1}."""
+        self.last_times = StageTimes()
+        grid_h, grid_w = height // self.token_size, width // self.token_size
+        num_patches = grid_h * grid_w // self.parallel_num
+        layout = GuidanceLayout.build(
+            [r.num_images for r in requests], [r.guidance_scale for r in requests], self.device
+        )
+        generators = [torch.Generator().manual_seed(self._seed(r)) for r in requests]
+        noise = NoiseSource(generators, layout.images_per_request, (self.parallel_num, self.token_bits), self.device)
+        positions = patch_major_embedding(self.position_table, grid_h, grid_w, self.patch)
+        with self._autocast():
+            # 2. Prefill every row (cond, then uncond when guided, per request) with the image prefix
+            started = self._clock()
+            hidden, state = self._prefill(requests, grid_h, grid_w)
+            self.last_times.llm += self._clock() - started
+            patches = []
+            for step in range(num_patches):
+                if should_stop is not None and should_stop():
+                    raise GenerationCancelled(f"stopped before decoding step {step + 1} of {num_patches}")
+                position = positions[step * self.parallel_num : (step + 1) * self.parallel_num]
+                # 3. Sample the next patch with the diffusion head, then binarize
+                started = self._clock()
+                sample = self._sample_patch(hidden + position, layout, noise, num_inference_steps)
+                patch_tokens = torch.sign(sample)
+                patches.append(patch_tokens)
+                self.last_times.head += self._clock() - started
+                # 4. Feed the patch back (skipped after the last one: its output would be unused)
+                if step + 1 < num_patches:
+                    started = self._clock()
+                    rows = patch_tokens.index_select(0, layout.expand_index)
+                    fed = self.projector(rows) + position
+                    hidden = self.patch_decoder.step(fed, state)
+                    self.last_times.llm += self._clock() - started
+                # 5. Report progress once per decoding step
+                if progress is not None:
+                    progress(step + 1, num_patches)
+        return torch.cat(patches, dim=1)
+
+    def _seed(self, request: GenerationRequest) -> int:
+        return request.seed if request.seed is not None else secrets.randbelow(2**31)
+
+    def _prefill(self, requests: Sequence[GenerationRequest], grid_h: int, grid_w: int):
+        prefix = self.prompts.special_ids(image_prefix_tokens(grid_h, grid_w, self.parallel_num))
+        rows: list[list[int]] = []
+        for request in requests:
+            branches = [self.prompts.conditional_ids(request.prompt)]
+            if uses_guidance(request.guidance_scale):
+                branches.append(self.prompts.unconditional_ids())
+            for ids in branches:
+                rows.extend([ids + prefix] * request.num_images)
+        length = max(len(r) for r in rows)
+        padding = [length - len(r) for r in rows]
+        ids = torch.tensor([[0] * pad + r for pad, r in zip(padding, rows)], dtype=torch.long, device=self.device)
+        return self.patch_decoder.prefill(self.patch_decoder.embed(ids), padding, self.parallel_num)
+
+    def _sample_patch(
+        self, condition: torch.Tensor, layout: GuidanceLayout, noise: NoiseSource, num_steps: int
+    ) -> torch.Tensor:
+        """Run the head's sampler on ``condition (rows, P, hidden)``; returns ``(images, P, 32)``."""
+        net = self.head.net
+        cond_features = net.cond_embed(condition)
+        sizes = layout.rows_per_request()
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # The time embedding of each request is computed over that request's own rows, the
+            # shape the official sampler uses, so a request's numbers never depend on its batch.
+            by_size = {n: net.time_embed(t.expand(n)) for n in set(sizes)}
+            time_features = torch.cat([by_size[n] for n in sizes]).unsqueeze(1)
+            return net.denoise(x, time_features, cond_features)
+
+        return euler_maruyama(denoise, layout, noise, num_steps, shift=self.head.config.time_shift)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``(B, N, 32)`` tokens in decoding order -> ``(B, H, W, 3)`` uint8 pixels."""
+        grid = grid_from_tokens(tokens, height // self.token_size, width // self.token_size, self.patch)
+        with self._autocast():
+            return to_uint8_pixels(self.decoder_net(grid.to(self.dtype)))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _clock(self) -> float:
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
