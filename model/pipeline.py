@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from model.autoencoder import to_uint8_pixels
-from model.errors import GenerationCancelled
+from model.errors import CheckpointError, GenerationCancelled
 from model.loading import load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
@@ -85,6 +85,8 @@ class BitDancePipeline:
             dtype: weight dtype; default bfloat16 on CUDA (run under bf16 autocast, as upstream)
                 and float32 on the CPU.
         """
+        if not Path(path).is_dir():
+            raise CheckpointError(f"checkpoint directory {path} does not exist")
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         prompts = PromptEncoder.from_directory(path)

@@ -1,0 +1,25 @@
+"""Tiny random checkpoints written once per session, and pipelines loaded from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.pipeline import BitDancePipeline
+from model.tiny import write_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("tiny16"), parallel_num=16)
+
+
+@pytest.fixture(scope="session")
+def tiny64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("tiny64"), parallel_num=64)
+
+
+@pytest.fixture(scope="session")
+def pipe16(tiny16_dir: Path) -> BitDancePipeline:
+    return BitDancePipeline.from_pretrained(tiny16_dir)
