@@ -70,9 +70,7 @@ class BenchCase:
         out = cache_dir / f"bench-{self.name}"
         stamp = out / "bench-case.txt"
         if not stamp.is_file() or stamp.read_text() != repr(self):
-            write_checkpoint(
-                out, self.parallel_num, self.hidden, self.layers, self.head_channels, self.head_depth
-            )
+            write_checkpoint(out, self.parallel_num, self.hidden, self.layers, self.head_channels, self.head_depth)
             stamp.write_text(repr(self))
         return out
 
@@ -107,8 +105,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 def run_ours(pipe: BitDancePipeline, case: BenchCase, batch: int, steps: int | None = None) -> Timing:
     """``batch`` requests of different prompts and seeds in one ``generate_batch`` call."""
     requests = [
-        GenerationRequest(PROMPTS[i % len(PROMPTS)], seed=1000 + i, guidance_scale=GUIDANCE)
-        for i in range(batch)
+        GenerationRequest(PROMPTS[i % len(PROMPTS)], seed=1000 + i, guidance_scale=GUIDANCE) for i in range(batch)
     ]
     steps = steps or case.steps
     pipe.profile = True
@@ -138,9 +135,7 @@ def _sdpa_flash_attn() -> types.ModuleType:
 
 def import_official(repo: Path, device: torch.device) -> types.ModuleType:
     if not (repo / "modeling" / "t2i_pipeline.py").is_file():
-        raise SystemExit(
-            f"{repo} is not a checkout of shallowdream204/BitDance (no modeling/t2i_pipeline.py)"
-        )
+        raise SystemExit(f"{repo} is not a checkout of shallowdream204/BitDance (no modeling/t2i_pipeline.py)")
     if "flash_attn" not in sys.modules and importlib.util.find_spec("flash_attn") is None:
         sys.modules["flash_attn"] = _sdpa_flash_attn()
     if str(repo) not in sys.path:
@@ -277,9 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"extracted checkout of shallowdream204/BitDance (default: ${OFFICIAL_ENV})",
     )
     parser.add_argument("--cases", default="tiny,mid", help=f"comma-separated, from {sorted(CASES)}")
-    parser.add_argument(
-        "--devices", default=None, help="comma-separated (default: cpu, plus cuda if present)"
-    )
+    parser.add_argument("--devices", default=None, help="comma-separated (default: cpu, plus cuda if present)")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 8], help="batch sizes timed after 1")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved batch-1 runs per pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, num_images=args.num_images, progress=on_step,
     )  # fmt: skip
     bar.close()
-    for image, path in zip(images, output_paths(args.out, len(images))):
+    for image, path in zip(images, output_paths(args.out, len(images)), strict=True):
         image.save(path)
         print(f"wrote {path} ({image.width}x{image.height})")
     return 0

@@ -230,7 +230,8 @@ class BitDancePipeline:
                 rows.extend([ids + prefix] * request.num_images)
         length = max(len(r) for r in rows)
         padding = [length - len(r) for r in rows]
-        ids = torch.tensor([[0] * pad + r for pad, r in zip(padding, rows)], dtype=torch.long, device=self.device)
+        padded = [[0] * pad + r for pad, r in zip(padding, rows, strict=True)]
+        ids = torch.tensor(padded, dtype=torch.long, device=self.device)
         return self.patch_decoder.prefill(self.patch_decoder.embed(ids), padding, self.parallel_num)
 
     def _sample_patch(

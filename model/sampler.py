@@ -91,7 +91,7 @@ class GuidanceLayout:
         return int(self.expand_index.numel())
 
     def rows_per_request(self) -> list[int]:
-        return [n * (2 if uses_guidance(g) else 1) for n, g in zip(self.images_per_request, self.scales)]
+        return [n * (2 if uses_guidance(g) else 1) for n, g in zip(self.images_per_request, self.scales, strict=True)]
 
     def guide(self, velocity: torch.Tensor) -> torch.Tensor:
         """``u + g (c - u)`` for guided images, ``c`` for the others: ``(rows, P, C)`` -> ``(images, P, C)``."""

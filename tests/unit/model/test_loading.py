@@ -74,7 +74,8 @@ def test_sharded_weights_load_the_same(tiny16_dir: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "name", ["projector.safetensors", "ae.safetensors", "vision_head_config.json", "model.safetensors", "tokenizer.json"]
+    "name",
+    ["projector.safetensors", "ae.safetensors", "vision_head_config.json", "model.safetensors", "tokenizer.json"],
 )
 def test_missing_file_is_named(tiny16_dir: Path, tmp_path: Path, name: str) -> None:
     ckpt = copy_checkpoint(tiny16_dir, tmp_path)

@@ -35,9 +35,9 @@ def test_a_request_gets_the_same_images_alone_or_in_a_batch(pipe16: BitDancePipe
     ]
     batched = pipe16.generate_batch(requests, *SIZE, STEPS)
     assert [len(images) for images in batched] == [1, 2, 1]
-    for request, images in zip(requests, batched):
+    for request, images in zip(requests, batched, strict=True):
         alone = pipe16.generate_batch([request], *SIZE, STEPS)[0]
-        for a, b in zip(pixels(alone), pixels(images)):
+        for a, b in zip(pixels(alone), pixels(images), strict=True):
             assert np.array_equal(a, b)
 
 
