@@ -1,0 +1,169 @@
+"""Domain errors with their HTTP code and fal ``error_type``, and the one place that renders them.
+
+Routes raise; they never build error JSON. Failed requests store a ``StoredError`` (code, body,
+headers) in their record, and the result route replays it verbatim, as fal does.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-fal-request-id"
+
+
+@dataclass(frozen=True)
+class StoredError:
+    """The exact response the result route gives for a failed request."""
+
+    status_code: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        detail = self.body.get("detail")
+        return detail if isinstance(detail, str) else f"Invalid status code: {self.status_code}"
+
+    @property
+    def error_type(self) -> str:
+        return str(self.body.get("error_type") or ("validation_error" if self.status_code == 422 else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status_code": self.status_code, "body": self.body, "headers": self.headers}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredError:
+        return cls(int(data["status_code"]), dict(data["body"]), dict(data.get("headers") or {}))
+
+
+class FalError(Exception):
+    """Base of every error the API renders: ``{"detail": ..., "error_type": ...}``."""
+
+    status_code: int = 500
+    error_type: str | None = "internal_error"
+    default_detail: str = "Internal server error"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.detail = detail or self.default_detail
+        self.headers = dict(headers or {})
+        super().__init__(self.detail)
+
+    def to_stored(self) -> StoredError:
+        body: dict[str, Any] = {"detail": self.detail}
+        headers = dict(self.headers)
+        if self.error_type:
+            body["error_type"] = self.error_type
+            headers["X-Fal-Error-Type"] = self.error_type
+        return StoredError(self.status_code, body, headers)
+
+
+class BadRequestError(FalError):
+    status_code, error_type, default_detail = 400, "bad_request", "Bad request"
+
+
+class RequestInProgressError(FalError):
+    status_code, error_type, default_detail = 400, None, "Request is still in progress"
+
+
+class AuthenticationError(FalError):
+    status_code, error_type, default_detail = 401, None, "Missing or invalid credentials"
+
+
+class RequestNotFoundError(FalError):
+    status_code, error_type, default_detail = 404, None, "Request not found"
+
+
+class EndpointNotFoundError(FalError):
+    status_code, error_type, default_detail = 404, None, "Application not found"
+
+
+class FileNotFoundError_(FalError):  # noqa: N801 - avoids shadowing the builtin
+    status_code, error_type, default_detail = 404, None, "File not found"
+
+
+class PayloadTooLargeError(FalError):
+    status_code, error_type, default_detail = 413, "bad_request", "Request body too large"
+
+
+class UnsupportedMediaTypeError(FalError):
+    status_code, error_type, default_detail = 415, "bad_request", "Request body must be JSON"
+
+
+class QueueFullError(FalError):
+    status_code, error_type, default_detail = 429, "runner_scheduling_failure", "Queue is full"
+
+
+class ClientCancelledError(FalError):
+    status_code, error_type, default_detail = 499, "client_cancelled", "Request cancelled"
+
+
+class ClientDisconnectedError(FalError):
+    status_code, error_type, default_detail = 499, "client_disconnected", "Client disconnected"
+
+
+class RunnerServerError(FalError):
+    status_code, error_type, default_detail = 500, "runner_server_error", "Generation failed"
+
+
+class RunnerDisconnectedError(FalError):
+    status_code, error_type, default_detail = (
+        503,
+        "runner_disconnected",
+        "The worker running the request died",
+    )
+
+
+class ServiceUnavailableError(FalError):
+    status_code, error_type, default_detail = 503, "runner_scheduling_failure", "Service unavailable"
+
+
+class RequestTimeoutError(FalError):
+    """The request did not start before its ``x-fal-request-timeout`` deadline."""
+
+    status_code, error_type = 504, "request_timeout"
+    default_detail = "Request timed out before processing started"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"X-Fal-Request-Timeout-Type": "user", "X-Fal-Retryable": "false"})
+
+
+def request_id_of(request: Request) -> str:
+    """The id this response is about (set by the route), else a fresh one for this HTTP request."""
+    rid = getattr(request.state, "fal_request_id", None)
+    if not rid:
+        rid = str(uuid.uuid4())
+        request.state.fal_request_id = rid
+    return str(rid)
+
+
+def stored_error_response(error: StoredError, request_id: str) -> JSONResponse:
+    headers = {**error.headers, REQUEST_ID_HEADER: request_id}
+    return JSONResponse(error.body, status_code=error.status_code, headers=headers)
+
+
+async def fal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FalError)
+    return stored_error_response(exc.to_stored(), request_id_of(request))
+
+
+async def redis_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Redis down or restarting: 503, so clients retry (nothing was accepted by this call)."""
+    logger.warning("redis unavailable request_id=%s: %s", request_id_of(request), exc)
+    error = ServiceUnavailableError("Queue store unavailable, retry later")
+    return stored_error_response(error.to_stored(), request_id_of(request))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unexpected: a sanitized 500 naming the request id; the traceback is logged once."""
+    rid = request_id_of(request)
+    logger.error("unhandled error request_id=%s", rid, exc_info=exc)
+    body = {"detail": f"Internal server error (request id {rid})", "error_type": "internal_error"}
+    return JSONResponse(body, status_code=500, headers={REQUEST_ID_HEADER: rid, "X-Fal-Error-Type": "internal_error"})

@@ -1,0 +1,125 @@
+"""Lua scripts for the request state machine: each transition is one atomic Redis call.
+
+KEYS/ARGV layouts are documented per script; ``server.jobs`` is the only caller. The RQ job id of a
+request is the request id, and the RQ queue list is ``rq:queue:<queue>`` (RQ's own naming).
+"""
+
+# KEYS: rec, lease, queued, active   ARGV: rid, worker, now, lease_ms
+START = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'COMPLETED' then return 'completed' end
+if st == 'IN_PROGRESS' and redis.call('EXISTS', KEYS[2]) == 1 then return 'leased' end
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if deadline and deadline ~= '' and tonumber(ARGV[3]) > tonumber(deadline) then return 'overdue' end
+redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
+redis.call('HDEL', KEYS[1], 'lost_since')
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+return 'started'
+"""
+
+# KEYS: rec, logs, lease, queued, active, stats
+# ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome
+COMPLETE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if (not st) or st == 'COMPLETED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'inference_time', ARGV[5]) end
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('DEL', KEYS[3])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('HINCRBY', KEYS[6], 'completed:' .. ARGV[7], 1)
+return 1
+"""
+
+# Cancel (mode 'cancel') or expire a queued request past its start deadline (mode 'expire').
+# KEYS: rec, logs, queued, stats   ARGV: rid, now, error_json, ttl_s, mode, outcome
+CANCEL_QUEUED = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'COMPLETED' then return 'completed' end
+if st == 'IN_PROGRESS' then
+  if ARGV[5] == 'cancel' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+  return 'requested'
+end
+if ARGV[5] == 'expire' then
+  local deadline = redis.call('HGET', KEYS[1], 'deadline')
+  if (not deadline) or deadline == '' or tonumber(ARGV[2]) <= tonumber(deadline) then return 'pending' end
+end
+local queue = redis.call('HGET', KEYS[1], 'queue')
+redis.call('LREM', 'rq:queue:' .. queue, 0, ARGV[1])
+redis.call('DEL', 'rq:job:' .. ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2], 'error', ARGV[3])
+if ARGV[5] == 'cancel' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('HINCRBY', KEYS[4], 'completed:' .. ARGV[6], 1)
+return 'cancelled'
+"""
+
+# A request left IN_PROGRESS by a worker whose lease expired: requeue at the front once, else fail.
+# KEYS: rec, logs, lease, queued, active, stats
+# ARGV: rid, now, max_requeues, failed_error_json, cancelled_error_json, ttl_s
+RECOVER_ORPHAN = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'IN_PROGRESS' then
+  if st ~= 'IN_QUEUE' then redis.call('SREM', KEYS[5], ARGV[1]) end
+  return 'skip'
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'alive' end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local outcome = nil
+local err = nil
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  outcome = 'client_cancelled'; err = ARGV[5]
+elseif attempts >= tonumber(ARGV[3]) then
+  outcome = 'runner_disconnected'; err = ARGV[4]
+end
+redis.call('SREM', KEYS[5], ARGV[1])
+if outcome then
+  redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2], 'error', err)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('HINCRBY', KEYS[6], 'completed:' .. outcome, 1)
+  return outcome
+end
+redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'attempts', attempts + 1)
+redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+redis.call('SADD', KEYS[4], ARGV[1])
+local queue = redis.call('HGET', KEYS[1], 'queue')
+redis.call('LPUSH', 'rq:queue:' .. queue, ARGV[1])
+return 'requeued'
+"""
+
+# A queued request whose RQ entry vanished (a worker popped it and died before starting it):
+# mark it, and push it back once it has been missing for longer than the grace period.
+# KEYS: rec, queued   ARGV: rid, now, grace_s
+RECOVER_LOST = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'IN_QUEUE' then
+  if st ~= 'IN_PROGRESS' then redis.call('SREM', KEYS[2], ARGV[1]) end
+  return 'skip'
+end
+local queue = redis.call('HGET', KEYS[1], 'queue')
+local qkey = 'rq:queue:' .. queue
+if redis.call('LPOS', qkey, ARGV[1]) then
+  redis.call('HDEL', KEYS[1], 'lost_since')
+  return 'queued'
+end
+local since = redis.call('HGET', KEYS[1], 'lost_since')
+if not since then
+  redis.call('HSET', KEYS[1], 'lost_since', ARGV[2])
+  return 'marked'
+end
+if tonumber(ARGV[2]) - tonumber(since) < tonumber(ARGV[3]) then return 'marked' end
+redis.call('HDEL', KEYS[1], 'lost_since')
+redis.call('LPUSH', qkey, ARGV[1])
+return 'requeued'
+"""

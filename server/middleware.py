@@ -1,0 +1,144 @@
+"""Pure ASGI middlewares: request-id header, body-size limit, and host/prefix routing.
+
+Pure ASGI (not BaseHTTPMiddleware) so that server-sent events stream through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import REQUEST_ID_HEADER
+from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE
+
+# Paths that are the same on every host (never rewritten to the queue API).
+SHARED_PATH_PREFIXES = (
+    "/files/",
+    "/storage/",
+    "/health",
+    "/metrics",
+    "/api/",
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+)
+# Upload bodies (PUT) are streamed to disk with their own limit.
+UNLIMITED_BODY_PREFIXES = ("/storage/upload/",)
+
+
+def set_path(scope: Scope, path: str, query: bytes | None = None) -> None:
+    scope["path"] = path
+    scope["raw_path"] = path.encode()
+    if query is not None:
+        scope["query_string"] = query
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RoutingMiddleware:
+    """Strip trailing slashes (no redirects) and map a ``queue.*`` host onto the ``/queue`` routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/") or "/"
+        if QUEUE_PREFIX_STATE not in state:
+            host = (header(scope, b"x-forwarded-host") or header(scope, b"host") or "").split(",")[0].strip()
+            is_shared = path.startswith(SHARED_PATH_PREFIXES) or path in ("/queue", "/")
+            if host.lower().startswith("queue.") and not is_shared and not path.startswith(QUEUE_PREFIX + "/"):
+                state[QUEUE_PREFIX_STATE] = ""
+                path = QUEUE_PREFIX + path
+            else:
+                state[QUEUE_PREFIX_STATE] = QUEUE_PREFIX
+        set_path(scope, path)
+        await self.app(scope, receive, send)
+
+
+class RequestIdMiddleware:
+    """Every response carries ``x-fal-request-id``: the request it is about, else a fresh id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == REQUEST_ID_HEADER.encode() for k, _ in headers):
+                    rid = state.get("fal_request_id") or str(uuid.uuid4())
+                    headers.append((REQUEST_ID_HEADER.encode(), str(rid).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over ``max_body_bytes`` (by Content-Length, or counted while buffering)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        is_upload = scope.get("method") == "PUT" and scope["path"].startswith(UNLIMITED_BODY_PREFIXES)
+        if scope["type"] != "http" or is_upload:
+            await self.app(scope, receive, send)
+            return
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await self._reject(send)
+            return
+        if length is not None:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await self._reject(send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps(
+            {"detail": f"Request body larger than {self.max_body_bytes} bytes", "error_type": "bad_request"}
+        ).encode()
+        headers: list[Any] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-fal-error-type", b"bad_request"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,116 @@
+"""fal's queue wire shapes: submit response, queue status, log entries, cancel and webhook bodies.
+
+Field names are exactly fal's. ``QueueStatus.to_wire`` keeps ``logs`` present (``null`` when logs
+are off) because the Python client reads ``data["logs"]`` unconditionally.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class JobStatus(str, Enum):
+    """The only three statuses that exist on the wire."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+
+    def is_terminal(self) -> bool:
+        return self is JobStatus.COMPLETED
+
+
+LogLevel = Literal["STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"]
+
+
+class LogEntry(BaseModel):
+    """One user-visible log line of a request."""
+
+    message: str
+    level: LogLevel = "INFO"
+    source: Literal["USER"] = "USER"
+    timestamp: str = Field(..., description="ISO-8601 with UTC offset.")
+
+    @classmethod
+    def now(cls, message: str, level: LogLevel = "INFO") -> LogEntry:
+        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        return cls(message=message, level=level, timestamp=stamp)
+
+
+class RequestUrls(BaseModel):
+    """The three absolute URLs of a queued request."""
+
+    response_url: str
+    status_url: str
+    cancel_url: str
+
+
+class SubmitResponse(RequestUrls):
+    """Answer to a queue submit."""
+
+    status: Literal["IN_QUEUE"] = "IN_QUEUE"
+    request_id: str
+    gateway_request_id: str
+    queue_position: int = 0
+
+
+class QueueStatus(RequestUrls):
+    """Answer to a status poll and one event of the status stream."""
+
+    status: JobStatus
+    request_id: str
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """fal's shape: queue_position only while queued, error fields only on failures, logs always."""
+        body = self.model_dump(mode="json")
+        if self.status is not JobStatus.IN_QUEUE:
+            body.pop("queue_position")
+        for key in ("error", "error_type"):
+            if body[key] is None:
+                body.pop(key)
+        return body
+
+
+class CancelResponse(BaseModel):
+    """Answer to a cancel: the code carries the outcome (202/400/404)."""
+
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
+class ErrorBody(BaseModel):
+    """Request/infrastructure error body; ``error_type`` is echoed in ``X-Fal-Error-Type``."""
+
+    detail: str
+    error_type: str | None = None
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """FastAPI/pydantic 422 body, which is fal's."""
+
+    detail: list[ValidationErrorItem]
+
+
+class WebhookBody(BaseModel):
+    """POSTed to ``fal_webhook`` when a request ends."""
+
+    request_id: str
+    gateway_request_id: str
+    status: Literal["OK", "ERROR"]
+    payload: Any = None
+    error: str | None = None
+    payload_error: str | None = None

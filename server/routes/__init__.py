@@ -1,0 +1,1 @@
+"""Thin routers: they parse the request, call jobs/storage, and shape the response."""

@@ -1,0 +1,105 @@
+"""Operations: ``/health``, ``/metrics`` and fal's per-endpoint OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, Response
+from pydantic.json_schema import models_json_schema
+
+from server import metrics
+from server.deps import job_store, settings_of
+from server.errors import EndpointNotFoundError
+from server.jobs import JobStore
+from server.protocol import QueueStatus
+from server.schemas import BitDanceInput, BitDanceOutput
+from server.settings import Settings
+from server.urls import Urls, request_urls
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health", summary="Redis reachable and workers alive (200), else 503")
+async def health(jobs: Annotated[JobStore, Depends(job_store)]) -> JSONResponse:
+    try:
+        await jobs.client.ping()
+        workers = await jobs.alive_workers()
+        redis_ok = True
+    except redis.RedisError:
+        redis_ok, workers = False, 0
+    healthy = redis_ok and workers > 0
+    body = {"status": "ok" if healthy else "unavailable", "redis": redis_ok, "workers": workers}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def prometheus_metrics(jobs: Annotated[JobStore, Depends(job_store)]) -> Response:
+    snapshot = metrics.Snapshot(
+        queue_depth=await jobs.queue_depth(),
+        by_status=await jobs.status_counts(),
+        stats=await jobs.stats(),
+        workers_alive=await jobs.alive_workers(),
+    )
+    return Response(metrics.render(snapshot), media_type=metrics.CONTENT_TYPE)
+
+
+def endpoint_openapi(endpoint_id: str, queue_base: str) -> dict[str, Any]:
+    """fal's ``/api/openapi/queue/openapi.json`` document for our endpoint, from the pydantic models."""
+    _, schema = models_json_schema(
+        [(BitDanceInput, "validation"), (BitDanceOutput, "serialization"), (QueueStatus, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = schema.get("$defs", {})
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def json_body(name: str) -> dict[str, Any]:
+        return {"content": {"application/json": {"schema": ref(name)}}}
+
+    rid = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    requests_path = f"/{endpoint_id}/requests/{{request_id}}"
+    return {
+        "openapi": "3.0.4",
+        "info": {
+            "title": f"Queue OpenAPI for {endpoint_id}",
+            "version": "1.0.0",
+            "x-fal-metadata": {"endpointId": endpoint_id, "category": "text-to-image"},
+        },
+        "servers": [{"url": queue_base}],
+        "components": {"schemas": schemas},
+        "paths": {
+            f"/{endpoint_id}": {
+                "post": {"requestBody": {"required": True, **json_body("BitDanceInput")}, "responses": {}}
+            },
+            requests_path: {
+                "get": {
+                    "parameters": [rid],
+                    "responses": {"200": {"description": "Output", **json_body("BitDanceOutput")}},
+                }
+            },
+            f"{requests_path}/status": {
+                "get": {
+                    "parameters": [rid],
+                    "responses": {"200": {"description": "Status", **json_body("QueueStatus")}},
+                }
+            },
+            f"{requests_path}/cancel": {
+                "put": {"parameters": [rid], "responses": {"202": {"description": "Cancelling"}}}
+            },
+        },
+    }
+
+
+@router.get("/api/openapi/queue/openapi.json", summary="fal's per-endpoint OpenAPI document")
+async def queue_openapi(
+    settings: Annotated[Settings, Depends(settings_of)],
+    urls: Annotated[Urls, Depends(request_urls)],
+    endpoint_id: Annotated[str, Query()] = "",
+) -> JSONResponse:
+    wanted = endpoint_id or settings.endpoint_id
+    if wanted != settings.endpoint_id:
+        raise EndpointNotFoundError(f"Application '{wanted}' not found")
+    return JSONResponse(endpoint_openapi(wanted, urls.base + "/queue"))

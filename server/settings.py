@@ -1,0 +1,124 @@
+"""The one settings object shared by the API, the workers and the stack launcher.
+
+Every value can be set with an environment variable prefixed ``BITDANCE_`` (``BITDANCE_REDIS_URL``,
+``BITDANCE_API_KEYS=key1,id:secret`` ...) or in a ``.env`` file; entry points pass command-line
+overrides as keyword arguments. Nothing else in the project reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of the BitDance server stack (API, workers, storage, queue)."""
+
+    model_config = SettingsConfigDict(env_prefix="BITDANCE_", env_file=".env", extra="ignore")
+
+    # --- network -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    public_base_url: str | None = Field(
+        default=None, description="Override for absolute URLs (else built from the request)."
+    )
+    cors_allow_origins: Annotated[list[str], NoDecode] = ["*"]
+
+    # --- auth -----------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted keys: plain FAL_KEY strings or key_id:key_secret."
+    )
+    files_require_key: bool = Field(
+        default=False, description="Serve /files only to the key that created them (else capability URLs)."
+    )
+
+    # --- redis / queue --------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "bitdance"
+    endpoint_id: str = "fal-ai/bitdance"
+    job_timeout_s: int = 3600
+    record_ttl_s: int = 7 * 24 * 3600
+    lease_ttl_s: float = 30.0
+    max_requeues: int = 1
+    sweep_interval_s: float = 5.0
+    max_queue_length: int | None = None
+
+    # --- API behaviour --------------------------------------------------------------------------
+    max_body_bytes: int = 1 << 20
+    max_upload_bytes: int = 1 << 30
+    poll_interval_s: float = 0.05
+    stream_keepalive_s: float = 15.0
+    run_timeout_s: float = 3600.0
+    upload_ttl_s: int = 3600
+
+    # --- storage --------------------------------------------------------------------------------
+    storage_dir: Path = Path(".run/storage")
+    default_file_ttl_s: int | None = None
+    jpeg_quality: int = 95
+
+    # --- worker ---------------------------------------------------------------------------------
+    model_path: Path | None = None
+    device: str = "cpu"
+    torch_threads: int = Field(
+        default=1,
+        description=(
+            "torch intra-op threads per worker; 0 keeps torch's default. 1 by default: OpenMP spinning "
+            "made 2 threads ~50x slower than 1 on a busy 2-core machine."
+        ),
+    )
+    worker_name: str | None = None
+    progress_interval_s: float = Field(default=0.1, description="Minimum seconds between two progress log entries.")
+    safety_checker: Literal["opennsfw", "diffusers", "none"] = "opennsfw"
+    safety_checker_path: Path | None = None
+    nsfw_threshold: float = 0.8
+
+    # --- webhooks -------------------------------------------------------------------------------
+    webhook_timeout_s: float = 15.0
+    webhook_max_attempts: int = 10
+    webhook_backoff_s: float = 2.0
+    webhook_backoff_max_s: float = 1800.0
+
+    # --- logging --------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def is_open(self) -> bool:
+        """True when no API keys are configured: every caller is accepted (loopback only)."""
+        return not self.api_keys
+
+    @property
+    def queue_normal(self) -> str:
+        return f"{self.key_prefix}-normal"
+
+    @property
+    def queue_low(self) -> str:
+        return f"{self.key_prefix}-low"
+
+
+def child_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child process of the stack: the parent's plus these settings as BITDANCE_*.
+
+    Only the launcher uses this, so that API and workers started by it see the same configuration.
+    """
+    env = dict(os.environ)
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, list):
+            env[f"BITDANCE_{name.upper()}"] = ",".join(str(v) for v in value)
+        else:
+            env[f"BITDANCE_{name.upper()}"] = str(value)
+    env.update(extra)
+    return env

@@ -1,0 +1,323 @@
+"""``python -m server.stack``: private redis-server + N workers + the API, stopped together on Ctrl-C.
+
+The process pieces (``RedisProcess``, ``start_worker``, ``start_api``, ``wait_until_ready``,
+``ensure_tiny_checkpoint``) are reused by the test fixtures and ``server.bench``, so tests start
+the stack exactly as ``make run`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import redis
+
+from server.settings import Settings, child_environment
+from server.tls import TlsFiles, ensure_tls_files
+
+DEFAULT_TINY_PARALLEL = 64
+STOP_TIMEOUT_S = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with a name and a graceful stop (SIGTERM, then SIGKILL)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_file: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def is_running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        if self.is_running():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (no cleanup in the child)."""
+        if self.is_running():
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str] | None, log_path: Path | None) -> ManagedProcess:
+    log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by ManagedProcess
+    popen = subprocess.Popen(
+        argv, env=env, stdout=log_file, stderr=subprocess.STDOUT if log_file else None, start_new_session=True
+    )
+    return ManagedProcess(name, popen, log_file)
+
+
+@dataclass
+class RedisProcess:
+    """A private redis-server: own port and data dir, append-only file fsynced on every write."""
+
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    binary: str = "redis-server"
+    log_path: Path | None = None
+    process: ManagedProcess | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+        ]  # fmt: skip
+
+    def start(self, timeout_s: float = 10.0) -> RedisProcess:
+        self.data_dir = Path(self.data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        self.process = _spawn("redis", self.argv(), None, self.log_path)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    client.close()
+                    return self
+            if not self.process.is_running():
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port} (see {self.log_path})")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def restart(self) -> RedisProcess:
+        """Stop (or after ``kill``) and start again on the same port and data directory."""
+        self.stop()
+        return self.start()
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def start_worker(
+    settings: Settings,
+    model_path: Path,
+    device: str = "cpu",
+    name: str | None = None,
+    log_path: Path | None = None,
+) -> ManagedProcess:
+    """``python -m worker --device ... --model ...`` with the settings passed as BITDANCE_* variables."""
+    argv = python_argv("worker", "--device", device, "--model", str(model_path))
+    if name:
+        argv += ["--name", name]
+    return _spawn(f"worker {name or ''}".strip(), argv, child_environment(settings), log_path)
+
+
+def start_api(settings: Settings, tls: TlsFiles | None = None, log_path: Path | None = None) -> ManagedProcess:
+    """``python -m server`` (uvicorn) on ``settings.host:settings.port``, HTTPS when ``tls`` is given."""
+    extra: dict[str, Any] = {}
+    if tls is not None:
+        extra = {"BITDANCE_TLS_CERT_FILE": str(tls.cert), "BITDANCE_TLS_KEY_FILE": str(tls.key)}
+    return _spawn("api", python_argv("server"), child_environment(settings, **extra), log_path)
+
+
+def base_url(settings: Settings, tls: TlsFiles | None = None) -> str:
+    return f"{'https' if tls else 'http'}://{settings.host}:{settings.port}"
+
+
+def wait_until_ready(
+    url: str,
+    *,
+    min_workers: int = 0,
+    timeout_s: float = 120.0,
+    ca_file: Path | None = None,
+    processes: tuple[ManagedProcess, ...] = (),
+) -> dict[str, Any]:
+    """Poll ``{url}/health`` until Redis is reachable and ``min_workers`` workers are alive."""
+    deadline = time.monotonic() + timeout_s
+    verify: Any = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    last: Any = None
+    with httpx.Client(verify=verify, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            for process in processes:
+                if not process.is_running():
+                    raise RuntimeError(f"{process.name} exited with code {process.popen.returncode}")
+            try:
+                body = client.get(f"{url}/health").json()
+                last = body
+                if body.get("redis") and int(body.get("workers", 0)) >= min_workers:
+                    return dict(body)
+            except (httpx.HTTPError, ValueError) as exc:
+                last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s (last health: {last})")
+
+
+def ensure_tiny_checkpoint(path: Path, parallel_num: int = DEFAULT_TINY_PARALLEL) -> Path:
+    """Write the tiny random checkpoint with ``python -m model.tiny`` unless it is already there."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(python_argv("model.tiny", str(path), "--parallel-num", str(parallel_num)), check=True)
+    return path
+
+
+@dataclass
+class Stack:
+    """Redis + workers + API, started in that order and stopped in reverse."""
+
+    settings: Settings
+    model_path: Path
+    data_dir: Path
+    workers: int = 1
+    device: str = "cpu"
+    tls: bool = False
+    log_dir: Path | None = None
+    redis_server: RedisProcess | None = None
+    tls_files: TlsFiles | None = None
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return base_url(self.settings, self.tls_files)
+
+    def _log(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir else None
+
+    def start(self, ready_timeout_s: float = 300.0) -> Stack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.redis_server = RedisProcess(self.data_dir / "redis", log_path=self._log("redis")).start()
+        self.settings = self.settings.model_copy(
+            update={"redis_url": self.redis_server.url, "storage_dir": (self.data_dir / "storage").resolve()}
+        )
+        if self.tls:
+            self.tls_files = ensure_tls_files(self.data_dir / "tls")
+        for index in range(self.workers):
+            name = f"worker-{index}"
+            self.processes.append(start_worker(self.settings, self.model_path, self.device, None, self._log(name)))
+        self.processes.append(start_api(self.settings, self.tls_files, self._log("api")))
+        ca = self.tls_files.ca if self.tls_files else None
+        wait_until_ready(
+            self.url,
+            min_workers=self.workers,
+            timeout_s=ready_timeout_s,
+            ca_file=ca,
+            processes=tuple(self.processes),
+        )
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the tiny one)")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a locally generated CA")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=Path(".run"))
+    return parser.parse_args(argv)
+
+
+def print_banner(stack: Stack) -> None:
+    url = stack.url
+    keys = stack.settings.api_keys
+    auth = f' -H "Authorization: Key {keys[0]}"' if keys else ' -H "Authorization: Key local"'
+    if stack.tls_files is not None:
+        print(f"SSL_CERT_FILE={stack.tls_files.ca}")
+    print(f"BitDance (fal-ai/bitdance) is up at {url}  [queue API: {url}/queue]")
+    cacert = f" --cacert {stack.tls_files.ca}" if stack.tls_files else ""
+    print(
+        f"  curl{cacert} -s {url}/fal-ai/bitdance{auth} -H 'Content-Type: application/json' "
+        """-d '{"prompt": "a red fox in the snow", "num_inference_steps": 10}'"""
+    )
+    if not keys:
+        print("  (no BITDANCE_API_KEYS set: open server on 127.0.0.1 only)")
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    settings = Settings(host=args.host, port=args.port, device=args.device)
+    if settings.is_open and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"no API keys configured: binding 127.0.0.1 instead of {args.host}", file=sys.stderr)
+        settings = settings.model_copy(update={"host": "127.0.0.1"})
+    model = args.model or ensure_tiny_checkpoint(data_dir / "weights" / "tiny-64x", DEFAULT_TINY_PARALLEL)
+    stack = Stack(settings, model.resolve(), data_dir, workers=args.workers, device=args.device, tls=args.tls)
+    stopping = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        stack.start()
+        print_banner(stack)
+        while all(p.is_running() for p in stack.processes):
+            time.sleep(0.5)
+        print("a process of the stack exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

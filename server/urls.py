@@ -1,0 +1,74 @@
+"""Absolute URLs built from the incoming request (X-Forwarded-Proto/Host honoured).
+
+The queue API is public either at the root of a ``queue.*`` host or under ``/queue``; the routing
+middleware records which one in ``scope["state"]["queue_prefix"]`` and URLs repeat it, so a client
+keeps talking the way it started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from server.protocol import RequestUrls
+
+QUEUE_PREFIX = "/queue"
+QUEUE_PREFIX_STATE = "queue_prefix"
+
+
+def _first(value: str | None) -> str | None:
+    if not value:
+        return None
+    first = value.split(",")[0].strip()
+    return first or None
+
+
+def public_base(request: Request, override: str | None = None) -> str:
+    """``scheme://host[:port]`` as the client sees this server."""
+    if override:
+        return override.rstrip("/")
+    headers = request.headers
+    scheme = _first(headers.get("x-forwarded-proto")) or request.url.scheme
+    host = _first(headers.get("x-forwarded-host")) or headers.get("host")
+    if not host:
+        server = request.scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scheme}://{host}"
+
+
+@dataclass(frozen=True)
+class Urls:
+    """URL builder for one incoming request."""
+
+    base: str
+    queue_prefix: str
+
+    @property
+    def queue_base(self) -> str:
+        return self.base + self.queue_prefix
+
+    def for_request(self, app_id: str, request_id: str) -> RequestUrls:
+        response_url = f"{self.queue_base}/{app_id}/requests/{request_id}"
+        return RequestUrls(
+            response_url=response_url,
+            status_url=f"{response_url}/status",
+            cancel_url=f"{response_url}/cancel",
+        )
+
+    def absolute(self, path: str) -> str:
+        return self.base + path
+
+
+def request_urls(request: Request) -> Urls:
+    """FastAPI dependency: the URL builder for this request."""
+    settings = request.app.state.settings
+    prefix = request.scope.get("state", {}).get(QUEUE_PREFIX_STATE, QUEUE_PREFIX)
+    return Urls(base=public_base(request, settings.public_base_url), queue_prefix=prefix)
+
+
+def app_id_of(endpoint_id: str) -> str:
+    """``[ns/]owner/alias`` of an endpoint id (status/result/cancel URLs drop the sub-path)."""
+    parts = [p for p in endpoint_id.split("/") if p]
+    keep = 3 if parts and parts[0] in ("workflows", "comfy") else 2
+    return "/".join(parts[:keep])

@@ -1,0 +1,53 @@
+"""A fake pipeline for worker unit tests (cog's FakeWorker idea): scripted steps, failures, cancels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from model.errors import GenerationCancelled
+
+
+@dataclass
+class FakePipeline:
+    """Deterministic images from (prompt, seed); ``fail_at_step`` raises, ``on_step`` hooks each step."""
+
+    parallel_num: int = 16
+    steps: int = 4
+    fail_at_step: int | None = None
+    on_step: Callable[[int], None] | None = None
+    calls: list[dict[str, object]] = field(default_factory=list)
+
+    def generate(
+        self,
+        prompt: str,
+        height: int,
+        width: int,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = None,
+        num_images: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Image.Image]:
+        self.calls.append({"prompt": prompt, "height": height, "width": width, "seed": seed, "n": num_images})
+        for step in range(1, self.steps + 1):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled()
+            if self.on_step is not None:
+                self.on_step(step)
+            if self.fail_at_step == step:
+                raise RuntimeError(f"boom at step {step}")
+            if progress is not None:
+                progress(step, self.steps)
+        shade = (hash((prompt, seed)) % 200) + 20
+        return [Image.new("RGB", (width, height), (shade, (shade + i * 40) % 255, 90)) for i in range(num_images)]
+
+
+class FlagAll:
+    """A safety checker flagging every image."""
+
+    def check(self, images: list[Image.Image]) -> list[bool]:
+        return [True] * len(images)

@@ -1,0 +1,81 @@
+"""The sweep: orphaned IN_PROGRESS requests are requeued once then failed; lost/overdue queued ones."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from server.jobs import Keys, NewRequest, WorkerJobStore, create_request
+from server.protocol import JobStatus
+from server.settings import Settings
+from worker import recovery
+
+
+def setup(make_settings: Callable[..., Settings], **overrides: object) -> tuple[Settings, WorkerJobStore]:
+    settings = make_settings(lease_ttl_s=0.2, max_requeues=1, **overrides)
+    jobs = WorkerJobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+    return settings, jobs
+
+
+def enqueue(settings: Settings, rid: str, timeout_s: float | None = None) -> None:
+    new = NewRequest(rid, "o", settings.endpoint_id, {"prompt": "p"}, "normal", "http://f", timeout_s)
+    create_request(redis.Redis.from_url(settings.redis_url), settings, new)
+
+
+def queue_ids(jobs: WorkerJobStore, settings: Settings) -> list[str]:
+    return list(jobs.client.lrange(Keys.rq_queue(settings.queue_normal), 0, -1))
+
+
+def test_orphan_requeued_once_then_failed(make_settings: Callable[..., Settings]) -> None:
+    settings, jobs = setup(make_settings)
+    enqueue(settings, "r1")
+    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))  # a worker dequeued it ...
+    assert jobs.start("r1", "dead-worker") == "started"  # ... started it, then died
+    assert recovery.sweep(jobs) == {}  # lease still valid
+    time.sleep(0.3)
+    assert recovery.sweep(jobs) == {"r1": "requeued"}
+    record = jobs.get("r1")
+    assert record is not None and record.status is JobStatus.IN_QUEUE and record.attempts == 1
+    assert queue_ids(jobs, settings) == ["r1"]  # back at the front of its queue
+    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))
+    assert jobs.start("r1", "dead-again") == "started"
+    time.sleep(0.3)
+    assert recovery.sweep(jobs) == {"r1": "runner_disconnected"}
+    record = jobs.get("r1")
+    assert record is not None and record.status is JobStatus.COMPLETED
+    assert record.error is not None and record.error.status_code == 503
+
+
+def test_orphan_with_cancel_flag_completes_cancelled(make_settings: Callable[..., Settings]) -> None:
+    settings, jobs = setup(make_settings)
+    enqueue(settings, "r2")
+    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))
+    jobs.start("r2", "w")
+    jobs.client.hset(jobs.keys.record("r2"), "cancel", "1")
+    time.sleep(0.3)
+    assert recovery.sweep(jobs) == {"r2": "client_cancelled"}
+    record = jobs.get("r2")
+    assert record is not None and record.error is not None and record.error.status_code == 499
+
+
+def test_lost_dequeue_is_pushed_back_after_grace(make_settings: Callable[..., Settings]) -> None:
+    settings, jobs = setup(make_settings)
+    enqueue(settings, "r3")
+    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))  # popped, worker died before start
+    assert recovery.sweep(jobs) == {}  # first sighting only marks it
+    time.sleep(0.3)
+    assert recovery.sweep(jobs) == {"r3": "requeued"}
+    assert queue_ids(jobs, settings) == ["r3"]
+
+
+def test_overdue_queued_request_expires(make_settings: Callable[..., Settings]) -> None:
+    settings, jobs = setup(make_settings)
+    enqueue(settings, "r4", timeout_s=0.05)
+    time.sleep(0.1)
+    assert recovery.sweep(jobs) == {"r4": "request_timeout"}
+    assert recovery.is_terminal("request_timeout")
+    record = jobs.get("r4")
+    assert record is not None and record.error is not None and record.error.status_code == 504
+    assert queue_ids(jobs, settings) == []

@@ -1,0 +1,201 @@
+"""Task lifecycle with a fake pipeline on a real Redis: every path ends COMPLETED."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from PIL import Image
+
+from server.errors import RunnerServerError
+from server.jobs import NewRequest, WorkerJobStore, create_request
+from server.protocol import JobStatus
+from server.settings import Settings
+from server.storage import LocalStorage
+from server.webhooks import WebhookSender
+from worker.safety import NoSafetyChecker, SafetyChecker
+from worker.tasks import TaskRunner, WorkerServices, public_error
+
+from .fakes import FakePipeline, FlagAll
+
+
+def make_runner(
+    settings: Settings, pipe: FakePipeline, safety: SafetyChecker | None = None
+) -> tuple[TaskRunner, WorkerJobStore]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    jobs = WorkerJobStore(client, settings)
+    services = WorkerServices(
+        settings=settings,
+        pipe=pipe,
+        jobs=jobs,
+        storage=LocalStorage(settings.storage_dir),
+        safety=safety or NoSafetyChecker(),
+        webhooks=WebhookSender(settings),
+        worker_name="unit-worker",
+    )
+    return TaskRunner(services), jobs
+
+
+def submit(settings: Settings, rid: str, **inputs: Any) -> None:
+    payload = {"prompt": "a lighthouse", "image_size": "square", "num_inference_steps": 10, **inputs}
+    conn = redis.Redis.from_url(settings.redis_url)
+    new = NewRequest(rid, "owner-1", settings.endpoint_id, payload, "normal", "http://files.test")
+    create_request(conn, settings, new)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(progress_interval_s=0.0)
+
+
+def test_success_records_result_logs_and_files(settings: Settings) -> None:
+    pipe = FakePipeline(steps=5)
+    runner, jobs = make_runner(settings, pipe)
+    submit(settings, "req-ok", seed=None, num_images=2, output_format="png")
+    assert runner.run("req-ok") == "ok"
+    record = jobs.get("req-ok")
+    assert record is not None and record.status is JobStatus.COMPLETED and record.error is None
+    assert record.result is not None
+    assert record.result["prompt"] == "a lighthouse"
+    assert isinstance(record.result["seed"], int)  # a concrete seed was picked and passed
+    assert pipe.calls[0]["seed"] == record.result["seed"]
+    assert (pipe.calls[0]["height"], pipe.calls[0]["width"]) == (512, 512)
+    assert record.result["has_nsfw_concepts"] == [False, False]
+    images = record.result["images"]
+    assert len(images) == 2 and images[0]["content_type"] == "image/png"
+    token_path = images[0]["url"].removeprefix("http://files.test/files/")
+    stored = Path(settings.storage_dir) / token_path
+    assert stored.stat().st_size == images[0]["file_size"]
+    assert Image.open(stored).size == (images[0]["width"], images[0]["height"])
+    logs = jobs.client.lrange(jobs.keys.logs("req-ok"), 0, -1)
+    step_logs = [line for line in logs if '"Step ' in line]
+    assert len(step_logs) == 5  # one entry per decoding step
+    assert record.inference_time is not None and record.inference_time >= 0
+
+
+def test_failure_at_step_k_completes_with_error(settings: Settings) -> None:
+    runner, jobs = make_runner(settings, FakePipeline(steps=5, fail_at_step=3))
+    submit(settings, "req-fail")
+    assert runner.run("req-fail") == "error"
+    record = jobs.get("req-fail")
+    assert record is not None and record.status is JobStatus.COMPLETED
+    assert record.error is not None
+    assert record.error.status_code == 500
+    assert record.error.body["error_type"] == "runner_server_error"
+    assert "boom" not in record.error.body["detail"]  # internals are not shown
+    assert jobs.client.sismember(jobs.keys.active, "req-fail") == 0
+
+
+def test_cancel_while_running_stops_within_one_step(settings: Settings) -> None:
+    pipe = FakePipeline(steps=10)
+    runner, jobs = make_runner(settings, pipe)
+    submit(settings, "req-cancel")
+    seen: list[int] = []
+
+    def cancel_at_two(step: int) -> None:
+        seen.append(step)
+        if step == 2:
+            jobs.client.hset(jobs.keys.record("req-cancel"), "cancel", "1")
+
+    pipe.on_step = cancel_at_two
+    assert runner.run("req-cancel") == "client_cancelled"
+    assert seen == [1, 2]  # step 3 never started
+    record = jobs.get("req-cancel")
+    assert record is not None and record.error is not None
+    assert record.error.status_code == 499
+    assert record.error.body == {"detail": "Request cancelled", "error_type": "client_cancelled"}
+
+
+def test_cancelled_before_start_never_runs(settings: Settings) -> None:
+    pipe = FakePipeline()
+    runner, jobs = make_runner(settings, pipe)
+    submit(settings, "req-early")
+    jobs._cancel(
+        keys=[jobs.keys.record("req-early"), jobs.keys.logs("req-early"), jobs.keys.queued, jobs.keys.stats],
+        args=["req-early", repr(time.time()), "{}", 60, "cancel", "client_cancelled"],
+    )
+    assert runner.run("req-early") == "completed"
+    assert pipe.calls == []
+
+
+def test_start_deadline_passed_gives_504(settings: Settings) -> None:
+    pipe = FakePipeline()
+    runner, jobs = make_runner(settings, pipe)
+    conn = redis.Redis.from_url(settings.redis_url)
+    payload = {"prompt": "late", "image_size": "square"}
+    create_request(conn, settings, NewRequest("req-late", "o", settings.endpoint_id, payload, "low", "http://f", 0.01))
+    time.sleep(0.05)
+    assert runner.run("req-late") == "request_timeout"
+    record = jobs.get("req-late")
+    assert record is not None and record.error is not None
+    assert record.error.status_code == 504
+    assert record.error.headers["X-Fal-Request-Timeout-Type"] == "user"
+    assert pipe.calls == []
+
+
+def test_invalid_stored_input_gives_422(settings: Settings) -> None:
+    runner, jobs = make_runner(settings, FakePipeline())
+    submit(settings, "req-422", num_images=9)
+    assert runner.run("req-422") == "validation_error"
+    record = jobs.get("req-422")
+    assert record is not None and record.error is not None
+    assert record.error.status_code == 422
+    assert record.error.body["detail"][0]["loc"] == ["body", "num_images"]
+
+
+def test_sync_mode_returns_data_uri_and_stores_nothing(settings: Settings) -> None:
+    runner, jobs = make_runner(settings, FakePipeline())
+    submit(settings, "req-sync", sync_mode=True)
+    assert runner.run("req-sync") == "ok"
+    record = jobs.get("req-sync")
+    assert record is not None and record.result is not None
+    url = record.result["images"][0]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert image.format == "JPEG" and image.size == (512, 512)
+    assert not [p for p in Path(settings.storage_dir).iterdir() if p.name != ".staging"]
+
+
+def test_flagged_images_are_black(settings: Settings) -> None:
+    runner, jobs = make_runner(settings, FakePipeline(), safety=FlagAll())
+    submit(settings, "req-nsfw", sync_mode=True, output_format="png")
+    runner.run("req-nsfw")
+    record = jobs.get("req-nsfw")
+    assert record is not None and record.result is not None
+    assert record.result["has_nsfw_concepts"] == [True]
+    data = base64.b64decode(record.result["images"][0]["url"].split(",", 1)[1])
+    assert Image.open(io.BytesIO(data)).getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_safety_checker_off_keeps_images(settings: Settings) -> None:
+    runner, jobs = make_runner(settings, FakePipeline(), safety=FlagAll())
+    submit(settings, "req-off", enable_safety_checker=False)
+    runner.run("req-off")
+    record = jobs.get("req-off")
+    assert record is not None and record.result is not None
+    assert record.result["has_nsfw_concepts"] == [False]
+
+
+def test_same_seed_same_bytes(settings: Settings) -> None:
+    runner, jobs = make_runner(settings, FakePipeline())
+    for rid in ("req-s1", "req-s2"):
+        submit(settings, rid, seed=42, sync_mode=True)
+        runner.run(rid)
+    urls = [jobs.get(rid).result["images"][0]["url"] for rid in ("req-s1", "req-s2")]  # type: ignore[union-attr]
+    assert urls[0] == urls[1]
+
+
+def test_unknown_request_is_skipped(settings: Settings) -> None:
+    runner, _ = make_runner(settings, FakePipeline())
+    assert runner.run("nope") == "missing"
+
+
+def test_public_error_hides_internals() -> None:
+    assert public_error(KeyError("secret")).detail == "Generation failed (KeyError)"
+    assert isinstance(public_error(RunnerServerError("x")), RunnerServerError)

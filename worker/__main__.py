@@ -1,0 +1,87 @@
+"""``python -m worker --device cpu|cuda:N --model PATH``: load the pipeline once, then serve the queues."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from server.jobs import WorkerJobStore, redis_client_options
+from server.logconfig import configure_logging
+from server.settings import Settings
+from server.storage import LocalStorage
+from server.webhooks import WebhookSender
+from worker.gpu_worker import GpuWorker
+from worker.safety import build_safety_checker
+from worker.tasks import TaskRunner, WorkerServices, bind_runner
+
+logger = logging.getLogger("worker")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("device", "model_path", "redis_url", "storage_dir", "worker_name", "log_level")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--device", help="cpu or cuda:N (one worker per GPU)")
+    parser.add_argument("--model", dest="model_path", type=Path, help="checkpoint directory")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--storage-dir", type=Path)
+    parser.add_argument("--name", dest="worker_name")
+    parser.add_argument("--log-level")
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings(**cli_overrides(args))
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.model_path is None:
+        logger.error("no checkpoint: pass --model PATH or set BITDANCE_MODEL_PATH")
+        return 2
+    import torch
+
+    from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+
+    logger.info("loading %s on %s", settings.model_path, settings.device)
+    pipe = BitDancePipeline.from_pretrained(settings.model_path, device=settings.device)
+    name = settings.worker_name or f"{socket.gethostname()}-{settings.device}-{uuid.uuid4().hex[:6]}"
+    jobs_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
+    jobs = WorkerJobStore(jobs_client, settings)
+    services = WorkerServices(
+        settings=settings,
+        pipe=pipe,
+        jobs=jobs,
+        storage=LocalStorage(settings.storage_dir, settings.default_file_ttl_s),
+        safety=build_safety_checker(settings),
+        webhooks=WebhookSender(settings),
+        worker_name=name,
+    )
+    runner = TaskRunner(services)
+    bind_runner(runner)
+    worker = GpuWorker(
+        [settings.queue_normal, settings.queue_low],
+        runner=runner,
+        jobs=jobs,
+        name=name,
+        connection=redis.Redis.from_url(settings.redis_url, **redis_client_options()),
+    )
+    logger.info("worker %s ready (parallel_num=%d)", name, pipe.parallel_num)
+    worker.work(burst=args.burst, logging_level=settings.log_level.upper())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

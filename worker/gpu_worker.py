@@ -1,0 +1,78 @@
+"""``GpuWorker``: an RQ ``SimpleWorker`` (jobs run in this process: no fork, CUDA state survives)
+plus a heartbeat thread that keeps this worker visible, the running request leased, and sweeps.
+
+SIGTERM/SIGINT once: finish the current request, then exit (RQ's warm shutdown). Twice: exit now;
+the request's lease then expires and the recovery sweep requeues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from rq import SimpleWorker
+
+from server.jobs import WorkerJobStore
+from worker import recovery
+from worker.tasks import TaskRunner
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Every ``lease_ttl_s / 3``: worker heartbeat, lease of the current request, recovery sweep."""
+
+    def __init__(self, jobs: WorkerJobStore, runner: TaskRunner, name: str) -> None:
+        super().__init__(name=f"heartbeat-{name}", daemon=True)
+        self.jobs = jobs
+        self.runner = runner
+        self.worker_name = name
+        self.interval_s = max(jobs.settings.lease_ttl_s / 3, 0.2)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.beat()
+            self.stopped.wait(self.interval_s)
+
+    def beat(self) -> None:
+        try:
+            self.jobs.heartbeat(self.worker_name)
+            current = self.runner.current_request
+            if current is not None:
+                self.jobs.refresh_lease(current, self.worker_name)
+            if self.jobs.try_acquire_sweep(self.worker_name):
+                for rid, outcome in recovery.sweep(self.jobs).items():
+                    if recovery.is_terminal(outcome):
+                        self.runner.notify(rid)
+        except redis.RedisError as exc:
+            logger.warning("heartbeat failed: %s", exc)
+        except Exception:  # the thread must survive anything a sweep throws
+            logger.exception("heartbeat error")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class GpuWorker(SimpleWorker):
+    """One worker per accelerator; serves its queues in order (normal before low)."""
+
+    def __init__(self, queues: Any, runner: TaskRunner, jobs: WorkerJobStore, **kwargs: Any) -> None:
+        super().__init__(queues, **kwargs)
+        self.runner = runner
+        self.jobs = jobs
+        self.heartbeat_thread = Heartbeat(jobs, runner, self.name)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        self.heartbeat_thread.beat()  # visible (and swept) before the first dequeue
+        self.heartbeat_thread.start()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self.heartbeat_thread.stop()
+            try:
+                self.jobs.remove_worker(self.name)
+            except redis.RedisError:
+                logger.warning("could not unregister worker %s", self.name)

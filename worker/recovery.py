@@ -1,0 +1,40 @@
+"""The sweep for requests that would otherwise be lost (rq's abandoned-job idea, our own state).
+
+- IN_PROGRESS whose worker lease expired (worker killed, OOM, host lost): requeued at the front
+  once (``Settings.max_requeues``), then COMPLETED with ``runner_disconnected`` (503); a request
+  whose cancel was asked for completes as cancelled instead.
+- IN_QUEUE past its ``x-fal-request-timeout`` start deadline: COMPLETED with 504 request_timeout.
+- IN_QUEUE but gone from its RQ list (a worker popped it and died before starting it): pushed back
+  after a grace period.
+
+Any worker may run it; a Redis lock keeps it to one sweep per interval across the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from server.jobs import WorkerJobStore
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_OUTCOMES = frozenset({"runner_disconnected", "client_cancelled", "cancelled"})
+
+
+def sweep(jobs: WorkerJobStore) -> dict[str, str]:
+    """Run one sweep; returns {request_id: outcome} for the requests it changed."""
+    changed: dict[str, str] = {}
+    for rid, outcome in jobs.recover_orphans().items():
+        if outcome not in ("alive", "skip"):
+            logger.warning("recovered orphaned request request_id=%s outcome=%s", rid, outcome)
+            changed[rid] = outcome
+    for rid, outcome in jobs.recover_queued().items():
+        if outcome in ("cancelled", "requeued"):
+            logger.warning("recovered queued request request_id=%s outcome=%s", rid, outcome)
+            changed[rid] = "request_timeout" if outcome == "cancelled" else outcome
+    return changed
+
+
+def is_terminal(outcome: str) -> bool:
+    """Whether a sweep outcome completed the request (its webhook is then due)."""
+    return outcome in TERMINAL_OUTCOMES or outcome == "request_timeout"
