@@ -29,7 +29,7 @@ redis:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
-	cd $(JS_DIR) && npm install --no-audit --no-fund --silent
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
 	touch $@
 
 js-deps: $(JS_DIR)/node_modules/.installed
