@@ -6,14 +6,14 @@ are off) because the Python client reads ``data["logs"]`` unconditionally.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """The only three statuses that exist on the wire."""
 
     IN_QUEUE = "IN_QUEUE"
@@ -37,7 +37,7 @@ class LogEntry(BaseModel):
 
     @classmethod
     def now(cls, message: str, level: LogLevel = "INFO") -> LogEntry:
-        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
         return cls(message=message, level=level, timestamp=stamp)
 
 

@@ -94,7 +94,7 @@ def _is_usable(files: TlsFiles) -> bool:
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
     except ValueError:
         return False
-    return cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+    return cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
 
 
 def ensure_tls_files(
@@ -108,7 +108,7 @@ def ensure_tls_files(
     files = TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server-key.pem")
     if _is_usable(files):
         return files
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _ca_certificate(ca_key, now)
     key = ec.generate_private_key(ec.SECP256R1())

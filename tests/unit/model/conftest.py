@@ -5,9 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.pipeline import BitDancePipeline
 from model.tiny import write_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> None:
+    """Run the tiny models on one thread, as the workers do (BITDANCE_TORCH_THREADS=1).
+
+    The tiny models' kernels are too small to gain from a second thread, and OpenMP's spinning
+    makes two threads many times slower whenever another process wants the same cores.
+    """
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
