@@ -38,6 +38,7 @@ from model.pipeline import BitDancePipeline, GenerationRequest
 from model.tiny import write_checkpoint
 
 OFFICIAL_ENV = "BITDANCE_OFFICIAL_REPO"
+THREADS_ENV = "BITDANCE_TORCH_THREADS"
 CACHE_DIR = Path("weights")
 GUIDANCE = 7.5
 PROMPTS = (
@@ -75,6 +76,9 @@ class BenchCase:
         return out
 
 
+# The tiny case is the default checkpoint of `make run` at its default size. The mid-size LLM (hidden
+# 1024, 8 layers) is a 16x checkpoint at 512x512 and 10 steps: a 64x one can only make 1024-px-area
+# images, 4x the tokens, which would take the whole bench past ~10 minutes on 2 CPU cores.
 CASES = {
     "tiny": BenchCase("tiny-64x", 64, 64, 2, 128, 2, 1024, 1024, 25),
     "mid": BenchCase("mid-16x", 16, 1024, 8, 512, 2, 512, 512, 10),
@@ -133,37 +137,48 @@ def _sdpa_flash_attn() -> types.ModuleType:
     return module
 
 
-def import_official(repo: Path, device: torch.device) -> types.ModuleType:
+def import_official(repo: Path) -> types.ModuleType:
+    """``modeling.t2i_pipeline`` of the checkout, with an SDPA stand-in for a missing flash-attn."""
     if not (repo / "modeling" / "t2i_pipeline.py").is_file():
         raise SystemExit(f"{repo} is not a checkout of shallowdream204/BitDance (no modeling/t2i_pipeline.py)")
     if "flash_attn" not in sys.modules and importlib.util.find_spec("flash_attn") is None:
         sys.modules["flash_attn"] = _sdpa_flash_attn()
     if str(repo) not in sys.path:
         sys.path.insert(0, str(repo))
-    official = importlib.import_module("modeling.t2i_pipeline")
-    if device.type == "cpu" and not getattr(official, "_bench_float32", False):
-        upstream = official.Qwen3ForCausalLM
+    return importlib.import_module("modeling.t2i_pipeline")
 
-        class Float32Qwen3(upstream):  # the CPU comparison runs both LLMs in float32
-            @classmethod
-            def from_pretrained(cls, *args, **kwargs):
-                kwargs.pop("torch_dtype", None)
-                return upstream.from_pretrained(*args, **{**kwargs, "dtype": torch.float32})
 
+def load_official(repo: Path, path: Path, device: torch.device):
+    """The official ``BitDanceT2IPipeline`` on ``path``; on the CPU its LLM is loaded in float32, as ours.
+
+    Upstream loads the LLM with ``torch_dtype=bfloat16``; converting after loading would keep the
+    bfloat16 rounding of the weights, so ``from_pretrained`` is asked for float32 instead.
+    """
+    official = import_official(repo)
+    upstream = official.Qwen3ForCausalLM
+
+    class Float32Qwen3(upstream):
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            kwargs.pop("torch_dtype", None)
+            return upstream.from_pretrained(*args, **kwargs, dtype=torch.float32)
+
+    if device.type == "cpu":
         official.Qwen3ForCausalLM = Float32Qwen3
-        official._bench_float32 = True
-    return official
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return official.BitDanceT2IPipeline(str(path), device=str(device))
+    finally:
+        official.Qwen3ForCausalLM = upstream
 
 
 class OfficialRunner:
     """The official ``BitDanceT2IPipeline`` on a checkpoint, timed per stage (LLM = the rest)."""
 
     def __init__(self, repo: Path, path: Path, device: torch.device):
-        official = import_official(repo, device)
         self.device = device
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.pipe = official.BitDanceT2IPipeline(str(path), device=str(device))
+        self.pipe = load_official(repo, path, device)
         self.stages: dict[str, float] = {}
         self._wrap(self.pipe.vision_head, "sample", "head")
         self._wrap(self.pipe.ae, "decode", "decoder")
@@ -275,7 +290,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", default=None, help="comma-separated (default: cpu, plus cuda if present)")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 8], help="batch sizes timed after 1")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved batch-1 runs per pipeline")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get(THREADS_ENV, "1")),
+        help=f"torch CPU threads, 0 for torch's default (default: ${THREADS_ENV} or 1, as the workers)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the checkpoints are written")
     return parser.parse_args(argv)
 

@@ -2,7 +2,7 @@
 
 Runs only when ``BITDANCE_OFFICIAL_REPO`` points at an extracted checkout of
 github.com/shallowdream204/BitDance; the official code is imported from there at run time (see
-``model.bench.import_official``: flash-attn replaced by PyTorch SDPA when absent, the official LLM
+``model.bench.load_official``: flash-attn replaced by PyTorch SDPA when absent, the official LLM
 loaded in float32 on the CPU). Both sides run single-threaded, where the matrix products of one
 row do not depend on how many rows are computed together, so the comparison is exact.
 """
@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.bench import OFFICIAL_ENV, import_official
+from model.bench import OFFICIAL_ENV, load_official
 from model.pipeline import BitDancePipeline
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get(OFFICIAL_ENV), reason=f"set {OFFICIAL_ENV} to an official BitDance checkout"
-)
+pytestmark = [
+    pytest.mark.skipif(not os.environ.get(OFFICIAL_ENV), reason=f"set {OFFICIAL_ENV} to an official BitDance checkout"),
+    pytest.mark.filterwarnings("ignore:CUDA is not available"),  # upstream's autocast("cuda") on the CPU
+    pytest.mark.filterwarnings("ignore:`torch_dtype` is deprecated"),
+]
 
 SIZE = 512
 STEPS = 10
@@ -38,8 +40,7 @@ def single_thread():
 
 @pytest.fixture(scope="module")
 def official16(tiny16_dir: Path, single_thread):
-    official = import_official(Path(os.environ[OFFICIAL_ENV]), torch.device("cpu"))
-    return official.BitDanceT2IPipeline(str(tiny16_dir), device="cpu")
+    return load_official(Path(os.environ[OFFICIAL_ENV]), tiny16_dir, torch.device("cpu"))
 
 
 def official_run(pipe, monkeypatch: pytest.MonkeyPatch, guidance: float, num_images: int, seed: int):
