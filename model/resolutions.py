@@ -7,7 +7,6 @@ torch so that light callers (the worker's request parsing) can use it.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 # The official table, (height, width). The 1024-px area is served by both checkpoints.
 SIZES_1024_AREA: tuple[tuple[int, int], ...] = (
@@ -95,8 +94,3 @@ def resolve_image_size(image_size: str | dict[str, int], parallel_num: int) -> t
     else:
         width, height = int(image_size["width"]), int(image_size["height"])
     return snap_to_supported_size(width, height, parallel_num)
-
-
-def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Whether two ``(height, width)`` sizes have exactly the same aspect ratio."""
-    return Fraction(a[0], a[1]) == Fraction(b[0], b[1])
