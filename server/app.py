@@ -20,6 +20,7 @@ from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.storage import LocalStorage
+from server.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     app.state.jobs = JobStore(app.state.redis, settings)
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
+    app.state.webhooks = WebhookSender(settings)
 
     app.add_exception_handler(FalError, fal_error_handler)
     app.add_exception_handler(redis.ConnectionError, redis_unavailable_handler)

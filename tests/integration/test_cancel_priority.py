@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from tests.conftest import LiveStack
 
-from .helpers import APP, status, submit, wait_completed, wait_status
+from .helpers import APP, WebhookListener, status, submit, wait_completed, wait_status
 
 
 def test_cancel_priority_and_start_timeout(live_stack: LiveStack) -> None:
+    listener = WebhookListener().start()
     with live_stack.client() as client:
         blocker = submit(client, {"prompt": "slow blocker", "num_inference_steps": 100})
         wait_status(client, blocker["request_id"], "IN_PROGRESS")
         low = submit(client, {"prompt": "low one"}, headers={"x-fal-queue-priority": "low"})
-        normal = submit(client, {"prompt": "normal one"}, headers={"x-fal-queue-priority": "normal"})
+        normal = submit(
+            client,
+            {"prompt": "normal one"},
+            headers={"x-fal-queue-priority": "normal"},
+            params={"fal_webhook": listener.url},
+        )
         late = submit(client, {"prompt": "late"}, headers={"x-fal-request-timeout": "0.5"})
         # normal is served before low, whatever the submit order
         assert status(client, normal["request_id"]).json()["queue_position"] == 0
@@ -34,6 +40,12 @@ def test_cancel_priority_and_start_timeout(live_stack: LiveStack) -> None:
             assert final["logs"] == []  # never started: no progress at all
             result = client.get(f"/queue/{APP}/requests/{queued['request_id']}")
             assert result.status_code == 499 and result.json()["error_type"] == "client_cancelled"
+
+        # the request cancelled while queued still gets its ERROR webhook
+        hook = listener.received.get(timeout=30)["body"]
+        assert hook["request_id"] == normal["request_id"] and hook["status"] == "ERROR"
+        assert hook["error"] == "Invalid status code: 499" and hook["payload"]["error_type"] == "client_cancelled"
+        listener.stop()
 
         # cancel the running blocker: it stops within a step
         assert client.put(blocker["cancel_url"]).status_code == 202
