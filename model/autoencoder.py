@@ -10,6 +10,7 @@ a convolution to 4C channels followed by depth-to-space in DCR order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -146,10 +147,11 @@ class Decoder(nn.Module):
             x = block(x)
         for level in reversed(range(len(self.up))):
             x = self.adaptive[level](x, style)
-            for block in self.up[level].block:
+            up = cast(_Level, self.up[level])
+            for block in up.block:
                 x = block(x)
             if level > 0:
-                x = self.up[level].upsample(x)
+                x = up.upsample(x)
         return self.conv_out(swish(self.norm_out(x)))
 
 

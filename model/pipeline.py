@@ -226,8 +226,8 @@ class BitDancePipeline:
             branches = [self.prompts.conditional_ids(request.prompt)]
             if uses_guidance(request.guidance_scale):
                 branches.append(self.prompts.unconditional_ids())
-            for ids in branches:
-                rows.extend([ids + prefix] * request.num_images)
+            for prompt_ids in branches:
+                rows.extend([prompt_ids + prefix] * request.num_images)
         length = max(len(r) for r in rows)
         padding = [length - len(r) for r in rows]
         padded = [[0] * pad + r for pad, r in zip(padding, rows, strict=True)]
