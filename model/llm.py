@@ -96,16 +96,12 @@ def patch_attention(
     else:
         out = query.new_zeros(query.shape)
         for offset, rows in plan.groups:
-            q, k, v = (query, key, value) if rows is None else (query[rows], key[rows], value[rows])
-            q = q[:, :, offset:] if plan.causal else q
-            o = _attend(q, k[:, :, offset:], v[:, :, offset:], plan.causal, scale)
-            target = out if rows is None else out[rows]
-            if plan.causal:
-                target[:, :, offset:] = o.to(out.dtype)
-            else:
-                target[:] = o.to(out.dtype)
-            if rows is not None:
-                out[rows] = target
+            index = slice(None) if rows is None else rows
+            q, k, v = query[index], key[index][:, :, offset:], value[index][:, :, offset:]
+            if plan.causal:  # padded query positions stay zero: their outputs are never used
+                q = q[:, :, offset:]
+            part = _attend(q, k, v, plan.causal, scale).to(out.dtype)
+            out[index] = F.pad(part, (0, 0, offset, 0)) if plan.causal else part
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -6,7 +6,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ from PIL import Image
 
 from model.autoencoder import to_uint8_pixels
 from model.errors import CheckpointError, GenerationCancelled
+from model.llm import PatchDecoder
 from model.loading import load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
@@ -42,7 +43,6 @@ class StageTimes:
     llm: float = 0.0
     head: float = 0.0
     decoder: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -53,8 +53,6 @@ class BitDancePipeline:
     """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`."""
 
     def __init__(self, modules, prompts: PromptEncoder, device: torch.device, dtype: torch.dtype):
-        from model.llm import PatchDecoder
-
         self.device, self.dtype = device, dtype
         self.prompts = prompts
         self.llm_config = modules.llm_config
