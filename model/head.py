@@ -102,15 +102,22 @@ class HeadBlock(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, channels))
 
     def forward(self, x: torch.Tensor, modulation: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        scale1, shift1, gate1, scale2, shift2, gate2 = modulation
-        x = x + self.attn(self.norm1(x) * (1 + scale1) + shift1) * gate1
-        h = self.norm2(x) * (1 + scale2) + shift2
+        """``modulation`` is :func:`adaln_modulation`'s ``(1 + scale1, shift1, gate1, 1 + scale2, shift2, gate2)``."""
+        factor1, shift1, gate1, factor2, shift2, gate2 = modulation
+        x = x + self.attn(self.norm1(x) * factor1 + shift1) * gate1
+        h = self.norm2(x) * factor2 + shift2
         if self.use_swiglu:
             gate, value = self.w1(h).chunk(2, dim=-1)
             h = self.w2(F.silu(gate) * value)
         else:
             h = self.mlp(h)
         return x + h * gate2
+
+
+def adaln_modulation(ada_ln: nn.Linear, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The six adaLN tensors of a block, with ``1 + scale`` formed once for every block sharing them."""
+    scale1, shift1, gate1, scale2, shift2, gate2 = ada_ln(y).chunk(6, dim=-1)
+    return 1 + scale1, shift1, gate1, 1 + scale2, shift2, gate2
 
 
 class FinalLayer(nn.Module):
@@ -156,7 +163,7 @@ class HeadNetwork(nn.Module):
         modulation: tuple[torch.Tensor, ...] = ()
         for i, block in enumerate(self.res_blocks):
             if i % self.ada_ln_switch_every == 0:
-                modulation = self.ada_ln_blocks[i // self.ada_ln_switch_every](y).chunk(6, dim=-1)
+                modulation = adaln_modulation(self.ada_ln_blocks[i // self.ada_ln_switch_every], y)
             x = block(x, modulation)
         return 2 * torch.sigmoid(self.final_layer(x, y)) - 1
 

@@ -19,7 +19,7 @@ from model.loading import load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
 from model.resolutions import check_supported_size, supported_sizes
-from model.sampler import GuidanceLayout, NoiseSource, euler_maruyama, uses_guidance
+from model.sampler import GuidanceLayout, NoiseSource, SamplerSchedule, SamplerStep, euler_maruyama, uses_guidance
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -186,7 +186,9 @@ class BitDancePipeline:
         generators = [torch.Generator().manual_seed(self._seed(r)) for r in requests]
         noise = NoiseSource(generators, layout.images_per_request, (self.parallel_num, self.token_bits), self.device)
         positions = patch_major_embedding(self.position_table, grid_h, grid_w, self.patch)
+        schedule = SamplerSchedule.build(num_inference_steps, self.head.config.time_shift, device=self.device)
         with self._autocast():
+            time_features = self._time_features(schedule, layout)
             # 2. Prefill every row (cond, then uncond when guided, per request) with the image prefix
             started = self._clock()
             hidden, state = self._prefill(requests, grid_h, grid_w)
@@ -198,7 +200,7 @@ class BitDancePipeline:
                 position = positions[step * self.parallel_num : (step + 1) * self.parallel_num]
                 # 3. Sample the next patch with the diffusion head, then binarize
                 started = self._clock()
-                sample = self._sample_patch(hidden + position, layout, noise, num_inference_steps)
+                sample = self._sample_patch(hidden + position, layout, noise, schedule, time_features)
                 patch_tokens = torch.sign(sample)
                 patches.append(patch_tokens)
                 self.last_times.head += self._clock() - started
@@ -232,22 +234,35 @@ class BitDancePipeline:
         ids = torch.tensor(padded, dtype=torch.long, device=self.device)
         return self.patch_decoder.prefill(self.patch_decoder.embed(ids), padding, self.parallel_num)
 
+    def _time_features(self, schedule: SamplerSchedule, layout: GuidanceLayout) -> list[torch.Tensor]:
+        """The head's time embedding ``(rows, 1, C)`` for each evaluation of a patch, computed once.
+
+        Each request's embedding is computed over that request's own rows, the shape the official
+        sampler uses, so a request's numbers never depend on its batch.
+        """
+        sizes = layout.rows_per_request()
+        features = []
+        for step in schedule.evaluations:
+            by_size = {n: self.head.net.time_embed(step.t.expand(n)) for n in set(sizes)}
+            features.append(torch.cat([by_size[n] for n in sizes]).unsqueeze(1))
+        return features
+
     def _sample_patch(
-        self, condition: torch.Tensor, layout: GuidanceLayout, noise: NoiseSource, num_steps: int
+        self,
+        condition: torch.Tensor,
+        layout: GuidanceLayout,
+        noise: NoiseSource,
+        schedule: SamplerSchedule,
+        time_features: list[torch.Tensor],
     ) -> torch.Tensor:
         """Run the head's sampler on ``condition (rows, P, hidden)``; returns ``(images, P, 32)``."""
         net = self.head.net
         cond_features = net.cond_embed(condition)
-        sizes = layout.rows_per_request()
 
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            # The time embedding of each request is computed over that request's own rows, the
-            # shape the official sampler uses, so a request's numbers never depend on its batch.
-            by_size = {n: net.time_embed(t.expand(n)) for n in set(sizes)}
-            time_features = torch.cat([by_size[n] for n in sizes]).unsqueeze(1)
-            return net.denoise(x, time_features, cond_features)
+        def denoise(x: torch.Tensor, step: SamplerStep) -> torch.Tensor:
+            return net.denoise(x, time_features[step.index], cond_features)
 
-        return euler_maruyama(denoise, layout, noise, num_steps, shift=self.head.config.time_shift)
+        return euler_maruyama(denoise, layout, noise, schedule)
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:

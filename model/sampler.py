@@ -83,6 +83,14 @@ class GuidanceLayout:
         )
 
     @property
+    def any_guided(self) -> bool:
+        return any(uses_guidance(g) for g in self.scales)
+
+    @property
+    def all_guided(self) -> bool:
+        return all(uses_guidance(g) for g in self.scales)
+
+    @property
     def num_images(self) -> int:
         return sum(self.images_per_request)
 
@@ -96,8 +104,11 @@ class GuidanceLayout:
     def guide(self, velocity: torch.Tensor) -> torch.Tensor:
         """``u + g (c - u)`` for guided images, ``c`` for the others: ``(rows, P, C)`` -> ``(images, P, C)``."""
         cond = velocity.index_select(0, self.cond_rows)
+        if not self.any_guided:
+            return cond
         uncond = velocity.index_select(0, self.uncond_rows)
-        return torch.where(self.is_guided, uncond + self.scale * (cond - uncond), cond)
+        guided = uncond + self.scale * (cond - uncond)
+        return guided if self.all_guided else torch.where(self.is_guided, guided, cond)
 
 
 class NoiseSource:
@@ -124,52 +135,109 @@ class NoiseSource:
             torch.randn((count, *self.tail_shape), generator=generator, dtype=torch.float32)
             for generator, count in zip(self.generators, self.images_per_request, strict=True)
         ]
-        return torch.cat(parts).to(self.device)
+        sample = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return sample.to(self.device)
 
 
-def euler_maruyama_step(
-    x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, noise: torch.Tensor
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class SamplerStep:
+    """The time-only quantities of one head evaluation, as 0-d float32 tensors on the device.
+
+    ``index`` counts the evaluations of one patch (``0 .. num_steps``); the last one is the final
+    Euler step, which has no ``dt``, ``var`` or ``noise_scale``.
+    """
+
+    index: int
+    t: torch.Tensor
+    one_minus_t: torch.Tensor
+    velocity_divisor: torch.Tensor  # (1 - t) clamped at MIN_ONE_MINUS_T
+    dt: torch.Tensor | None = None
+    var: torch.Tensor | None = None
+    noise_scale: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SamplerSchedule:
+    """Every quantity that depends only on time, computed once per generation instead of per patch.
+
+    The values are the very tensors the step-by-step recurrence produces (``t`` accumulated by
+    repeated float32 adds of ``dt``), so hoisting them changes no bit of the samples.
+    """
+
+    steps: tuple[SamplerStep, ...]  # the stochastic steps
+    final: SamplerStep
+    last_step_size: float
+
+    @classmethod
+    def build(
+        cls,
+        num_steps: int,
+        shift: float = 1.0,
+        last_step_size: float = LAST_STEP_SIZE,
+        device: torch.device | str = "cpu",
+    ) -> SamplerSchedule:
+        dts = step_sizes(num_steps, shift, last_step_size).to(device)
+        t = torch.tensor(0.0, dtype=torch.float32, device=device)
+        steps = []
+        for i in range(num_steps):
+            dt = dts[i]
+            one_minus_t = 1 - t
+            steps.append(
+                SamplerStep(
+                    index=i,
+                    t=t,
+                    one_minus_t=one_minus_t,
+                    velocity_divisor=one_minus_t.clamp_min(MIN_ONE_MINUS_T),
+                    dt=dt,
+                    var=(1 - t) ** 2 - t * -1 * (1 - t),
+                    noise_scale=(2.0 * (1.0 - t) * dt) ** 0.5,
+                )
+            )
+            t = t + dt
+        t_last = torch.tensor(1 - last_step_size, dtype=torch.float32, device=device)
+        final = SamplerStep(
+            index=num_steps,
+            t=t_last,
+            one_minus_t=1 - t_last,
+            velocity_divisor=(1 - t_last).clamp_min(MIN_ONE_MINUS_T),
+        )
+        return cls(tuple(steps), final, last_step_size)
+
+    @property
+    def evaluations(self) -> tuple[SamplerStep, ...]:
+        """Every head evaluation of one patch, in order."""
+        return (*self.steps, self.final)
+
+
+def euler_maruyama_step(x: torch.Tensor, v: torch.Tensor, step: SamplerStep, noise: torch.Tensor) -> torch.Tensor:
     """One stochastic step of the flow ``x_t = t x1 + (1 - t) x0``; float32 throughout."""
-    var = (1 - t) ** 2 - t * -1 * (1 - t)
-    score = (t * v - x) / var
-    drift = v + (1 - t) * score
-    noise_scale = (2.0 * (1.0 - t) * dt) ** 0.5
-    return x + drift * dt + noise_scale * noise
+    score = (step.t * v - x) / step.var
+    drift = v + step.one_minus_t * score
+    return x + drift * step.dt + step.noise_scale * noise
 
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``denoise(x_rows (rows, P, C), t (0-d float32)) -> predicted x1 (rows, P, C)``."""
+Denoiser = Callable[[torch.Tensor, SamplerStep], torch.Tensor]
+"""``denoise(x_rows (rows, P, C), step) -> predicted x1 (rows, P, C)``; ``step.t`` is the time."""
 
 
-def guided_velocity(denoise: Denoiser, x: torch.Tensor, t: torch.Tensor, layout: GuidanceLayout) -> torch.Tensor:
+def guided_velocity(denoise: Denoiser, x: torch.Tensor, step: SamplerStep, layout: GuidanceLayout) -> torch.Tensor:
     rows = x.index_select(0, layout.expand_index)
-    predicted = denoise(rows, t)
-    velocity = (predicted - rows) / (1 - t).clamp_min(MIN_ONE_MINUS_T)
+    predicted = denoise(rows, step)
+    velocity = (predicted - rows) / step.velocity_divisor
     return layout.guide(velocity.to(torch.float32))
 
 
 def euler_maruyama(
-    denoise: Denoiser,
-    layout: GuidanceLayout,
-    noise: NoiseSource,
-    num_steps: int,
-    shift: float = 1.0,
-    last_step_size: float = LAST_STEP_SIZE,
+    denoise: Denoiser, layout: GuidanceLayout, noise: NoiseSource, schedule: SamplerSchedule
 ) -> torch.Tensor:
-    """Sample ``(images, P, C)`` with ``num_steps`` Euler–Maruyama steps and a final Euler step.
+    """Sample ``(images, P, C)`` with the schedule's Euler–Maruyama steps and its final Euler step.
 
     Noise is drawn as the official sampler draws it: the initial ``x`` first, then one draw per
     stochastic step, none for the final step.
     """
     x = noise.draw()
-    device = x.device
-    dt = step_sizes(num_steps, shift, last_step_size).to(device)
-    t = torch.tensor(0.0, dtype=torch.float32, device=device)
-    for i in range(num_steps):
-        v = guided_velocity(denoise, x, t, layout)
-        x = euler_maruyama_step(x, v, t, dt[i], noise.draw())
-        t += dt[i]
-    t_last = torch.tensor(1 - last_step_size, dtype=torch.float32, device=device)
-    v = guided_velocity(denoise, x, t_last, layout)
-    return x + v * last_step_size
+    for step in schedule.steps:
+        v = guided_velocity(denoise, x, step, layout)
+        x = euler_maruyama_step(x, v, step, noise.draw())
+    v = guided_velocity(denoise, x, schedule.final, layout)
+    return x + v * schedule.last_step_size

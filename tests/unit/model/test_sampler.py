@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.sampler import GuidanceLayout, NoiseSource, euler_maruyama, step_sizes, time_shift
+from model.sampler import (
+    GuidanceLayout,
+    NoiseSource,
+    SamplerSchedule,
+    SamplerStep,
+    euler_maruyama,
+    step_sizes,
+    time_shift,
+)
 
 
 def reference_sampler(denoise64, x0, noises, steps, scale, shift=1.0, last=0.05):
@@ -37,8 +45,8 @@ def reference_sampler(denoise64, x0, noises, steps, scale, shift=1.0, last=0.05)
 def linear_denoiser(weight: np.ndarray):
     """A smooth stand-in for the head: x1 = tanh(x W + t) per row, in torch and in float64."""
 
-    def torch_fn(rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(rows @ torch.from_numpy(weight).float() + t)
+    def torch_fn(rows: torch.Tensor, step: SamplerStep) -> torch.Tensor:
+        return torch.tanh(rows @ torch.from_numpy(weight).float() + step.t)
 
     def numpy_fn(rows: np.ndarray, t: float) -> np.ndarray:
         return np.tanh(rows @ weight + t)
@@ -55,7 +63,7 @@ def test_sampler_matches_float64_reference(scale: float, shift: float) -> None:
     steps = 12
     generator = torch.Generator().manual_seed(5)
     noise = NoiseSource([generator], [2], (4, 8))
-    out = euler_maruyama(torch_fn, GuidanceLayout.build([2], [scale]), noise, steps, shift=shift)
+    out = euler_maruyama(torch_fn, GuidanceLayout.build([2], [scale]), noise, SamplerSchedule.build(steps, shift))
 
     replay = torch.Generator().manual_seed(5)
     draws = [torch.randn((2, 4, 8), generator=replay).double().numpy() for _ in range(steps + 1)]
@@ -66,14 +74,15 @@ def test_sampler_matches_float64_reference(scale: float, shift: float) -> None:
 def test_guidance_is_off_at_and_below_one() -> None:
     calls: list[int] = []
 
-    def denoise(rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def denoise(rows: torch.Tensor, step: SamplerStep) -> torch.Tensor:
         calls.append(rows.shape[0])
         return torch.tanh(rows)
 
     for scale in (1.0, 0.3):
         layout = GuidanceLayout.build([3], [scale])
         assert layout.num_rows == 3
-        euler_maruyama(denoise, layout, NoiseSource([torch.Generator().manual_seed(1)], [3], (2, 4)), 4)
+        noise = NoiseSource([torch.Generator().manual_seed(1)], [3], (2, 4))
+        euler_maruyama(denoise, layout, noise, SamplerSchedule.build(4))
     assert set(calls) == {3}
     guided = GuidanceLayout.build([3], [1.01])
     assert guided.num_rows == 6
@@ -105,3 +114,17 @@ def test_noise_source_draws_like_the_global_generator() -> None:
     source = NoiseSource([torch.Generator().manual_seed(42)], [2], (16, 32))
     for want in expected:
         assert torch.equal(source.draw(), want)
+
+
+def test_schedule_holds_the_recurrence_values() -> None:
+    schedule = SamplerSchedule.build(10, shift=3.0)
+    dt = step_sizes(10, 3.0)
+    t = torch.tensor(0.0)
+    for i, step in enumerate(schedule.steps):
+        assert step.index == i and torch.equal(step.t, t) and torch.equal(step.dt, dt[i])
+        assert torch.equal(step.velocity_divisor, (1 - t).clamp_min(0.05))
+        assert torch.equal(step.noise_scale, (2.0 * (1.0 - t) * dt[i]) ** 0.5)
+        t = t + dt[i]
+    assert float(t) == pytest.approx(float(time_shift(torch.tensor(0.95), 3.0)), abs=1e-6)
+    assert schedule.final.index == 10 and float(schedule.final.t) == pytest.approx(0.95)
+    assert schedule.final.dt is None and len(schedule.evaluations) == 11
