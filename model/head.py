@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.attention import attend
+
 HEAD_DIM = 128
 TIME_FREQUENCIES = 256
 MANUAL_ATTENTION_MAX_LEN = 32
@@ -81,7 +83,7 @@ class PatchAttention(nn.Module):
             weights = F.softmax((q * HEAD_DIM**-0.5) @ k.transpose(-1, -2), dim=-1)
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attend(q, k, v, causal=False)
         return self.wo(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -14,13 +14,12 @@ a GPU in half precision.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface, Qwen3Config, Qwen3Model
-from transformers.cache_utils import DynamicCache
+
+from model.attention import attend
 
 ATTENTION_IMPLEMENTATION = "bitdance_patch"
 
@@ -29,51 +28,25 @@ ATTENTION_IMPLEMENTATION = "bitdance_patch"
 class AttentionPlan:
     """What the attention of one forward pass does: causal or block-bidirectional, and row groups.
 
-    ``groups`` pairs a key offset (the left padding of those rows) with the indices of the rows.
+    ``groups`` pairs a key offset (the left padding of those rows) with the slice of rows that share
+    it. The decoder sorts its rows by padding, so every group is a contiguous slice and attention
+    reads views of the cache instead of gathering copies of it.
     """
 
     causal: bool
-    groups: tuple[tuple[int, torch.Tensor | None], ...]
+    groups: tuple[tuple[int, slice], ...]
 
     @classmethod
-    def build(cls, causal: bool, offsets: list[int], device: torch.device) -> AttentionPlan:
-        if len(set(offsets)) == 1:
-            return cls(causal, ((offsets[0], None),))
-        by_offset: dict[int, list[int]] = {}
-        for row, offset in enumerate(offsets):
-            by_offset.setdefault(offset, []).append(row)
-        groups = tuple(
-            (offset, torch.tensor(rows, dtype=torch.long, device=device)) for offset, rows in by_offset.items()
-        )
-        return cls(causal, groups)
-
-
-def _flash_attn_func():
-    if importlib.util.find_spec("flash_attn") is None:
-        return None
-    from flash_attn import flash_attn_func
-
-    return flash_attn_func
-
-
-_FLASH_ATTN = _flash_attn_func()
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
-    """``(B, H, Q, D)`` queries against ``(B, Hkv, K, D)`` keys -> ``(B, H, Q, D)``."""
-    if _FLASH_ATTN is not None and q.is_cuda and v.dtype in (torch.float16, torch.bfloat16):
-        dtype = v.dtype
-        out = _FLASH_ATTN(
-            q.transpose(1, 2).to(dtype),
-            k.transpose(1, 2).to(dtype),
-            v.transpose(1, 2),
-            causal=causal,
-            softmax_scale=scale,
-        )
-        return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(
-        q, k.to(q.dtype), v.to(q.dtype), is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
-    )
+    def build(cls, causal: bool, offsets: list[int]) -> AttentionPlan:
+        if offsets != sorted(offsets):
+            raise ValueError("rows must be sorted by their padding")
+        groups: list[tuple[int, slice]] = []
+        start = 0
+        for row in range(1, len(offsets) + 1):
+            if row == len(offsets) or offsets[row] != offsets[start]:
+                groups.append((offsets[start], slice(start, row)))
+                start = row
+        return cls(causal, tuple(groups))
 
 
 def patch_attention(
@@ -92,16 +65,15 @@ def patch_attention(
         raise TypeError("the BitDance backbone must be called with an AttentionPlan")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if len(plan.groups) == 1 and plan.groups[0][0] == 0:
-        out = _attend(query, key, value, plan.causal, scale)
+        out = attend(query, key, value, plan.causal, scale)
     else:
         out = query.new_zeros(query.shape)
         for offset, rows in plan.groups:
-            index = slice(None) if rows is None else rows
-            q, k, v = query[index], key[index][:, :, offset:], value[index][:, :, offset:]
+            q, k, v = query[rows], key[rows, :, offset:], value[rows, :, offset:]
             if plan.causal:  # padded query positions stay zero: their outputs are never used
-                q = q[:, :, offset:]
-            part = _attend(q, k, v, plan.causal, scale).to(out.dtype)
-            out[index] = F.pad(part, (0, 0, offset, 0)) if plan.causal else part
+                out[rows, :, offset:] = attend(q[:, :, offset:], k, v, True, scale)
+            else:
+                out[rows] = attend(q, k, v, False, scale)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -114,17 +86,59 @@ def build_backbone(config: Qwen3Config) -> Qwen3Model:
     return Qwen3Model(config)
 
 
+class PatchKVCache:
+    """Keys and values of every layer in buffers preallocated for the whole generation.
+
+    Each forward writes its new tokens in place and attention reads views up to the current length,
+    so a decoding step copies only its own block (a ``DynamicCache`` re-concatenates everything).
+    Implements the part of the transformers cache interface that ``Qwen3Model`` uses.
+    """
+
+    def __init__(self, num_layers: int, capacity: int):
+        self.capacity = capacity
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0  # positions stored per row, left padding included
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``(B, Hkv, n, D)`` new keys and values; returns all of this layer's, as views."""
+        start, end = self.length, self.length + key.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache full: {end} positions needed, {self.capacity} allocated")
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if keys is None or values is None:
+            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
+            keys, values = key.new_empty(shape), value.new_empty(shape)
+            self.keys[layer_idx], self.values[layer_idx] = keys, values
+        keys[:, :, start:end] = key
+        values[:, :, start:end] = value
+        if layer_idx == len(self.keys) - 1:
+            self.length = end
+        return keys[:, :, :end], values[:, :, :end]
+
+
 @dataclass
 class DecodingState:
-    """KV cache and per-row bookkeeping between decoding steps."""
+    """KV cache and per-row bookkeeping between decoding steps, in the decoder's sorted row order."""
 
-    cache: DynamicCache
+    cache: PatchKVCache
     lengths: torch.Tensor  # (B,) tokens seen by each row, padding excluded
     block_plan: AttentionPlan
+    order: torch.Tensor | None  # caller row -> sorted row, None when already sorted
+    restore: torch.Tensor | None  # sorted row -> caller row
 
 
 class PatchDecoder:
-    """Runs the backbone for prefill and next-patch steps; returns hidden states after the final norm."""
+    """Runs the backbone for prefill and next-patch steps; returns hidden states after the final norm.
+
+    Rows are processed sorted by their left padding (inputs and outputs keep the caller's order), so
+    rows that share a padding form one contiguous slice of the cache.
+    """
 
     def __init__(self, backbone: Qwen3Model):
         self.backbone = backbone
@@ -133,8 +147,8 @@ class PatchDecoder:
         return self.backbone.embed_tokens(ids)
 
     def _forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None, plan: AttentionPlan
-    ) -> tuple[torch.Tensor, DynamicCache]:
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: PatchKVCache, plan: AttentionPlan
+    ) -> torch.Tensor:
         out = self.backbone(
             inputs_embeds=embeds,
             position_ids=positions,
@@ -142,26 +156,41 @@ class PatchDecoder:
             use_cache=True,
             attention_mask={"full_attention": plan},
         )
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state
 
-    def prefill(self, embeds: torch.Tensor, padding: list[int], block: int) -> tuple[torch.Tensor, DecodingState]:
+    def prefill(
+        self, embeds: torch.Tensor, padding: list[int], block: int, num_blocks: int
+    ) -> tuple[torch.Tensor, DecodingState]:
         """``embeds (B, L, H)`` left-padded by ``padding[b]``; the last ``block`` tokens form the first block.
 
-        Returns the hidden states of that block ``(B, block, H)`` and the state for :meth:`step`.
+        ``num_blocks`` counts every block that will be fed, this first one included (it sizes the
+        cache). Returns the hidden states of the first block ``(B, block, H)`` and the state for
+        :meth:`step`.
         """
         rows, length = embeds.shape[:2]
         device = embeds.device
+        sorted_rows = sorted(range(rows), key=lambda r: padding[r])
+        order = restore = None
+        if sorted_rows != list(range(rows)):
+            order = torch.tensor(sorted_rows, dtype=torch.long, device=device)
+            restore = torch.argsort(order)
+            embeds = embeds.index_select(0, order)
+            padding = [padding[r] for r in sorted_rows]
         pad = torch.tensor(padding, dtype=torch.long, device=device)
         positions = (torch.arange(length - block, device=device).unsqueeze(0) - pad.unsqueeze(1)).clamp_min(0)
-        causal = AttentionPlan.build(True, padding, device)
-        _, cache = self._forward(embeds[:, :-block], positions, None, causal)
-        state = DecodingState(cache, length - block - pad, AttentionPlan.build(False, padding, device))
-        return self.step(embeds[:, -block:], state), state
+        cache = PatchKVCache(self.backbone.config.num_hidden_layers, length - block + num_blocks * block)
+        self._forward(embeds[:, :-block], positions, cache, AttentionPlan.build(True, padding))
+        state = DecodingState(cache, length - block - pad, AttentionPlan.build(False, padding), None, restore)
+        hidden = self.step(embeds[:, -block:], state)
+        state.order = order
+        return hidden, state
 
     def step(self, embeds: torch.Tensor, state: DecodingState) -> torch.Tensor:
         """Feed one block ``(B, P, H)``; returns its hidden states ``(B, P, H)``."""
+        if state.order is not None:
+            embeds = embeds.index_select(0, state.order)
         block = embeds.shape[1]
         positions = state.lengths.unsqueeze(1) + torch.arange(block, device=embeds.device).unsqueeze(0)
-        hidden, state.cache = self._forward(embeds, positions, state.cache, state.block_plan)
+        hidden = self._forward(embeds, positions, state.cache, state.block_plan)
         state.lengths = state.lengths + block
-        return hidden
+        return hidden if state.restore is None else hidden.index_select(0, state.restore)

@@ -183,7 +183,9 @@ class BitDancePipeline:
         layout = GuidanceLayout.build(
             [r.num_images for r in requests], [r.guidance_scale for r in requests], self.device
         )
-        generators = [torch.Generator().manual_seed(self._seed(r)) for r in requests]
+        # Each request's generator lives on the pipeline's device, as upstream draws from that
+        # device's default generator after seeding (CPU draws on the CPU, CUDA draws on the GPU).
+        generators = [torch.Generator(device=self.device).manual_seed(self._seed(r)) for r in requests]
         noise = NoiseSource(generators, layout.images_per_request, (self.parallel_num, self.token_bits), self.device)
         positions = patch_major_embedding(self.position_table, grid_h, grid_w, self.patch)
         schedule = SamplerSchedule.build(num_inference_steps, self.head.config.time_shift, device=self.device)
@@ -191,7 +193,7 @@ class BitDancePipeline:
             time_features = self._time_features(schedule, layout)
             # 2. Prefill every row (cond, then uncond when guided, per request) with the image prefix
             started = self._clock()
-            hidden, state = self._prefill(requests, grid_h, grid_w)
+            hidden, state = self._prefill(requests, grid_h, grid_w, num_patches)
             self.last_times.llm += self._clock() - started
             patches = []
             for step in range(num_patches):
@@ -219,7 +221,7 @@ class BitDancePipeline:
     def _seed(self, request: GenerationRequest) -> int:
         return request.seed if request.seed is not None else secrets.randbelow(2**31)
 
-    def _prefill(self, requests: Sequence[GenerationRequest], grid_h: int, grid_w: int):
+    def _prefill(self, requests: Sequence[GenerationRequest], grid_h: int, grid_w: int, num_blocks: int):
         prefix = self.prompts.special_ids(image_prefix_tokens(grid_h, grid_w, self.parallel_num))
         rows: list[list[int]] = []
         for request in requests:
@@ -232,7 +234,7 @@ class BitDancePipeline:
         padding = [length - len(r) for r in rows]
         padded = [[0] * pad + r for pad, r in zip(padding, rows, strict=True)]
         ids = torch.tensor(padded, dtype=torch.long, device=self.device)
-        return self.patch_decoder.prefill(self.patch_decoder.embed(ids), padding, self.parallel_num)
+        return self.patch_decoder.prefill(self.patch_decoder.embed(ids), padding, self.parallel_num, num_blocks)
 
     def _time_features(self, schedule: SamplerSchedule, layout: GuidanceLayout) -> list[torch.Tensor]:
         """The head's time embedding ``(rows, 1, C)`` for each evaluation of a patch, computed once.

@@ -112,10 +112,12 @@ class GuidanceLayout:
 
 
 class NoiseSource:
-    """Gaussian noise for every image, each request drawing from its own CPU ``torch.Generator``.
+    """Gaussian noise for every image, each request drawing from its own ``torch.Generator``.
 
-    A request's draws depend only on its generator, so its samples are the same alone or in a batch;
-    a generator seeded with ``s`` draws exactly what ``torch.manual_seed(s)`` makes the global one draw.
+    A request's draws depend only on its generator, so its samples are the same alone or in a batch.
+    A generator seeded with ``s`` on a device draws exactly what ``torch.manual_seed(s)`` makes that
+    device's default generator draw, which is where upstream's sampler draws from (``torch.randn``
+    on the head's device). Draws are made on the generator's device, then moved to ``device``.
     """
 
     def __init__(
@@ -132,7 +134,7 @@ class NoiseSource:
 
     def draw(self) -> torch.Tensor:
         parts = [
-            torch.randn((count, *self.tail_shape), generator=generator, dtype=torch.float32)
+            torch.randn((count, *self.tail_shape), generator=generator, dtype=torch.float32, device=generator.device)
             for generator, count in zip(self.generators, self.images_per_request, strict=True)
         ]
         sample = parts[0] if len(parts) == 1 else torch.cat(parts)
