@@ -27,9 +27,11 @@ def time_shift(t: torch.Tensor, shift: float = 1.0, sigma: float = 1.0) -> torch
     return (1 / shift) / ((1 / shift) + (1 / t - 1) ** sigma)
 
 
-def step_sizes(num_steps: int, shift: float = 1.0, last_step_size: float = LAST_STEP_SIZE) -> torch.Tensor:
-    """``dt`` of each Euler–Maruyama step, float32 ``(num_steps,)``."""
-    t_all = torch.linspace(0, 1 - last_step_size, num_steps + 1, dtype=torch.float32)
+def step_sizes(
+    num_steps: int, shift: float = 1.0, last_step_size: float = LAST_STEP_SIZE, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``dt`` of each Euler–Maruyama step, float32 ``(num_steps,)``, computed on ``device`` as upstream."""
+    t_all = torch.linspace(0, 1 - last_step_size, num_steps + 1, dtype=torch.float32, device=device)
     t_all = time_shift(t_all, shift)
     return t_all[1:] - t_all[:-1]
 
@@ -178,7 +180,7 @@ class SamplerSchedule:
         last_step_size: float = LAST_STEP_SIZE,
         device: torch.device | str = "cpu",
     ) -> SamplerSchedule:
-        dts = step_sizes(num_steps, shift, last_step_size).to(device)
+        dts = step_sizes(num_steps, shift, last_step_size, device)
         t = torch.tensor(0.0, dtype=torch.float32, device=device)
         steps = []
         for i in range(num_steps):
