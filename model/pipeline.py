@@ -18,22 +18,15 @@ from model.llm import PatchDecoder
 from model.loading import load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
+from model.requests import GenerationRequest
 from model.resolutions import check_supported_size, supported_sizes
 from model.sampler import GuidanceLayout, NoiseSource, SamplerSchedule, SamplerStep, euler_maruyama, uses_guidance
+
+__all__ = ["BitDancePipeline", "GenerationRequest", "StageTimes"]
 
 ProgressCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One prompt's share of a batch: its own seed, guidance scale and image count."""
-
-    prompt: str
-    seed: int | None = None
-    guidance_scale: float = 7.5
-    num_images: int = 1
 
 
 @dataclass

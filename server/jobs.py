@@ -17,6 +17,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from rq import Queue
+from rq.job import Job
 
 from server import jobscripts
 from server.errors import (
@@ -304,6 +305,7 @@ class WorkerJobStore:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._start = client.register_script(jobscripts.START)
+        self._claim = client.register_script(jobscripts.CLAIM)
         self._complete = client.register_script(jobscripts.COMPLETE)
         self._cancel = client.register_script(jobscripts.CANCEL_QUEUED)
         self._orphan = client.register_script(jobscripts.RECOVER_ORPHAN)
@@ -321,6 +323,23 @@ class WorkerJobStore:
         """'started', or why not: 'missing', 'completed' (cancelled/expired), 'leased', 'overdue'."""
         keys = [self.keys.record(rid), self.keys.lease(rid), self.keys.queued, self.keys.active]
         return str(self._start(keys=keys, args=[rid, worker, repr(time.time()), self.lease_ms]))
+
+    def queued_ids(self, queue: str, limit: int) -> list[str]:
+        """The first ``limit`` request ids waiting in an RQ queue, in serving order."""
+        return [str(rid) for rid in self.client.lrange(Keys.rq_queue(queue), 0, limit - 1)]
+
+    def claim(self, rid: str, worker: str, queue: str) -> str:
+        """Start a still-queued request as part of a batch: 'started', 'not_queued' or 'overdue'."""
+        keys = [
+            self.keys.record(rid),
+            self.keys.lease(rid),
+            self.keys.queued,
+            self.keys.active,
+            Keys.rq_queue(queue),
+            str(Job.key_for(rid)),
+        ]
+        args = [rid, worker, repr(time.time()), self.lease_ms, self.settings.record_ttl_s]
+        return str(self._claim(keys=keys, args=args))
 
     def refresh_lease(self, rid: str, worker: str) -> None:
         self.client.set(self.keys.lease(rid), worker, px=self.lease_ms)

@@ -123,3 +123,23 @@ redis.call('HDEL', KEYS[1], 'lost_since')
 redis.call('LPUSH', qkey, ARGV[1])
 return 'requeued'
 """
+
+# Claim a queued request into a batch that a worker is starting: START's writes, plus taking the
+# request's id out of its RQ list (no other worker will pop it). Its RQ job hash is kept, with a TTL,
+# so that a requeue after this worker dies still finds it. Only IN_QUEUE requests still in their
+# list are claimed; anything else is left to the normal path.
+# KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s
+CLAIM = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'not_queued' end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'not_queued' end
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if deadline and deadline ~= '' and tonumber(ARGV[3]) > tonumber(deadline) then return 'overdue' end
+if redis.call('LREM', KEYS[5], 1, ARGV[1]) == 0 then return 'not_queued' end
+redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
+redis.call('HDEL', KEYS[1], 'lost_since')
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('EXPIRE', KEYS[6], ARGV[5])
+return 'started'
+"""

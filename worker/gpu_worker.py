@@ -1,5 +1,5 @@
 """``GpuWorker``: an RQ ``SimpleWorker`` (jobs run in this process: no fork, CUDA state survives)
-plus a heartbeat thread that keeps this worker visible, the running request leased, and sweeps.
+plus a heartbeat thread that keeps this worker visible, its running requests leased, and sweeps.
 
 SIGTERM/SIGINT once: finish the current request, then exit (RQ's warm shutdown). Twice: exit now;
 the request's lease then expires and the recovery sweep requeues it.
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Every ``lease_ttl_s / 3``: worker heartbeat, lease of the current request, recovery sweep."""
+    """Every ``lease_ttl_s / 3``: worker heartbeat, leases of the running requests, recovery sweep."""
 
     def __init__(self, jobs: WorkerJobStore, runner: TaskRunner, name: str) -> None:
         super().__init__(name=f"heartbeat-{name}", daemon=True)
@@ -40,9 +40,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             self.jobs.heartbeat(self.worker_name)
-            current = self.runner.current_request
-            if current is not None:
-                self.jobs.refresh_lease(current, self.worker_name)
+            for rid in self.runner.current_requests:
+                self.jobs.refresh_lease(rid, self.worker_name)
             if self.jobs.try_acquire_sweep(self.worker_name):
                 for rid, outcome in recovery.sweep(self.jobs).items():
                     if recovery.is_terminal(outcome):

@@ -19,6 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from model.errors import GenerationCancelled
+from model.requests import GenerationRequest
 from model.resolutions import resolve_image_size
 from server.errors import (
     ClientCancelledError,
@@ -32,6 +33,7 @@ from server.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from server.settings import Settings
 from server.storage import LocalStorage
 from server.webhooks import WebhookSender, webhook_body
+from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
 from worker.progress import ProgressTracker
 from worker.safety import SafetyChecker, redact
@@ -48,18 +50,15 @@ class Pipeline(Protocol):
 
     parallel_num: int
 
-    def generate(
+    def generate_batch(
         self,
-        prompt: str,
+        requests: Sequence[GenerationRequest],
         height: int,
         width: int,
         num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
-        seed: int | None = None,
-        num_images: int = 1,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> list[Image.Image]: ...
+    ) -> list[list[Image.Image]]: ...
 
 
 @dataclass
@@ -90,19 +89,40 @@ def with_redis_retry(action: Callable[[], T], what: str, budget_s: float = RECOR
             delay = min(delay * 2, 2.0)
 
 
+@dataclass
+class BatchEntry:
+    """One request of a generation: its validated input, seed and progress tracker."""
+
+    record: RequestRecord
+    payload: BitDanceInput
+    seed: int
+    tracker: ProgressTracker
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    def as_generation_request(self) -> GenerationRequest:
+        p = self.payload
+        return GenerationRequest(p.prompt, self.seed, p.guidance_scale, p.num_images)
+
+
 class TaskRunner:
-    """Runs requests on the loaded pipeline; ``current_request`` is kept leased by the worker."""
+    """Runs requests on the loaded pipeline; ``current_requests`` are kept leased by the worker."""
 
     def __init__(self, services: WorkerServices) -> None:
         self.services = services
-        self.current_request: str | None = None
+        self.current_requests: tuple[str, ...] = ()
 
     @property
     def jobs(self) -> WorkerJobStore:
         return self.services.jobs
 
     def run(self, request_id: str) -> str:
-        """Start, execute and complete one request; returns a short outcome for logs and tests."""
+        """Start, execute and complete one request (and any companions batched with it).
+
+        Returns this request's outcome, for logs and tests.
+        """
         name = self.services.worker_name
         started = with_redis_retry(lambda: self.jobs.start(request_id, name), "start")
         if started == "overdue":
@@ -115,51 +135,99 @@ class TaskRunner:
         record = self.jobs.get(request_id)
         if record is None:  # expired between the two calls
             return "missing"
-        self.current_request = request_id
+        batch = [record]
+        self.current_requests = (request_id,)
         try:
-            outcome = self.execute(record)
+            max_images = self.services.settings.max_batch_images
+            if max_images > 1:
+                pipe = self.services.pipe
+                batch += claim_companions(self.jobs, name, record, pipe.parallel_num, max_images)
+                self.current_requests = tuple(r.request_id for r in batch)
+            outcomes = self.execute(batch)
         finally:
-            self.current_request = None
-        self.notify(request_id)
-        return outcome
+            self.current_requests = ()
+        for member in batch:
+            self.notify(member.request_id)
+        return outcomes[request_id]
 
-    def execute(self, record: RequestRecord) -> str:
-        """Generate, screen, encode and store; every path records an outcome."""
-        rid = record.request_id
-        tracker = ProgressTracker(self.jobs, rid, self.services.settings.progress_interval_s)
+    def execute(self, records: Sequence[RequestRecord]) -> dict[str, str]:
+        """Generate, screen, encode and store; every request gets an outcome recorded."""
+        outcomes: dict[str, str] = {}
+        entries = []
+        for record in records:
+            entry = self._prepare(record, outcomes)
+            if entry is not None:
+                entries.append(entry)
+        if not entries:
+            return outcomes
+        pipe = self.services.pipe
+        height, width = resolve_image_size(entries[0].payload.image_size_value(), pipe.parallel_num)
+        steps = entries[0].payload.num_inference_steps
+        running = list(entries)
+        note = f" (batch of {len(entries)} requests)" if len(entries) > 1 else ""
+        for entry in entries:
+            n, seed = entry.payload.num_images, entry.seed
+            entry.tracker.log(f"Generating {n} image(s) of {width}x{height}, seed {seed}{note}")
+
+        def progress(step: int, total: int) -> None:
+            for entry in running:
+                entry.tracker.on_step(step, total)
+
+        def should_stop() -> bool:
+            for entry in list(running):
+                if entry.tracker.should_stop():
+                    logger.info("cancelled while running request_id=%s", entry.request_id)
+                    self._complete_error(entry.request_id, ClientCancelledError().to_stored())
+                    outcomes[entry.request_id] = "client_cancelled"
+                    running.remove(entry)
+            return not running
+
+        started = time.perf_counter()
+        try:
+            requests = [entry.as_generation_request() for entry in entries]
+            images = pipe.generate_batch(requests, height, width, steps, progress, should_stop)
+        except GenerationCancelled:
+            return outcomes  # every request of the batch was cancelled and recorded
+        except Exception as exc:  # task boundary: the broad catch exists to record the outcomes
+            logger.exception("generation failed request_ids=%s", [e.request_id for e in running])
+            for entry in running:
+                self._complete_error(entry.request_id, public_error(exc).to_stored())
+                outcomes[entry.request_id] = "error"
+            return outcomes
+        inference_s = time.perf_counter() - started
+        for entry, request_images in zip(entries, images, strict=True):
+            if entry in running:
+                outcomes[entry.request_id] = self._finish(entry, request_images, inference_s)
+        return outcomes
+
+    def _prepare(self, record: RequestRecord, outcomes: dict[str, str]) -> BatchEntry | None:
+        """Validate a request's input and pick its seed; an invalid one is completed with a 422."""
         try:
             payload = BitDanceInput.model_validate(record.input)
-            height, width = resolve_image_size(payload.image_size_value(), self.services.pipe.parallel_num)
-            seed = payload.seed if payload.seed is not None else secrets.randbelow(SEED_RANGE)
-            tracker.log(f"Generating {payload.num_images} image(s) of {width}x{height}, seed {seed}")
-            started = time.perf_counter()
-            images = self.services.pipe.generate(
-                payload.prompt,
-                height,
-                width,
-                num_inference_steps=payload.num_inference_steps,
-                guidance_scale=payload.guidance_scale,
-                seed=seed,
-                num_images=payload.num_images,
-                progress=tracker.on_step,
-                should_stop=tracker.should_stop,
-            )
-            inference_s = time.perf_counter() - started
-            output = self.build_output(record, payload, images, seed)
-        except GenerationCancelled:
-            logger.info("cancelled while running request_id=%s", rid)
-            self._complete_error(rid, ClientCancelledError().to_stored())
-            return "client_cancelled"
+            resolve_image_size(payload.image_size_value(), self.services.pipe.parallel_num)
         except ValidationError as exc:
             detail = exc.errors(include_url=False, include_context=False, include_input=False)
             body = {"detail": [{**e, "loc": ["body", *e["loc"]]} for e in detail]}
-            self._complete_error(rid, StoredError(422, body))
-            return "validation_error"
-        except Exception as exc:  # task boundary: the broad catch exists to record the outcome
-            logger.exception("generation failed request_id=%s", rid)
+            self._complete_error(record.request_id, StoredError(422, body))
+            outcomes[record.request_id] = "validation_error"
+            return None
+        except ValueError as exc:
+            self._complete_error(record.request_id, public_error(exc).to_stored())
+            outcomes[record.request_id] = "error"
+            return None
+        seed = payload.seed if payload.seed is not None else secrets.randbelow(SEED_RANGE)
+        tracker = ProgressTracker(self.jobs, record.request_id, self.services.settings.progress_interval_s)
+        return BatchEntry(record, payload, seed, tracker)
+
+    def _finish(self, entry: BatchEntry, images: Sequence[Image.Image], inference_s: float) -> str:
+        rid = entry.request_id
+        try:
+            output = self.build_output(entry.record, entry.payload, images, entry.seed)
+        except Exception as exc:  # task boundary: storage or encoding failures become the outcome
+            logger.exception("output failed request_id=%s", rid)
             self._complete_error(rid, public_error(exc).to_stored())
             return "error"
-        tracker.log(f"Done in {inference_s:.2f}s")
+        entry.tracker.log(f"Done in {inference_s:.2f}s")
         with_redis_retry(lambda: self.jobs.complete_ok(rid, output, inference_s), "complete")
         with_redis_retry(lambda: self.jobs.record_inference_seconds(inference_s), "metrics")
         return "ok"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from model.errors import GenerationCancelled
+from model.requests import GenerationRequest
 
 
 @dataclass
@@ -19,20 +20,20 @@ class FakePipeline:
     fail_at_step: int | None = None
     on_step: Callable[[int], None] | None = None
     calls: list[dict[str, object]] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)  # requests per generate_batch call
 
-    def generate(
+    def generate_batch(
         self,
-        prompt: str,
+        requests: Sequence[GenerationRequest],
         height: int,
         width: int,
         num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
-        seed: int | None = None,
-        num_images: int = 1,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> list[Image.Image]:
-        self.calls.append({"prompt": prompt, "height": height, "width": width, "seed": seed, "n": num_images})
+    ) -> list[list[Image.Image]]:
+        self.batches.append(len(requests))
+        for r in requests:
+            self.calls.append({"prompt": r.prompt, "height": height, "width": width, "seed": r.seed, "n": r.num_images})
         for step in range(1, self.steps + 1):
             if should_stop is not None and should_stop():
                 raise GenerationCancelled()
@@ -42,8 +43,12 @@ class FakePipeline:
                 raise RuntimeError(f"boom at step {step}")
             if progress is not None:
                 progress(step, self.steps)
+        return [self.images(r.prompt, r.seed, r.num_images, width, height) for r in requests]
+
+    @staticmethod
+    def images(prompt: str, seed: int | None, count: int, width: int, height: int) -> list[Image.Image]:
         shade = (hash((prompt, seed)) % 200) + 20
-        return [Image.new("RGB", (width, height), (shade, (shade + i * 40) % 255, 90)) for i in range(num_images)]
+        return [Image.new("RGB", (width, height), (shade, (shade + i * 40) % 255, 90)) for i in range(count)]
 
 
 class FlagAll:
