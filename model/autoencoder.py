@@ -83,7 +83,17 @@ class ResBlock(nn.Module):
         h = self.conv1(swish_(self.norm1(x)))
         h = self.conv2(swish_(self.norm2(h)))
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return h.add_(shortcut)
+        return add_(h, shortcut)
+
+
+def add_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b``, written into ``a`` when that keeps the promoted dtype (under autocast it may not)."""
+    return a.add_(b) if torch.promote_types(a.dtype, b.dtype) == a.dtype else a + b
+
+
+def mul_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b``, written into ``a`` when that keeps the promoted dtype."""
+    return a.mul_(b) if torch.promote_types(a.dtype, b.dtype) == a.dtype else a * b
 
 
 def depth_to_space(x: torch.Tensor, block: int = 2) -> torch.Tensor:
@@ -116,7 +126,7 @@ class AdaptiveGroupNorm(nn.Module):
         flat = style.flatten(2)
         scale = self.gamma((flat.var(dim=-1) + EPS).sqrt()).view(b, c, 1, 1)
         bias = self.beta(flat.mean(dim=-1)).view(b, c, 1, 1)
-        return self.gn(x).mul_(scale).add_(bias)
+        return add_(mul_(self.gn(x), scale), bias)
 
 
 class _Level(nn.Module):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from model.autoencoder import AdaptiveGroupNorm, depth_to_space, to_uint8_pixels
+from model.autoencoder import AdaptiveGroupNorm, ResBlock, depth_to_space, swish_, to_uint8_pixels
 from model.head import timestep_embedding
 
 
@@ -51,3 +51,16 @@ def test_timestep_embedding_is_cos_then_sin_of_1000t() -> None:
     freqs = [math.exp(-math.log(10000) * i / 4) for i in range(4)]
     assert torch.allclose(emb[0, :4], torch.tensor([math.cos(500 * f) for f in freqs]), atol=1e-5)
     assert torch.allclose(emb[0, 4:], torch.tensor([math.sin(500 * f) for f in freqs]), atol=1e-5)
+
+
+def test_in_place_decoder_ops_keep_the_promoted_dtype_under_autocast() -> None:
+    """Residual adds and the adaptive norm write in place only where ``a + b`` would keep ``a``'s dtype."""
+    torch.manual_seed(0)
+    block, norm = ResBlock(32, 32), AdaptiveGroupNorm(32, 32)
+    x, style = torch.randn(1, 32, 8, 8), torch.randn(1, 32, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = block.conv2(swish_(block.norm2(block.conv1(swish_(block.norm1(x))))))
+        assert block(x).dtype == (h + x).dtype == torch.float32
+        plain = norm.gamma((style.flatten(2).var(dim=-1) + 1e-6).sqrt()).view(1, 32, 1, 1) * norm.gn(x)
+        assert norm(x, style).dtype == plain.dtype
+    assert torch.equal(block(x), block.conv2(swish_(block.norm2(block.conv1(swish_(block.norm1(x)))))) + x)
