@@ -9,6 +9,7 @@ PORT ?= 8000
 DEVICE ?= cpu
 TLS ?= 0
 MODEL ?=
+WORKERS ?=
 JS_DIR := tests/e2e/js
 
 .PHONY: run test install redis js-deps tiny bench bench-model bench-api lint format
@@ -36,7 +37,7 @@ js-deps: $(JS_DIR)/node_modules/.installed
 
 run: install redis
 	$(PY) -m server.stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
-		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL))
+		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: install redis js-deps
 	$(PY) -m pytest -q -p no:cacheprovider tests

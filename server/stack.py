@@ -203,6 +203,22 @@ def ensure_tiny_checkpoint(path: Path, parallel_num: int = DEFAULT_TINY_PARALLEL
     return path
 
 
+def worker_devices(device: str, workers: int | None = None) -> list[str]:
+    """The device of each worker: one worker per GPU when several are asked for.
+
+    ``cuda`` with several workers spreads them over ``cuda:0 .. cuda:N-1``; a comma-separated list
+    (``cuda:0,cuda:2``) is used in turn; anything else (``cpu``, ``cuda:1``) is shared by all.
+    ``workers`` defaults to one per listed device.
+    """
+    listed = [d.strip() for d in device.split(",") if d.strip()]
+    if not listed:
+        raise ValueError("no device given")
+    workers = workers or len(listed)
+    if listed == ["cuda"] and workers > 1:
+        return [f"cuda:{i}" for i in range(workers)]
+    return [listed[i % len(listed)] for i in range(workers)]
+
+
 @dataclass
 class Stack:
     """Redis + workers + API, started in that order and stopped in reverse."""
@@ -233,9 +249,9 @@ class Stack:
         )
         if self.tls:
             self.tls_files = ensure_tls_files(self.data_dir / "tls")
-        for index in range(self.workers):
+        for index, device in enumerate(worker_devices(self.device, self.workers)):
             name = f"worker-{index}"
-            self.processes.append(start_worker(self.settings, self.model_path, self.device, None, self._log(name)))
+            self.processes.append(start_worker(self.settings, self.model_path, device, None, self._log(name)))
         self.processes.append(start_api(self.settings, self.tls_files, self._log("api")))
         ca = self.tls_files.ca if self.tls_files else None
         wait_until_ready(
@@ -259,10 +275,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m server.stack", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda (with --workers N: one worker per GPU) or a list: cuda:0,cuda:1"
+    )
     parser.add_argument("--model", type=Path, help="checkpoint directory (default: the tiny one)")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a locally generated CA")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per listed device)")
     parser.add_argument("--data-dir", type=Path, default=Path(".run"))
     return parser.parse_args(argv)
 
@@ -287,12 +305,13 @@ def print_banner(stack: Stack) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = args.data_dir.resolve()
-    settings = Settings(host=args.host, port=args.port, device=args.device)
+    devices = worker_devices(args.device, args.workers)
+    settings = Settings(host=args.host, port=args.port, device=devices[0])
     if settings.is_open and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"no API keys configured: binding 127.0.0.1 instead of {args.host}", file=sys.stderr)
         settings = settings.model_copy(update={"host": "127.0.0.1"})
     model = args.model or ensure_tiny_checkpoint(data_dir / "weights" / "tiny-64x", DEFAULT_TINY_PARALLEL)
-    stack = Stack(settings, model.resolve(), data_dir, workers=args.workers, device=args.device, tls=args.tls)
+    stack = Stack(settings, model.resolve(), data_dir, workers=len(devices), device=args.device, tls=args.tls)
     stopping = False
 
     def request_stop(signum: int, frame: Any) -> None:
