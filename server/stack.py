@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # SIGINT explicitly too: a shell that starts the stack in the background makes it ignore SIGINT,
+    # and then Python installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
         stack.start()

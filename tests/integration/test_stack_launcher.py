@@ -1,0 +1,72 @@
+"""``python -m server.stack`` (what ``make run`` starts): serves, then stops every child on SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from server.stack import free_port
+
+from .helpers import APP, poll_until
+
+
+def children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(line) for line in found.stdout.split()]
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stack_serves_and_stops_everything_on_sigint_even_started_in_the_background(tmp_path: Path) -> None:
+    port = free_port()
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - as `cmd &` in a script
+    log = (tmp_path / "stack.log").open("w")
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "server.stack", "--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=ignore_sigint,
+        start_new_session=True,  # its own process group, so that cleanup can reach every child
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 1
+            except httpx.HTTPError:
+                return False
+
+        poll_until(ready, timeout_s=180, interval_s=0.5)
+        body = {"prompt": "a red fox", "num_inference_steps": 10, "sync_mode": True}
+        response = httpx.post(f"{url}/{APP}", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.json()["images"][0]["width"] == 1024  # the tiny 64x default: square_hd
+        children = children_of(stack.pid)
+        assert len(children) >= 3  # redis-server, a worker, the API
+
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while any(is_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if is_alive(pid)]
+    finally:
+        try:
+            os.killpg(stack.pid, signal.SIGKILL)  # only does anything if the test failed
+        except ProcessLookupError:
+            pass
+        stack.wait(timeout=30)
+        log.close()
