@@ -38,8 +38,8 @@ def test_stack_serves_and_stops_everything_on_sigint_even_started_in_the_backgro
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=ignore_sigint,
-        start_new_session=True,  # its own process group, so that cleanup can reach every child
     )
+    children: list[int] = []
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -63,10 +63,9 @@ def test_stack_serves_and_stops_everything_on_sigint_even_started_in_the_backgro
         while any(is_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [pid for pid in children if is_alive(pid)]
-    finally:
-        try:
-            os.killpg(stack.pid, signal.SIGKILL)  # only does anything if the test failed
-        except ProcessLookupError:
-            pass
+    finally:  # only does anything if the test failed
+        for pid in [stack.pid, *children]:
+            if is_alive(pid):
+                os.kill(pid, signal.SIGKILL)
         stack.wait(timeout=30)
         log.close()
