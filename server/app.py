@@ -14,8 +14,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server.auth import KeyRing
 from server.errors import FalError, fal_error_handler, redis_unavailable_handler, unexpected_error_handler
-from server.jobs import JobStore, async_redis_options, redis_client_options
+from server.jobs import JobStore
 from server.middleware import BodyLimitMiddleware, RequestIdMiddleware, RoutingMiddleware
+from server.redis_options import async_redis_options, redis_client_options
 from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings

@@ -1,7 +1,8 @@
 """Lua scripts for the request state machine: each transition is one atomic Redis call.
 
-KEYS/ARGV layouts are documented per script; ``server.jobs`` is the only caller. The RQ job id of a
-request is the request id, and the RQ queue list is ``rq:queue:<queue>`` (RQ's own naming).
+KEYS/ARGV layouts are documented per script; ``server.jobs`` and ``server.worker_jobs`` are the only
+callers. The RQ job id of a request is the request id, and the RQ queue list is ``rq:queue:<queue>``
+(RQ's own naming).
 """
 
 # KEYS: rec, lease, queued, active   ARGV: rid, worker, now, lease_ms

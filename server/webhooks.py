@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from server.jobs import RequestRecord
 from server.protocol import WebhookBody
+from server.records import RequestRecord
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)

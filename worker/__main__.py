@@ -12,11 +12,12 @@ from typing import Any
 
 import redis
 
-from server.jobs import WorkerJobStore, redis_client_options
 from server.logconfig import configure_logging
+from server.redis_options import redis_client_options
 from server.settings import Settings
 from server.storage import LocalStorage
 from server.webhooks import WebhookSender
+from server.worker_jobs import WorkerJobStore
 from worker.gpu_worker import GpuWorker
 from worker.safety import build_safety_checker
 from worker.tasks import TaskRunner, WorkerServices, bind_runner

@@ -16,9 +16,10 @@ import redis
 from pydantic import ValidationError
 
 from model.resolutions import resolve_image_size
-from server.jobs import RequestRecord, WorkerJobStore
 from server.protocol import JobStatus
+from server.records import RequestRecord
 from server.schemas import BitDanceInput
+from server.worker_jobs import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

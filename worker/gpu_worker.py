@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 
-from server.jobs import WorkerJobStore
+from server.worker_jobs import WorkerJobStore
 from worker import recovery
 from worker.tasks import TaskRunner
 

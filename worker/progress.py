@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import redis
 
-from server.jobs import WorkerJobStore
 from server.protocol import LogEntry, LogLevel
+from server.worker_jobs import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from server.jobs import WorkerJobStore
+from server.worker_jobs import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

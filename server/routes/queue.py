@@ -29,8 +29,9 @@ from server.errors import (
     ServiceUnavailableError,
     stored_error_response,
 )
-from server.jobs import JobStore, NewRequest, RequestRecord, create_request
+from server.jobs import JobStore, create_request
 from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse
+from server.records import NewRequest, RequestRecord
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.storage import lifecycle_ttl_s

@@ -7,9 +7,10 @@ from collections.abc import Callable
 import pytest
 from rq.job import Job
 
-from server.jobs import Keys, WorkerJobStore
 from server.protocol import JobStatus
+from server.records import Keys
 from server.settings import Settings
+from server.worker_jobs import WorkerJobStore
 from worker import recovery
 
 from .fakes import FakePipeline

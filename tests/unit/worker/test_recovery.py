@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 import redis
 
-from server.jobs import Keys, NewRequest, WorkerJobStore, create_request
+from server.jobs import create_request
 from server.protocol import JobStatus
+from server.records import Keys, NewRequest
 from server.settings import Settings
+from server.worker_jobs import WorkerJobStore
 from worker import recovery
 
 

@@ -14,11 +14,13 @@ import redis
 from PIL import Image
 
 from server.errors import RunnerServerError
-from server.jobs import NewRequest, WorkerJobStore, create_request
+from server.jobs import create_request
 from server.protocol import JobStatus
+from server.records import NewRequest
 from server.settings import Settings
 from server.storage import LocalStorage
 from server.webhooks import WebhookSender
+from server.worker_jobs import WorkerJobStore
 from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
 

@@ -1,0 +1,145 @@
+"""The request record in Redis: key names, the decoded record, what submit stores.
+
+A request is a hash ``<prefix>:req:<id>`` (status, owner, input, result or error, timestamps) plus a
+list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scripts
+(``server.jobscripts``) run through ``server.jobs.JobStore`` (API) and
+``server.worker_jobs.WorkerJobStore`` (workers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import ClientCancelledError, StoredError
+from server.protocol import JobStatus
+
+OUTCOME_OK = "ok"
+INFERENCE_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)  # seconds, for /metrics
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names under one prefix."""
+
+    prefix: str
+
+    def record(self, rid: str) -> str:
+        return f"{self.prefix}:req:{rid}"
+
+    def logs(self, rid: str) -> str:
+        return f"{self.prefix}:req:{rid}:logs"
+
+    def lease(self, rid: str) -> str:
+        return f"{self.prefix}:lease:{rid}"
+
+    @property
+    def queued(self) -> str:
+        return f"{self.prefix}:queued"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}:active"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def sweep_lock(self) -> str:
+        return f"{self.prefix}:sweep-lock"
+
+    def upload(self, token: str) -> str:
+        return f"{self.prefix}:upload:{token}"
+
+    @staticmethod
+    def rq_queue(queue: str) -> str:
+        return f"rq:queue:{queue}"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as stored in Redis (decoded)."""
+
+    request_id: str
+    status: JobStatus
+    owner: str
+    endpoint: str
+    input: dict[str, Any]
+    queue: str
+    created_at: float
+    gateway_request_id: str
+    files_base: str
+    started_at: float | None = None
+    completed_at: float | None = None
+    deadline: float | None = None
+    webhook: str | None = None
+    lifecycle: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: StoredError | None = None
+    inference_time: float | None = None
+    attempts: int = 0
+    is_cancel_requested: bool = False
+
+    @classmethod
+    def from_hash(cls, rid: str, data: dict[str, str]) -> RequestRecord:
+        def number(name: str) -> float | None:
+            value = data.get(name)
+            return float(value) if value not in (None, "") else None
+
+        return cls(
+            request_id=rid,
+            status=JobStatus(data["status"]),
+            owner=data.get("owner", ""),
+            endpoint=data.get("endpoint", ""),
+            input=json.loads(data.get("input") or "{}"),
+            queue=data.get("queue", ""),
+            created_at=float(data.get("created_at") or 0),
+            gateway_request_id=data.get("gateway_request_id", rid),
+            files_base=data.get("files_base", ""),
+            started_at=number("started_at"),
+            completed_at=number("completed_at"),
+            deadline=number("deadline"),
+            webhook=data.get("webhook") or None,
+            lifecycle=json.loads(data["lifecycle"]) if data.get("lifecycle") else None,
+            result=json.loads(data["result"]) if data.get("result") else None,
+            error=StoredError.from_dict(json.loads(data["error"])) if data.get("error") else None,
+            inference_time=number("inference_time"),
+            attempts=int(data.get("attempts") or 0),
+            is_cancel_requested=data.get("cancel") == "1",
+        )
+
+    @property
+    def file_ttl_s(self) -> int | None:
+        """Expiry asked for with ``x-fal-object-lifecycle-preference``, if any."""
+        value = (self.lifecycle or {}).get("expiration_duration_seconds")
+        return int(value) if value is not None else None
+
+    def metrics(self) -> dict[str, Any]:
+        if self.status is not JobStatus.COMPLETED:
+            return {}
+        return {"inference_time": self.inference_time}
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """What submit stores."""
+
+    request_id: str
+    owner: str
+    endpoint: str
+    input: dict[str, Any]
+    priority: str
+    files_base: str
+    start_timeout_s: float | None = None
+    webhook: str | None = None
+    lifecycle: dict[str, Any] | None = None
+
+
+def cancelled_error() -> str:
+    return json.dumps(ClientCancelledError().to_stored().to_dict())

@@ -1,0 +1,146 @@
+"""The workers' view of request records (sync, as RQ workers are): start, claim, lease, log,
+complete, metrics, heartbeats and the recovery sweeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from rq.job import Job
+
+from server import jobscripts
+from server.errors import RequestTimeoutError, RunnerDisconnectedError, StoredError
+from server.protocol import LogEntry
+from server.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, cancelled_error
+from server.settings import Settings
+
+
+class WorkerJobStore:
+    """Sync access to request records for workers (RQ workers are sync)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._start = client.register_script(jobscripts.START)
+        self._claim = client.register_script(jobscripts.CLAIM)
+        self._complete = client.register_script(jobscripts.COMPLETE)
+        self._cancel = client.register_script(jobscripts.CANCEL_QUEUED)
+        self._orphan = client.register_script(jobscripts.RECOVER_ORPHAN)
+        self._lost = client.register_script(jobscripts.RECOVER_LOST)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_ttl_s * 1000)
+
+    def get(self, rid: str) -> RequestRecord | None:
+        data = self.client.hgetall(self.keys.record(rid))
+        return RequestRecord.from_hash(rid, data) if data and "status" in data else None
+
+    def start(self, rid: str, worker: str) -> str:
+        """'started', or why not: 'missing', 'completed' (cancelled/expired), 'leased', 'overdue'."""
+        keys = [self.keys.record(rid), self.keys.lease(rid), self.keys.queued, self.keys.active]
+        return str(self._start(keys=keys, args=[rid, worker, repr(time.time()), self.lease_ms]))
+
+    def queued_ids(self, queue: str, limit: int) -> list[str]:
+        """The first ``limit`` request ids waiting in an RQ queue, in serving order."""
+        return [str(rid) for rid in self.client.lrange(Keys.rq_queue(queue), 0, limit - 1)]
+
+    def claim(self, rid: str, worker: str, queue: str) -> str:
+        """Start a still-queued request as part of a batch: 'started', 'not_queued' or 'overdue'."""
+        keys = [
+            self.keys.record(rid),
+            self.keys.lease(rid),
+            self.keys.queued,
+            self.keys.active,
+            Keys.rq_queue(queue),
+            str(Job.key_for(rid)),
+        ]
+        args = [rid, worker, repr(time.time()), self.lease_ms, self.settings.record_ttl_s]
+        return str(self._claim(keys=keys, args=args))
+
+    def refresh_lease(self, rid: str, worker: str) -> None:
+        self.client.set(self.keys.lease(rid), worker, px=self.lease_ms)
+
+    def append_log(self, rid: str, entry: LogEntry) -> None:
+        self.client.rpush(self.keys.logs(rid), entry.model_dump_json())
+
+    def is_cancel_requested(self, rid: str) -> bool:
+        return self.client.hget(self.keys.record(rid), "cancel") == "1"
+
+    def complete_ok(self, rid: str, result: dict[str, Any], inference_time: float | None) -> bool:
+        return self._finish(rid, json.dumps(result), "", inference_time, OUTCOME_OK)
+
+    def complete_error(self, rid: str, error: StoredError, inference_time: float | None = None) -> bool:
+        outcome = error.error_type or f"http_{error.status_code}"
+        return self._finish(rid, "", json.dumps(error.to_dict()), inference_time, outcome)
+
+    def _finish(self, rid: str, result: str, error: str, seconds: float | None, outcome: str) -> bool:
+        keys = [
+            self.keys.record(rid),
+            self.keys.logs(rid),
+            self.keys.lease(rid),
+            self.keys.queued,
+            self.keys.active,
+            self.keys.stats,
+        ]
+        timing = repr(seconds) if seconds is not None else ""
+        args = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
+        return bool(self._complete(keys=keys, args=args))
+
+    def record_inference_seconds(self, seconds: float) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hincrbyfloat(self.keys.stats, "inference_sum", seconds)
+            pipe.hincrby(self.keys.stats, "inference_count", 1)
+            for bound in INFERENCE_BUCKETS_S:
+                if seconds <= bound:
+                    pipe.hincrby(self.keys.stats, f"inference_le:{bound}", 1)
+            pipe.execute()
+
+    def heartbeat(self, worker: str) -> None:
+        self.client.zadd(self.keys.workers, {worker: time.time()})
+
+    def remove_worker(self, worker: str) -> None:
+        self.client.zrem(self.keys.workers, worker)
+
+    def try_acquire_sweep(self, owner: str) -> bool:
+        """At most one sweeper per interval across all workers."""
+        px = max(int(self.settings.sweep_interval_s * 1000), 1)
+        return bool(self.client.set(self.keys.sweep_lock, owner, nx=True, px=px))
+
+    def recover_orphans(self) -> dict[str, str]:
+        """Requests left IN_PROGRESS by dead workers: requeue once, else COMPLETED with an error."""
+        failed = json.dumps(RunnerDisconnectedError().to_stored().to_dict())
+        outcomes: dict[str, str] = {}
+        for rid in self.client.smembers(self.keys.active):
+            keys = [
+                self.keys.record(rid),
+                self.keys.logs(rid),
+                self.keys.lease(rid),
+                self.keys.queued,
+                self.keys.active,
+                self.keys.stats,
+            ]
+            args = [rid, repr(time.time()), self.settings.max_requeues, failed, cancelled_error()]
+            outcomes[rid] = str(self._orphan(keys=keys, args=[*args, self.settings.record_ttl_s]))
+        return outcomes
+
+    def recover_queued(self) -> dict[str, str]:
+        """Queued requests: expire those past their start deadline, re-push those lost in a dequeue."""
+        timeout_error = json.dumps(RequestTimeoutError().to_stored().to_dict())
+        outcomes: dict[str, str] = {}
+        for rid in self.client.smembers(self.keys.queued):
+            keys = [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats]
+            now = repr(time.time())
+            args = [rid, now, timeout_error, self.settings.record_ttl_s, "expire", "request_timeout"]
+            outcome = str(self._cancel(keys=keys, args=args))
+            if outcome in ("missing", "completed"):
+                self.client.srem(self.keys.queued, rid)
+            elif outcome in ("pending", "requested"):
+                grace = self.settings.lease_ttl_s
+                outcome = str(self._lost(keys=[self.keys.record(rid), self.keys.queued], args=[rid, now, grace]))
+            outcomes[rid] = outcome
+        return outcomes
