@@ -21,6 +21,7 @@ from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.storage import LocalStorage
+from server.webhook_outbox import WebhookDispatcher, WebhookOutbox
 from server.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,18 @@ async def _expire_files(storage: LocalStorage) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    outbox_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
+    dispatcher = WebhookDispatcher(WebhookOutbox(outbox_client, settings, WebhookSender(settings)))
+    dispatcher.start()  # webhooks of requests the API completes (cancelled or expired while queued) and any due
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_expire_files, app.state.storage)
         try:
             yield
         finally:
             tasks.cancel_scope.cancel()
+    await anyio.to_thread.run_sync(dispatcher.stop)
+    outbox_client.close()
     await app.state.redis.aclose()
     app.state.sync_redis.close()
 
@@ -66,7 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     app.state.jobs = JobStore(app.state.redis, settings)
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
-    app.state.webhooks = WebhookSender(settings)
 
     app.add_exception_handler(FalError, fal_error_handler)
     app.add_exception_handler(redis.ConnectionError, redis_unavailable_handler)

@@ -111,7 +111,7 @@ class JobStore:
         return str(await self._cancel(keys=self._cancel_keys(rid), args=self._cancel_args(rid, "expire")))
 
     def _cancel_keys(self, rid: str) -> list[str]:
-        return [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats]
+        return [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats, self.keys.webhooks]
 
     def _cancel_args(self, rid: str, mode: str) -> list[str]:
         if mode == "cancel":

@@ -5,6 +5,19 @@ callers. The RQ job id of a request is the request id, and the RQ queue list is 
 (RQ's own naming).
 """
 
+
+def _schedule_webhook(key_index: int) -> str:
+    """Lua: when the (just completed) record has a webhook, put it in the outbox ``KEYS[key_index]``,
+    due now (``ARGV[2]``), in the same atomic step as the completion."""
+    return f"""
+local hook = redis.call('HGET', KEYS[1], 'webhook')
+if hook and hook ~= '' then
+  redis.call('ZADD', KEYS[{key_index}], ARGV[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
+end
+"""
+
+
 # KEYS: rec, lease, queued, active   ARGV: rid, worker, now, lease_ms
 START = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -21,9 +34,10 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 return 'started'
 """
 
-# KEYS: rec, logs, lease, queued, active, stats
+# KEYS: rec, logs, lease, queued, active, stats, webhooks
 # ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome
-COMPLETE = """
+COMPLETE = (
+    """
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'COMPLETED' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2])
@@ -36,12 +50,17 @@ redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('HINCRBY', KEYS[6], 'completed:' .. ARGV[7], 1)
+"""
+    + _schedule_webhook(7)
+    + """
 return 1
 """
+)
 
 # Cancel (mode 'cancel') or expire a queued request past its start deadline (mode 'expire').
-# KEYS: rec, logs, queued, stats   ARGV: rid, now, error_json, ttl_s, mode, outcome
-CANCEL_QUEUED = """
+# KEYS: rec, logs, queued, stats, webhooks   ARGV: rid, now, error_json, ttl_s, mode, outcome
+CANCEL_QUEUED = (
+    """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st == 'COMPLETED' then return 'completed' end
@@ -62,13 +81,18 @@ redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('HINCRBY', KEYS[4], 'completed:' .. ARGV[6], 1)
+"""
+    + _schedule_webhook(5)
+    + """
 return 'cancelled'
 """
+)
 
 # A request left IN_PROGRESS by a worker whose lease expired: requeue at the front once, else fail.
-# KEYS: rec, logs, lease, queued, active, stats
+# KEYS: rec, logs, lease, queued, active, stats, webhooks
 # ARGV: rid, now, max_requeues, failed_error_json, cancelled_error_json, ttl_s
-RECOVER_ORPHAN = """
+RECOVER_ORPHAN = (
+    """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'IN_PROGRESS' then
   if st ~= 'IN_QUEUE' then redis.call('SREM', KEYS[5], ARGV[1]) end
@@ -89,6 +113,9 @@ if outcome then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
   redis.call('HINCRBY', KEYS[6], 'completed:' .. outcome, 1)
+"""
+    + _schedule_webhook(7)
+    + """
   return outcome
 end
 redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'attempts', attempts + 1)
@@ -98,6 +125,7 @@ local queue = redis.call('HGET', KEYS[1], 'queue')
 redis.call('LPUSH', 'rq:queue:' .. queue, ARGV[1])
 return 'requeued'
 """
+)
 
 # A queued request whose RQ entry vanished (a worker popped it and died before starting it):
 # mark it, and push it back once it has been missing for longer than the grace period.
@@ -143,4 +171,14 @@ redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('EXPIRE', KEYS[6], ARGV[5])
 return 'started'
+"""
+
+# Take a due webhook for one delivery attempt: push its due time out by the lease, so that no other
+# dispatcher sends it meanwhile and a dispatcher that dies mid-attempt leaves it due again later.
+# KEYS: webhooks   ARGV: rid, now, lease_until
+LEASE_WEBHOOK = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not due) or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
 """

@@ -43,6 +43,11 @@ class Keys:
         return f"{self.prefix}:active"
 
     @property
+    def webhooks(self) -> str:
+        """Outbox of webhooks to deliver: sorted set of request ids by next attempt time."""
+        return f"{self.prefix}:webhooks"
+
+    @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 2.0
     webhook_backoff_max_s: float = 1800.0
+    webhook_poll_interval_s: float = Field(default=0.2, description="How often idle dispatchers look for due webhooks.")
 
     # --- logging --------------------------------------------------------------------------------
     log_level: str = "INFO"

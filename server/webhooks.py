@@ -1,7 +1,7 @@
-"""Webhook delivery (``fal_webhook``): fal's body shape, retries with exponential backoff.
+"""Webhook requests (``fal_webhook``): fal's body shape and one delivery attempt.
 
-Delivery never changes a request's outcome: it runs after ``complete`` and its result is only
-logged and recorded. Blocking (httpx sync): workers run it on a background thread.
+Delivery never changes a request's outcome. Which webhooks are due, the retries and their backoff
+live in the Redis outbox (``server.webhook_outbox``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,8 +19,6 @@ from server.records import RequestRecord
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-DeliveryCallback = Callable[[str, bool, int], None]
 
 
 def webhook_body(record: RequestRecord) -> dict[str, Any]:
@@ -46,63 +42,34 @@ def webhook_body(record: RequestRecord) -> dict[str, Any]:
 
 
 class WebhookSender:
-    """Delivers one body to one URL with retries; success is any 2xx."""
+    """One delivery attempt of one body to one URL; success is any 2xx. Retries are the outbox's."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        sleep: Callable[[float], None] = time.sleep,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
-        self._sleep = sleep
-        self._transport = transport
+        self._client = httpx.Client(timeout=settings.webhook_timeout_s, transport=transport)
 
     def backoff_s(self, attempt: int) -> float:
-        """Wait before retry number ``attempt`` (1-based): exponential, capped, with ±25 % jitter."""
+        """Wait after failed attempt number ``attempt`` (1-based): exponential, capped, with ±25 % jitter."""
         base = min(self.settings.webhook_backoff_s * 2 ** (attempt - 1), self.settings.webhook_backoff_max_s)
         return float(base * random.uniform(0.75, 1.25))
 
-    def deliver(self, url: str, body: dict[str, Any], request_id: str) -> tuple[bool, int]:
-        """(delivered, attempts used). Never raises for network or HTTP errors."""
-        content = json.dumps(body).encode()
+    def send(self, url: str, body: dict[str, Any], request_id: str, attempt: int = 1) -> bool:
+        """Whether the receiver accepted it. Never raises for network or HTTP errors."""
         headers = {
             "Content-Type": "application/json",
             "X-Fal-Webhook-Request-Id": request_id,
             "X-Fal-Webhook-Timestamp": str(int(time.time())),
         }
-        attempts = max(self.settings.webhook_max_attempts, 1)
-        with httpx.Client(timeout=self.settings.webhook_timeout_s, transport=self._transport) as client:
-            for attempt in range(1, attempts + 1):
-                try:
-                    response = client.post(url, content=content, headers=headers)
-                    if 200 <= response.status_code < 300:
-                        logger.info("webhook delivered request_id=%s attempt=%d", request_id, attempt)
-                        return True, attempt
-                    logger.warning(
-                        "webhook got HTTP %d request_id=%s attempt=%d",
-                        response.status_code,
-                        request_id,
-                        attempt,
-                    )
-                except httpx.HTTPError as exc:
-                    logger.warning("webhook failed request_id=%s attempt=%d: %s", request_id, attempt, exc)
-                if attempt < attempts:
-                    self._sleep(self.backoff_s(attempt))
-        logger.error("webhook gave up request_id=%s after %d attempts", request_id, attempts)
-        return False, attempts
+        try:
+            response = self._client.post(url, content=json.dumps(body).encode(), headers=headers)
+        except httpx.HTTPError as exc:
+            logger.warning("webhook failed request_id=%s attempt=%d: %s", request_id, attempt, exc)
+            return False
+        if 200 <= response.status_code < 300:
+            logger.info("webhook delivered request_id=%s attempt=%d", request_id, attempt)
+            return True
+        logger.warning("webhook got HTTP %d request_id=%s attempt=%d", response.status_code, request_id, attempt)
+        return False
 
-    def deliver_in_background(
-        self, url: str, body: dict[str, Any], request_id: str, on_done: DeliveryCallback | None = None
-    ) -> threading.Thread:
-        def run() -> None:
-            delivered, attempts = self.deliver(url, body, request_id)
-            if on_done is not None:
-                try:
-                    on_done(request_id, delivered, attempts)
-                except Exception:  # a failing record of the outcome must not kill the thread noisily
-                    logger.exception("recording webhook outcome failed request_id=%s", request_id)
-
-        thread = threading.Thread(target=run, name=f"webhook-{request_id}", daemon=True)
-        thread.start()
-        return thread
+    def close(self) -> None:
+        self._client.close()

@@ -86,6 +86,7 @@ class WorkerJobStore:
             self.keys.queued,
             self.keys.active,
             self.keys.stats,
+            self.keys.webhooks,
         ]
         timing = repr(seconds) if seconds is not None else ""
         args = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
@@ -123,6 +124,7 @@ class WorkerJobStore:
                 self.keys.queued,
                 self.keys.active,
                 self.keys.stats,
+                self.keys.webhooks,
             ]
             args = [rid, repr(time.time()), self.settings.max_requeues, failed, cancelled_error()]
             outcomes[rid] = str(self._orphan(keys=keys, args=[*args, self.settings.record_ttl_s]))
@@ -133,7 +135,7 @@ class WorkerJobStore:
         timeout_error = json.dumps(RequestTimeoutError().to_stored().to_dict())
         outcomes: dict[str, str] = {}
         for rid in self.client.smembers(self.keys.queued):
-            keys = [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats]
+            keys = [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats, self.keys.webhooks]
             now = repr(time.time())
             args = [rid, now, timeout_error, self.settings.record_ttl_s, "expire", "request_timeout"]
             outcome = str(self._cancel(keys=keys, args=args))

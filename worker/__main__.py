@@ -16,6 +16,7 @@ from server.logconfig import configure_logging
 from server.redis_options import redis_client_options
 from server.settings import Settings
 from server.storage import LocalStorage
+from server.webhook_outbox import WebhookOutbox
 from server.webhooks import WebhookSender
 from server.worker_jobs import WorkerJobStore
 from worker.gpu_worker import GpuWorker
@@ -67,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         jobs=jobs,
         storage=LocalStorage(settings.storage_dir, settings.default_file_ttl_s),
         safety=build_safety_checker(settings),
-        webhooks=WebhookSender(settings),
         worker_name=name,
     )
     runner = TaskRunner(services)
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         [settings.queue_normal, settings.queue_low],
         runner=runner,
         jobs=jobs,
+        outbox=WebhookOutbox(jobs_client, settings, WebhookSender(settings)),
         name=name,
         connection=redis.Redis.from_url(settings.redis_url, **redis_client_options()),
     )

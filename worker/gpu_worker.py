@@ -1,5 +1,6 @@
 """``GpuWorker``: an RQ ``SimpleWorker`` (jobs run in this process: no fork, CUDA state survives)
-plus a heartbeat thread that keeps this worker visible, its running requests leased, and sweeps.
+plus a heartbeat thread that keeps this worker visible, its running requests leased, and sweeps,
+and a thread that delivers due webhooks from the outbox.
 
 SIGTERM/SIGINT once: finish the current request, then exit (RQ's warm shutdown). Twice: exit now;
 the request's lease then expires and the recovery sweep requeues it.
@@ -14,6 +15,7 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 
+from server.webhook_outbox import WebhookDispatcher, WebhookOutbox
 from server.worker_jobs import WorkerJobStore
 from worker import recovery
 from worker.tasks import TaskRunner
@@ -43,9 +45,7 @@ class Heartbeat(threading.Thread):
             for rid in self.runner.current_requests:
                 self.jobs.refresh_lease(rid, self.worker_name)
             if self.jobs.try_acquire_sweep(self.worker_name):
-                for rid, outcome in recovery.sweep(self.jobs).items():
-                    if recovery.is_terminal(outcome):
-                        self.runner.notify(rid)
+                recovery.sweep(self.jobs)
         except redis.RedisError as exc:
             logger.warning("heartbeat failed: %s", exc)
         except Exception:  # the thread must survive anything a sweep throws
@@ -58,19 +58,24 @@ class Heartbeat(threading.Thread):
 class GpuWorker(SimpleWorker):
     """One worker per accelerator; serves its queues in order (normal before low)."""
 
-    def __init__(self, queues: Any, runner: TaskRunner, jobs: WorkerJobStore, **kwargs: Any) -> None:
+    def __init__(
+        self, queues: Any, runner: TaskRunner, jobs: WorkerJobStore, outbox: WebhookOutbox, **kwargs: Any
+    ) -> None:
         super().__init__(queues, **kwargs)
         self.runner = runner
         self.jobs = jobs
         self.heartbeat_thread = Heartbeat(jobs, runner, self.name)
+        self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.name}")
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         self.heartbeat_thread.beat()  # visible (and swept) before the first dequeue
         self.heartbeat_thread.start()
+        self.webhook_thread.start()
         try:
             return bool(super().work(*args, **kwargs))
         finally:
             self.heartbeat_thread.stop()
+            self.webhook_thread.stop()
             try:
                 self.jobs.remove_worker(self.name)
             except redis.RedisError:

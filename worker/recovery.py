@@ -18,8 +18,6 @@ from server.worker_jobs import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_OUTCOMES = frozenset({"runner_disconnected", "client_cancelled", "cancelled"})
-
 
 def sweep(jobs: WorkerJobStore) -> dict[str, str]:
     """Run one sweep; returns {request_id: outcome} for the requests it changed."""
@@ -33,8 +31,3 @@ def sweep(jobs: WorkerJobStore) -> dict[str, str]:
             logger.warning("recovered queued request request_id=%s outcome=%s", rid, outcome)
             changed[rid] = "request_timeout" if outcome == "cancelled" else outcome
     return changed
-
-
-def is_terminal(outcome: str) -> bool:
-    """Whether a sweep outcome completed the request (its webhook is then due)."""
-    return outcome in TERMINAL_OUTCOMES or outcome == "request_timeout"

@@ -32,7 +32,6 @@ from server.records import RequestRecord
 from server.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.webhooks import WebhookSender, webhook_body
 from server.worker_jobs import WorkerJobStore
 from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
@@ -71,7 +70,6 @@ class WorkerServices:
     jobs: WorkerJobStore
     storage: LocalStorage
     safety: SafetyChecker
-    webhooks: WebhookSender
     worker_name: str
 
 
@@ -128,7 +126,6 @@ class TaskRunner:
         started = with_redis_retry(lambda: self.jobs.start(request_id, name), "start")
         if started == "overdue":
             self._complete_error(request_id, RequestTimeoutError().to_stored())
-            self.notify(request_id)
             return "request_timeout"
         if started != "started":
             logger.info("skipping request request_id=%s (%s)", request_id, started)
@@ -147,8 +144,6 @@ class TaskRunner:
             outcomes = self.execute(batch)
         finally:
             self.current_requests = ()
-        for member in batch:
-            self.notify(member.request_id)
         return outcomes[request_id]
 
     def execute(self, records: Sequence[RequestRecord]) -> dict[str, str]:
@@ -272,23 +267,6 @@ class TaskRunner:
 
     def _complete_error(self, rid: str, error: StoredError) -> None:
         with_redis_retry(lambda: self.jobs.complete_error(rid, error), "complete")
-
-    def notify(self, request_id: str) -> None:
-        """Deliver the webhook of a COMPLETED request in the background (never changes the outcome)."""
-        try:
-            record = self.jobs.get(request_id)
-        except redis.RedisError:
-            logger.exception("webhook skipped, record unreadable request_id=%s", request_id)
-            return
-        if record is None or record.webhook is None:
-            return
-        body = webhook_body(record)
-        self.services.webhooks.deliver_in_background(record.webhook, body, request_id, self._record_webhook)
-
-    def _record_webhook(self, request_id: str, delivered: bool, attempts: int) -> None:
-        key = self.jobs.keys.record(request_id)
-        state = "delivered" if delivered else "failed"
-        self.jobs.client.hset(key, mapping={"webhook_status": state, "webhook_attempts": attempts})
 
 
 def public_error(exc: Exception) -> FalError:

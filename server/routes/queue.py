@@ -36,7 +36,6 @@ from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.storage import lifecycle_ttl_s
 from server.urls import Urls, app_id_of, request_urls
-from server.webhooks import webhook_body
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
@@ -273,17 +272,8 @@ async def cancel(
     except RequestNotFoundError:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     outcome = await jobs.cancel(request_id)
-    if outcome == "cancelled":
-        await send_webhook_of_cancelled(request, jobs, request_id)
     if outcome in ("cancelled", "requested"):
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
     if outcome == "completed":
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
     return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
-
-
-async def send_webhook_of_cancelled(request: Request, jobs: JobStore, request_id: str) -> None:
-    """A request cancelled while queued never reaches a worker, so the API sends its ERROR webhook."""
-    record = await jobs.get(request_id)
-    if record.webhook:
-        request.app.state.webhooks.deliver_in_background(record.webhook, webhook_body(record), request_id)

@@ -19,7 +19,6 @@ from server.protocol import JobStatus
 from server.records import NewRequest
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.webhooks import WebhookSender
 from server.worker_jobs import WorkerJobStore
 from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
@@ -38,7 +37,6 @@ def make_runner(
         jobs=jobs,
         storage=LocalStorage(settings.storage_dir),
         safety=safety or NoSafetyChecker(),
-        webhooks=WebhookSender(settings),
         worker_name="unit-worker",
     )
     return TaskRunner(services), jobs
@@ -119,7 +117,13 @@ def test_cancelled_before_start_never_runs(settings: Settings) -> None:
     runner, jobs = make_runner(settings, pipe)
     submit(settings, "req-early")
     jobs._cancel(
-        keys=[jobs.keys.record("req-early"), jobs.keys.logs("req-early"), jobs.keys.queued, jobs.keys.stats],
+        keys=[
+            jobs.keys.record("req-early"),
+            jobs.keys.logs("req-early"),
+            jobs.keys.queued,
+            jobs.keys.stats,
+            jobs.keys.webhooks,
+        ],
         args=["req-early", repr(time.time()), "{}", 60, "cancel", "client_cancelled"],
     )
     assert runner.run("req-early") == "completed"
