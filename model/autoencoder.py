@@ -10,7 +10,7 @@ a convolution to 4C channels followed by depth-to-space in DCR order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,10 +35,11 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> AutoencoderConfig:
-        dd = dict(raw["ddconfig"])
+        dd: dict[str, Any] = dict(raw["ddconfig"])
         known = {"ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels", "out_ch", "double_z"}
+        values: dict[str, Any] = {k: (tuple(v) if k == "ch_mult" else v) for k, v in dd.items() if k in known}
         config = cls(
-            **{k: (tuple(v) if k == "ch_mult" else v) for k, v in dd.items() if k in known},
+            **values,
             gan_decoder=bool(raw.get("gan_decoder", False)),
             extra={k: v for k, v in dd.items() if k not in known},
         )
@@ -131,6 +132,8 @@ class AdaptiveGroupNorm(nn.Module):
 
 class _Level(nn.Module):
     """One resolution level (``up.N`` / ``down.N``): its ResBlocks and optional resampler."""
+
+    upsample: Upsampler  # decoder levels above the lowest
 
     def __init__(self, blocks: list[ResBlock]):
         super().__init__()

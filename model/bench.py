@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,7 @@ def _sdpa_flash_attn() -> types.ModuleType:
         )
         return out.transpose(1, 2)
 
-    module.flash_attn_func = flash_attn_func
+    setattr(module, "flash_attn_func", flash_attn_func)  # noqa: B010 - a module built at run time
     return module
 
 
@@ -154,10 +155,10 @@ def load_official(repo: Path, path: Path, device: torch.device):
     Upstream loads the LLM with ``torch_dtype=bfloat16``; converting after loading would keep the
     bfloat16 rounding of the weights, so ``from_pretrained`` is asked for float32 instead.
     """
-    official = import_official(repo)
-    upstream = official.Qwen3ForCausalLM
+    official: Any = import_official(repo)  # upstream's module, known only at run time
+    upstream: Any = official.Qwen3ForCausalLM
 
-    class Float32Qwen3(upstream):
+    class Float32Qwen3(upstream):  # type: ignore[valid-type,misc]
         @classmethod
         def from_pretrained(cls, *args, **kwargs):
             kwargs.pop("torch_dtype", None)
@@ -237,13 +238,15 @@ def batch_one(pipe: BitDancePipeline, official: OfficialRunner | None, case: Ben
     run_ours(pipe, case, 1, steps=1)
     if official is not None:
         official.run(case, steps=1)
-    ours, theirs, ratios = [], [], []
+    ours: list[Timing] = []
+    theirs: list[Timing] = []
+    ratios: list[float] = []
     for _ in range(repeats):
         ours.append(run_ours(pipe, case, 1))
         if official is not None:
             theirs.append(official.run(case))
             ratios.append(ours[-1].seconds / theirs[-1].seconds)
-    result = {"ours": median_timing(ours)}
+    result: dict[str, Any] = {"ours": median_timing(ours)}
     if official is not None:
         result["official"] = median_timing(theirs)
         result["ratio"] = statistics.median(ratios)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +166,7 @@ class HeadNetwork(nn.Module):
         modulation: tuple[torch.Tensor, ...] = ()
         for i, block in enumerate(self.res_blocks):
             if i % self.ada_ln_switch_every == 0:
-                modulation = adaln_modulation(self.ada_ln_blocks[i // self.ada_ln_switch_every], y)
+                modulation = adaln_modulation(cast(nn.Linear, self.ada_ln_blocks[i // self.ada_ln_switch_every]), y)
             x = block(x, modulation)
         return 2 * torch.sigmoid(self.final_layer(x, y)) - 1
 

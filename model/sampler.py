@@ -60,7 +60,11 @@ class GuidanceLayout:
     def build(
         cls, images_per_request: Sequence[int], scales: Sequence[float], device: torch.device | str = "cpu"
     ) -> GuidanceLayout:
-        expand, cond, uncond, guided, scale = [], [], [], [], []
+        expand: list[int] = []
+        cond: list[int] = []
+        uncond: list[int] = []
+        guided: list[bool] = []
+        scale: list[float] = []
         image = 0
         for count, g in zip(images_per_request, scales, strict=True):
             first_row = len(expand)
@@ -148,16 +152,22 @@ class SamplerStep:
     """The time-only quantities of one head evaluation, as 0-d float32 tensors on the device.
 
     ``index`` counts the evaluations of one patch (``0 .. num_steps``); the last one is the final
-    Euler step, which has no ``dt``, ``var`` or ``noise_scale``.
+    Euler step, a plain :class:`SamplerStep`; the others are :class:`StochasticStep`.
     """
 
     index: int
     t: torch.Tensor
     one_minus_t: torch.Tensor
     velocity_divisor: torch.Tensor  # (1 - t) clamped at MIN_ONE_MINUS_T
-    dt: torch.Tensor | None = None
-    var: torch.Tensor | None = None
-    noise_scale: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StochasticStep(SamplerStep):
+    """An Euler–Maruyama step: also its step size, the flow's variance and the noise scale."""
+
+    dt: torch.Tensor
+    var: torch.Tensor
+    noise_scale: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -168,7 +178,7 @@ class SamplerSchedule:
     repeated float32 adds of ``dt``), so hoisting them changes no bit of the samples.
     """
 
-    steps: tuple[SamplerStep, ...]  # the stochastic steps
+    steps: tuple[StochasticStep, ...]
     final: SamplerStep
     last_step_size: float
 
@@ -182,12 +192,12 @@ class SamplerSchedule:
     ) -> SamplerSchedule:
         dts = step_sizes(num_steps, shift, last_step_size, device)
         t = torch.tensor(0.0, dtype=torch.float32, device=device)
-        steps = []
+        steps: list[StochasticStep] = []
         for i in range(num_steps):
             dt = dts[i]
             one_minus_t = 1 - t
             steps.append(
-                SamplerStep(
+                StochasticStep(
                     index=i,
                     t=t,
                     one_minus_t=one_minus_t,
@@ -213,7 +223,7 @@ class SamplerSchedule:
         return (*self.steps, self.final)
 
 
-def euler_maruyama_step(x: torch.Tensor, v: torch.Tensor, step: SamplerStep, noise: torch.Tensor) -> torch.Tensor:
+def euler_maruyama_step(x: torch.Tensor, v: torch.Tensor, step: StochasticStep, noise: torch.Tensor) -> torch.Tensor:
     """One stochastic step of the flow ``x_t = t x1 + (1 - t) x0``; float32 throughout."""
     score = (step.t * v - x) / step.var
     drift = v + step.one_minus_t * score

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import redis
@@ -81,7 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ops.router)
     app.include_router(files.router)
-    app.router.add_route(PROXY_PATH, ProxyDispatcher(), methods=["GET", "POST", "PUT"], include_in_schema=False)
+    # An ASGI app as the endpoint (Starlette routes non-functions as ASGI apps; its stub wants a function).
+    proxy: Any = ProxyDispatcher()
+    app.router.add_route(PROXY_PATH, proxy, methods=["GET", "POST", "PUT"], include_in_schema=False)
     app.include_router(queue.router)
     app.include_router(run.router)  # last: its POST /{endpoint_id:path} catches what is left
 

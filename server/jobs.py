@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -19,7 +19,7 @@ from rq import Queue
 from server import jobscripts
 from server.errors import RequestNotFoundError, RequestTimeoutError
 from server.protocol import JobStatus
-from server.records import Keys, NewRequest, RequestRecord, cancelled_error
+from server.records import Keys, NewRequest, RequestRecord, cancelled_error, decoded
 from server.settings import Settings
 
 TASK_FUNCTION = "worker.tasks.run_request"
@@ -30,7 +30,7 @@ def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> No
     keys = Keys(settings.key_prefix)
     now = time.time()
     queue_name = settings.queue_low if new.priority == "low" else settings.queue_normal
-    record: dict[str, Any] = {
+    record: dict[Any, str | int] = {  # Any keys: redis-py's mapping type is invariant in them
         "status": JobStatus.IN_QUEUE.value,
         "owner": new.owner,
         "endpoint": new.endpoint,
@@ -91,12 +91,13 @@ class JobStore:
 
     async def queue_position(self, record: RequestRecord) -> int:
         """Requests ahead of this one (0 = next): the normal queue is served before the low one."""
-        pos = await self.client.lpos(Keys.rq_queue(record.queue), record.request_id)
-        if pos is None:
+        found = await self.client.lpos(Keys.rq_queue(record.queue), record.request_id)
+        if found is None:
             return 0
+        pos = int(cast(int, found))  # a single position: no COUNT given
         if record.queue == self.settings.queue_low:
-            pos += await self.client.llen(Keys.rq_queue(self.settings.queue_normal))
-        return int(pos)
+            pos += int(await self.client.llen(Keys.rq_queue(self.settings.queue_normal)))
+        return pos
 
     async def queue_depth(self) -> dict[str, int]:
         names = (self.settings.queue_normal, self.settings.queue_low)
@@ -121,7 +122,7 @@ class JobStore:
         return [rid, repr(time.time()), error, str(self.settings.record_ttl_s), mode, outcome]
 
     async def stats(self) -> dict[str, str]:
-        return dict(await self.client.hgetall(self.keys.stats))
+        return decoded(await self.client.hgetall(self.keys.stats))
 
     async def status_counts(self) -> dict[str, int]:
         return {

@@ -9,11 +9,22 @@ list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scri
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from server.errors import ClientCancelledError, StoredError
 from server.protocol import JobStatus
+
+
+def as_str(value: object) -> str:
+    """A Redis reply as text (clients here decode responses; redis-py's types allow bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decoded(data: Mapping[Any, Any]) -> dict[str, str]:
+    return {as_str(k): as_str(v) for k, v in data.items()}
+
 
 OUTCOME_OK = "ok"
 INFERENCE_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)  # seconds, for /metrics
@@ -92,7 +103,9 @@ class RequestRecord:
     is_cancel_requested: bool = False
 
     @classmethod
-    def from_hash(cls, rid: str, data: dict[str, str]) -> RequestRecord:
+    def from_hash(cls, rid: str, raw: Mapping[Any, Any]) -> RequestRecord:
+        data = decoded(raw)
+
         def number(name: str) -> float | None:
             value = data.get(name)
             return float(value) if value not in (None, "") else None

@@ -20,7 +20,7 @@ import redis
 
 from server import jobscripts
 from server.protocol import JobStatus
-from server.records import Keys, RequestRecord
+from server.records import Keys, RequestRecord, as_str
 from server.settings import Settings
 from server.webhooks import WebhookSender, webhook_body
 
@@ -52,17 +52,17 @@ class WebhookOutbox:
         return self.settings.webhook_timeout_s + LEASE_MARGIN_S
 
     def pending(self) -> list[str]:
-        return [str(rid) for rid in self.client.zrange(self.keys.webhooks, 0, -1)]
+        return [as_str(rid) for rid in self.client.zrange(self.keys.webhooks, 0, -1)]
 
     def deliver_due(self, limit: int = 16) -> int:
         """Make one attempt for each of up to ``limit`` due webhooks; returns how many were attempted."""
         now = self._clock()
         due = self.client.zrangebyscore(self.keys.webhooks, "-inf", repr(now), start=0, num=limit)
         attempted = 0
-        for rid in due:
+        for rid in map(as_str, due):
             taken = self._lease(keys=[self.keys.webhooks], args=[rid, repr(now), repr(now + self.lease_s)])
             if taken:
-                self._attempt(str(rid))
+                self._attempt(rid)
                 attempted += 1
         return attempted
 

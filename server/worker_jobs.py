@@ -14,7 +14,7 @@ from rq.job import Job
 from server import jobscripts
 from server.errors import RequestTimeoutError, RunnerDisconnectedError, StoredError
 from server.protocol import LogEntry
-from server.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, cancelled_error
+from server.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str, cancelled_error
 from server.settings import Settings
 
 
@@ -59,7 +59,7 @@ class WorkerJobStore:
             Keys.rq_queue(queue),
             str(Job.key_for(rid)),
         ]
-        args = [rid, worker, repr(time.time()), self.lease_ms, self.settings.record_ttl_s]
+        args: list[str | int] = [rid, worker, repr(time.time()), self.lease_ms, self.settings.record_ttl_s]
         return str(self._claim(keys=keys, args=args))
 
     def refresh_lease(self, rid: str, worker: str) -> None:
@@ -89,7 +89,7 @@ class WorkerJobStore:
             self.keys.webhooks,
         ]
         timing = repr(seconds) if seconds is not None else ""
-        args = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
+        args: list[str | int] = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
         return bool(self._complete(keys=keys, args=args))
 
     def record_inference_seconds(self, seconds: float) -> None:
@@ -116,7 +116,7 @@ class WorkerJobStore:
         """Requests left IN_PROGRESS by dead workers: requeue once, else COMPLETED with an error."""
         failed = json.dumps(RunnerDisconnectedError().to_stored().to_dict())
         outcomes: dict[str, str] = {}
-        for rid in self.client.smembers(self.keys.active):
+        for rid in map(as_str, self.client.smembers(self.keys.active)):
             keys = [
                 self.keys.record(rid),
                 self.keys.logs(rid),
@@ -126,7 +126,7 @@ class WorkerJobStore:
                 self.keys.stats,
                 self.keys.webhooks,
             ]
-            args = [rid, repr(time.time()), self.settings.max_requeues, failed, cancelled_error()]
+            args: list[str | int] = [rid, repr(time.time()), self.settings.max_requeues, failed, cancelled_error()]
             outcomes[rid] = str(self._orphan(keys=keys, args=[*args, self.settings.record_ttl_s]))
         return outcomes
 
@@ -134,10 +134,17 @@ class WorkerJobStore:
         """Queued requests: expire those past their start deadline, re-push those lost in a dequeue."""
         timeout_error = json.dumps(RequestTimeoutError().to_stored().to_dict())
         outcomes: dict[str, str] = {}
-        for rid in self.client.smembers(self.keys.queued):
+        for rid in map(as_str, self.client.smembers(self.keys.queued)):
             keys = [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats, self.keys.webhooks]
             now = repr(time.time())
-            args = [rid, now, timeout_error, self.settings.record_ttl_s, "expire", "request_timeout"]
+            args: list[str | int | float] = [
+                rid,
+                now,
+                timeout_error,
+                self.settings.record_ttl_s,
+                "expire",
+                "request_timeout",
+            ]
             outcome = str(self._cancel(keys=keys, args=args))
             if outcome in ("missing", "completed"):
                 self.client.srem(self.keys.queued, rid)

@@ -11,6 +11,7 @@ from model.sampler import (
     NoiseSource,
     SamplerSchedule,
     SamplerStep,
+    StochasticStep,
     euler_maruyama,
     step_sizes,
     time_shift,
@@ -127,4 +128,4 @@ def test_schedule_holds_the_recurrence_values() -> None:
         t = t + dt[i]
     assert float(t) == pytest.approx(float(time_shift(torch.tensor(0.95), 3.0)), abs=1e-6)
     assert schedule.final.index == 10 and float(schedule.final.t) == pytest.approx(0.95)
-    assert schedule.final.dt is None and len(schedule.evaluations) == 11
+    assert not isinstance(schedule.final, StochasticStep) and len(schedule.evaluations) == 11
