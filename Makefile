@@ -57,6 +57,7 @@ bench-api: install redis
 lint: install
 	$(VENV)/bin/ruff check server worker model tests
 	$(VENV)/bin/ruff format --check server worker model tests
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff format server worker model tests
