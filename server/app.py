@@ -22,8 +22,7 @@ from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.webhook_outbox import WebhookDispatcher, WebhookOutbox
-from server.webhooks import WebhookSender
+from server.webhook_outbox import WebhookDispatcher, build_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ async def _expire_files(storage: LocalStorage) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     outbox_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
-    dispatcher = WebhookDispatcher(WebhookOutbox(outbox_client, settings, WebhookSender(settings)))
+    dispatcher = WebhookDispatcher(build_outbox(outbox_client, settings))
     dispatcher.start()  # webhooks of requests the API completes (cancelled or expired while queued) and any due
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_expire_files, app.state.storage)

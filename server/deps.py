@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import Request
 
 from server.jobs import JobStore
+from server.records import Keys
 from server.settings import Settings
 from server.storage import LocalStorage
+from server.webhook_signing import WebhookSigner
 
 
 def settings_of(request: Request) -> Settings:
@@ -22,3 +24,13 @@ def job_store(request: Request) -> JobStore:
 def storage_of(request: Request) -> LocalStorage:
     storage: LocalStorage = request.app.state.storage
     return storage
+
+
+def webhook_signer(request: Request) -> WebhookSigner:
+    """The deployment's webhook signer (read from Redis once; FastAPI runs this sync dependency in a thread)."""
+    state = request.app.state
+    signer: WebhookSigner | None = getattr(state, "webhook_signer", None)
+    if signer is None:
+        signer = WebhookSigner.shared(state.sync_redis, Keys(state.settings.key_prefix))
+        state.webhook_signer = signer
+    return signer

@@ -54,6 +54,10 @@ class Keys:
         return f"{self.prefix}:active"
 
     @property
+    def webhook_signing_key(self) -> str:
+        return f"{self.prefix}:webhook-signing-key"
+
+    @property
     def webhooks(self) -> str:
         """Outbox of webhooks to deliver: sorted set of request ids by next attempt time."""
         return f"{self.prefix}:webhooks"

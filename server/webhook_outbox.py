@@ -22,6 +22,7 @@ from server import jobscripts
 from server.protocol import JobStatus
 from server.records import Keys, RequestRecord, as_str
 from server.settings import Settings
+from server.webhook_signing import WebhookSigner
 from server.webhooks import WebhookSender, webhook_body
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class WebhookOutbox:
         record = RequestRecord.from_hash(rid, data)
         attempt = int(self.client.hincrby(key, "webhook_attempts", 1))
         assert record.webhook is not None
-        if self.sender.send(record.webhook, webhook_body(record), rid, attempt):
+        if self.sender.send(record.webhook, webhook_body(record), rid, record.owner, attempt):
             self.client.hset(key, "webhook_status", "delivered")
             self.client.zrem(self.keys.webhooks, rid)
         elif attempt >= max(self.settings.webhook_max_attempts, 1):
@@ -112,3 +113,10 @@ class WebhookDispatcher(threading.Thread):
         self.stopped.set()
         if self.is_alive():
             self.join(timeout_s)
+
+
+def build_outbox(client: redis.Redis, settings: Settings) -> WebhookOutbox:
+    """The outbox of a process, its sender signing with the deployment's shared key."""
+    keys = Keys(settings.key_prefix)
+    sender = WebhookSender(settings, signer=lambda: WebhookSigner.shared(client, keys))
+    return WebhookOutbox(client, settings, sender)

@@ -1,4 +1,4 @@
-"""Webhook requests (``fal_webhook``): fal's body shape and one delivery attempt.
+"""Webhook requests (``fal_webhook``): fal's body shape and one signed delivery attempt.
 
 Delivery never changes a request's outcome. Which webhooks are due, the retries and their backoff
 live in the Redis outbox (``server.webhook_outbox``).
@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import httpx
 from server.protocol import WebhookBody
 from server.records import RequestRecord
 from server.settings import Settings
+from server.webhook_signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +44,41 @@ def webhook_body(record: RequestRecord) -> dict[str, Any]:
 
 
 class WebhookSender:
-    """One delivery attempt of one body to one URL; success is any 2xx. Retries are the outbox's."""
+    """One signed delivery attempt of one body to one URL; success is any 2xx. Retries are the outbox's.
 
-    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+    ``signer`` returns the deployment's signer; it is called on the first delivery (not at start-up,
+    so that building a sender needs no Redis) and kept.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Callable[[], WebhookSigner],
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.settings = settings
+        self._signer_source = signer
+        self._signer: WebhookSigner | None = None
         self._client = httpx.Client(timeout=settings.webhook_timeout_s, transport=transport)
+
+    @property
+    def signer(self) -> WebhookSigner:
+        if self._signer is None:
+            self._signer = self._signer_source()
+        return self._signer
 
     def backoff_s(self, attempt: int) -> float:
         """Wait after failed attempt number ``attempt`` (1-based): exponential, capped, with ±25 % jitter."""
         base = min(self.settings.webhook_backoff_s * 2 ** (attempt - 1), self.settings.webhook_backoff_max_s)
         return float(base * random.uniform(0.75, 1.25))
 
-    def send(self, url: str, body: dict[str, Any], request_id: str, attempt: int = 1) -> bool:
+    def send(self, url: str, body: dict[str, Any], request_id: str, user_id: str, attempt: int = 1) -> bool:
         """Whether the receiver accepted it. Never raises for network or HTTP errors."""
-        headers = {
-            "Content-Type": "application/json",
-            "X-Fal-Webhook-Request-Id": request_id,
-            "X-Fal-Webhook-Timestamp": str(int(time.time())),
-        }
+        content = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        headers.update(self.signer.headers(request_id, user_id, str(int(time.time())), content))
         try:
-            response = self._client.post(url, content=json.dumps(body).encode(), headers=headers)
+            response = self._client.post(url, content=content, headers=headers)
         except httpx.HTTPError as exc:
             logger.warning("webhook failed request_id=%s attempt=%d: %s", request_id, attempt, exc)
             return False

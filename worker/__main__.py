@@ -16,8 +16,7 @@ from server.logconfig import configure_logging
 from server.redis_options import redis_client_options
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.webhook_outbox import WebhookOutbox
-from server.webhooks import WebhookSender
+from server.webhook_outbox import build_outbox
 from server.worker_jobs import WorkerJobStore
 from worker.gpu_worker import GpuWorker
 from worker.safety import build_safety_checker
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         [settings.queue_normal, settings.queue_low],
         runner=runner,
         jobs=jobs,
-        outbox=WebhookOutbox(jobs_client, settings, WebhookSender(settings)),
+        outbox=build_outbox(jobs_client, settings),
         name=name,
         connection=redis.Redis.from_url(settings.redis_url, **redis_client_options()),
     )

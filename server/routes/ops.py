@@ -1,4 +1,4 @@
-"""Operations: ``/health``, ``/metrics`` and fal's per-endpoint OpenAPI document."""
+"""Operations: ``/health``, ``/metrics``, the webhook JWKS and fal's per-endpoint OpenAPI document."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 
 from server import metrics
-from server.deps import job_store, settings_of
+from server.deps import job_store, settings_of, webhook_signer
 from server.errors import EndpointNotFoundError
 from server.jobs import JobStore
 from server.protocol import QueueStatus
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.urls import Urls, request_urls
+from server.webhook_signing import WebhookSigner
 
 router = APIRouter(tags=["ops"])
 
@@ -32,6 +33,11 @@ async def health(jobs: Annotated[JobStore, Depends(job_store)]) -> JSONResponse:
     healthy = redis_ok and workers > 0
     body = {"status": "ok" if healthy else "unavailable", "redis": redis_ok, "workers": workers}
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/.well-known/jwks.json", summary="Public keys that verify this server's webhook signatures")
+async def webhook_jwks(signer: Annotated[WebhookSigner, Depends(webhook_signer)]) -> JSONResponse:
+    return JSONResponse({"keys": [signer.jwk()]}, headers={"Cache-Control": "public, max-age=300"})
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -85,7 +85,7 @@ class WebhookListener:
                     self.send_response(500)
                     self.end_headers()
                     return
-                listener.received.put({"headers": dict(self.headers), "body": json.loads(body)})
+                listener.received.put({"headers": dict(self.headers), "body": json.loads(body), "raw": body})
                 self.send_response(200)
                 self.end_headers()
 

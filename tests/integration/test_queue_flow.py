@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from server.webhook_signing import verify
 from tests.conftest import KEY_B, LiveStack
 
 from .helpers import APP, FAST, WebhookListener, status, submit
@@ -26,6 +27,15 @@ class Observed:
     submitted: dict[str, Any]
     statuses: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     webhooks: WebhookListener | None = None
+
+    _hook: dict[str, Any] | None = None
+
+    def webhook(self) -> dict[str, Any]:
+        """The delivered webhook (waited for once, then kept for every test that looks at it)."""
+        assert self.webhooks is not None
+        if self._hook is None:
+            self._hook = self.webhooks.received.get(timeout=30)
+        return self._hook
 
     def seen(self, name: str) -> list[dict[str, Any]]:
         return [body for _, body in self.statuses if body["status"] == name]
@@ -100,13 +110,20 @@ def test_result_images_download_and_decode(observed: Observed, live_stack: LiveS
 
 
 def test_webhook_delivered_with_retry(observed: Observed) -> None:
-    assert observed.webhooks is not None
-    hook = observed.webhooks.received.get(timeout=30)
+    hook = observed.webhook()
     body = hook["body"]
     assert body["request_id"] == observed.submitted["request_id"] and body["status"] == "OK"
     assert body["payload"]["seed"] == 1234 and body["gateway_request_id"]
     assert hook["headers"]["Content-Type"] == "application/json"
-    assert observed.webhooks.attempts >= 2  # the first attempt got a 500 and was retried
+    assert observed.webhooks is not None and observed.webhooks.attempts >= 2  # a 500 first, then a retry
+
+
+def test_webhook_signature_verifies_against_the_servers_jwks(observed: Observed, live_stack: LiveStack) -> None:
+    hook = observed.webhook()
+    jwks = httpx.get(f"{live_stack.url}/.well-known/jwks.json", timeout=10).json()  # public: no key needed
+    assert jwks["keys"][0]["kty"] == "OKP" and jwks["keys"][0]["crv"] == "Ed25519"
+    assert hook["headers"]["X-Fal-Webhook-Request-Id"] == observed.submitted["request_id"]
+    assert verify(jwks, hook["headers"], hook["raw"])
 
 
 def test_other_key_cannot_see_request(observed: Observed, live_stack: LiveStack) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from server.errors import RequestTimeoutError
 from server.settings import Settings
-from server.webhook_outbox import WebhookDispatcher, WebhookOutbox
+from server.webhook_outbox import WebhookDispatcher, WebhookOutbox, build_outbox
+from server.webhook_signing import WebhookSigner, verify
 from server.webhooks import WebhookSender
 from tests.integration.helpers import WebhookListener
 
@@ -39,7 +40,8 @@ def listener() -> Iterator[WebhookListener]:
 
 def outbox_for(settings: Settings, clock: Clock) -> WebhookOutbox:
     _, jobs = make_runner(settings, FakePipeline())
-    return WebhookOutbox(jobs.client, settings, WebhookSender(settings), clock=clock)
+    sender = WebhookSender(settings, signer=lambda: WebhookSigner.shared(jobs.client, jobs.keys))
+    return WebhookOutbox(jobs.client, settings, sender, clock=clock)
 
 
 def test_completion_puts_the_webhook_in_the_outbox(settings: Settings, listener: WebhookListener) -> None:
@@ -75,6 +77,10 @@ def test_retries_back_off_and_survive_a_new_process(settings: Settings, listener
     hook = listener.received.get(timeout=5)
     assert hook["body"]["request_id"] == "req-retry" and hook["body"]["status"] == "ERROR"
     assert hook["body"]["payload"]["detail"] and hook["headers"]["X-Fal-Webhook-Request-Id"] == "req-retry"
+    assert hook["headers"]["X-Fal-Webhook-User-Id"] == "owner-1"
+    jwks = {"keys": [WebhookSigner.shared(jobs.client, jobs.keys).jwk()]}
+    assert verify(jwks, hook["headers"], hook["raw"])
+    assert not verify(jwks, hook["headers"], hook["raw"] + b" ")  # any change to the body breaks it
     assert jobs.client.hget(key, "webhook_status") == "delivered"
     assert after_restart.pending() == []
 
@@ -112,7 +118,7 @@ def test_dispatcher_thread_delivers_what_is_due(make_settings: Callable[..., Set
     settings = make_settings(progress_interval_s=0.0, webhook_backoff_s=0.05, webhook_poll_interval_s=0.02)
     hooks = WebhookListener(fail_first=1).start()
     runner, jobs = make_runner(settings, FakePipeline(steps=1))
-    dispatcher = WebhookDispatcher(WebhookOutbox(jobs.client, settings, WebhookSender(settings)))
+    dispatcher = WebhookDispatcher(build_outbox(jobs.client, settings))
     dispatcher.start()
     try:
         submit(settings, "req-live")
@@ -124,3 +130,14 @@ def test_dispatcher_thread_delivers_what_is_due(make_settings: Callable[..., Set
         dispatcher.stop()
         hooks.stop()
     assert not dispatcher.is_alive()
+
+
+def test_every_process_signs_with_the_same_key(settings: Settings) -> None:
+    _, jobs = make_runner(settings, FakePipeline())
+    first = WebhookSigner.shared(jobs.client, jobs.keys)
+    second = WebhookSigner.shared(jobs.client, jobs.keys)  # another process: reads the stored key
+    assert first.public_bytes == second.public_bytes and len(first.public_bytes) == 32
+    headers = first.headers("rid", "user", "1700000000", b'{"a": 1}')
+    assert verify({"keys": [second.jwk()]}, headers, b'{"a": 1}')
+    other = {"keys": [{**second.jwk(), "x": "A" * 43}]}
+    assert not verify(other, headers, b'{"a": 1}')
