@@ -14,6 +14,7 @@ a GPU in half precision.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ from transformers import AttentionInterface, Qwen3Config, Qwen3Model
 from model.attention import attend
 
 ATTENTION_IMPLEMENTATION = "bitdance_patch"
+# The cache argument of ``Qwen3Model.forward``: ``past_key_values`` up to transformers 5.23, ``cache`` after.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,13 @@ class PatchKVCache:
         return self.length
 
     def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: dict | None = None
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``(B, Hkv, n, D)`` new keys and values; returns all of this layer's, as views."""
+        """Store ``(B, Hkv, n, D)`` new keys and values; returns all of this layer's, as views.
+
+        The RoPE and cache-position arguments transformers passes (their name differs across
+        versions) are not needed: positions are explicit and the cache only appends.
+        """
         start, end = self.length, self.length + key.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache full: {end} positions needed, {self.capacity} allocated")
@@ -152,9 +159,9 @@ class PatchDecoder:
         out = self.backbone(
             inputs_embeds=embeds,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             attention_mask={"full_attention": plan},
+            **{CACHE_ARGUMENT: cache},
         )
         return out.last_hidden_state
 

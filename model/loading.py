@@ -141,7 +141,8 @@ def load_backbone(root: Path, device: torch.device, dtype: torch.dtype) -> tuple
     check_keys(LLM_WEIGHTS, expected, _file_shapes(files))
     keys = [k for k in files if k.startswith("model.")]
     _load_into(backbone, read_tensors(files, keys, device, dtype, strip="model."), LLM_WEIGHTS)
-    backbone.rotary_emb = Qwen3RotaryEmbedding(config=config, device=device)  # non-persistent buffer
+    with torch.device(device):  # its inv_freq is a non-persistent buffer, built on the device
+        backbone.rotary_emb = Qwen3RotaryEmbedding(config=config)
     return config, backbone
 
 

@@ -92,8 +92,21 @@ def build_tokenizer(parallel_num: int) -> Qwen2TokenizerFast:
         raise RuntimeError("Qwen special tokens did not land right after the BPE vocabulary")
     extra = [f"<|res_{i}|>" for i in range(1, MAX_GRID_POSITIONS + 1)]
     extra += [f"<|query_{i}|>" for i in range(1, parallel_num)]
-    tokenizer.add_special_tokens({"additional_special_tokens": extra}, replace_additional_special_tokens=False)
+    tokenizer.add_tokens(extra, special_tokens=True)  # the same in transformers 4 and 5
     return tokenizer
+
+
+def special_tokens_map(additional: list[str]) -> dict:
+    """``special_tokens_map.json`` as a Qwen tokenizer with BitDance's added tokens has it."""
+
+    def entry(token: str) -> dict:
+        return {"content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+    return {
+        "additional_special_tokens": [entry(t) for t in additional],
+        "eos_token": entry("<|im_end|>"),
+        "pad_token": entry("<|endoftext|>"),
+    }
 
 
 def tiny_llm_config(vocab_size: int, hidden: int, layers: int) -> Qwen3Config:
@@ -150,6 +163,9 @@ def write_checkpoint(out: Path, parallel_num: int = 64, hidden: int = 64, layers
     tokenizer.backend_tokenizer.model.save(str(out))  # vocab.json + merges.txt, as the Qwen files
     added = {token: index for token, index in tokenizer.get_vocab().items() if index >= BPE_VOCAB}
     (out / "added_tokens.json").write_text(json.dumps(added, indent=2, ensure_ascii=False))
+    # Written here rather than by save_pretrained: transformers 5 no longer writes this file.
+    in_id_order = sorted(added, key=lambda token: added[token])
+    (out / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(in_id_order), indent=2))
     llm_config = tiny_llm_config(len(tokenizer), hidden, layers)
     llm_config.architectures = ["Qwen3ForCausalLM"]
     llm_config.save_pretrained(str(out))
