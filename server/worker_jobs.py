@@ -78,16 +78,13 @@ class WorkerJobStore:
         outcome = error.error_type or f"http_{error.status_code}"
         return self._finish(rid, "", json.dumps(error.to_dict()), inference_time, outcome)
 
+    def _running_keys(self, rid: str) -> list[str]:
+        """KEYS of the scripts that end a running request (COMPLETE, RECOVER_ORPHAN)."""
+        keys = self.keys
+        return [keys.record(rid), keys.logs(rid), keys.lease(rid), keys.queued, keys.active, keys.stats, keys.webhooks]
+
     def _finish(self, rid: str, result: str, error: str, seconds: float | None, outcome: str) -> bool:
-        keys = [
-            self.keys.record(rid),
-            self.keys.logs(rid),
-            self.keys.lease(rid),
-            self.keys.queued,
-            self.keys.active,
-            self.keys.stats,
-            self.keys.webhooks,
-        ]
+        keys = self._running_keys(rid)
         timing = repr(seconds) if seconds is not None else ""
         args: list[str | int] = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
         return bool(self._complete(keys=keys, args=args))
@@ -117,15 +114,7 @@ class WorkerJobStore:
         failed = json.dumps(RunnerDisconnectedError().to_stored().to_dict())
         outcomes: dict[str, str] = {}
         for rid in map(as_str, self.client.smembers(self.keys.active)):
-            keys = [
-                self.keys.record(rid),
-                self.keys.logs(rid),
-                self.keys.lease(rid),
-                self.keys.queued,
-                self.keys.active,
-                self.keys.stats,
-                self.keys.webhooks,
-            ]
+            keys = self._running_keys(rid)
             args: list[str | int] = [rid, repr(time.time()), self.settings.max_requeues, failed, cancelled_error()]
             outcomes[rid] = str(self._orphan(keys=keys, args=[*args, self.settings.record_ttl_s]))
         return outcomes
