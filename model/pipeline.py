@@ -14,11 +14,11 @@ from PIL import Image
 
 from model.autoencoder import to_uint8_pixels
 from model.errors import CheckpointError, GenerationCancelled
+from model.generation_request import GenerationRequest
 from model.llm import PatchDecoder
 from model.loading import load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
-from model.requests import GenerationRequest
 from model.resolutions import check_supported_size, supported_sizes
 from model.sampler import GuidanceLayout, NoiseSource, SamplerSchedule, SamplerStep, euler_maruyama, uses_guidance
 

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from model.errors import GenerationCancelled
-from model.requests import GenerationRequest
+from model.generation_request import GenerationRequest
 from model.resolutions import resolve_image_size
 from server.errors import (
     ClientCancelledError,

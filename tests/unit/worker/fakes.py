@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from model.errors import GenerationCancelled
-from model.requests import GenerationRequest
+from model.generation_request import GenerationRequest
 
 
 @dataclass
