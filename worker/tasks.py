@@ -88,7 +88,7 @@ def with_redis_retry(action: Callable[[], T], what: str, budget_s: float = RECOR
             delay = min(delay * 2, 2.0)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: one entry per request of a batch
 class BatchEntry:
     """One request of a generation: its validated input, seed and progress tracker."""
 
@@ -207,7 +207,7 @@ class TaskRunner:
             self._complete_error(record.request_id, StoredError(422, body))
             outcomes[record.request_id] = "validation_error"
             return None
-        except ValueError as exc:
+        except Exception as exc:  # task boundary: e.g. a size the checkpoint cannot make
             self._complete_error(record.request_id, public_error(exc).to_stored())
             outcomes[record.request_id] = "error"
             return None
