@@ -75,8 +75,7 @@ class WebhookOutbox:
             return
         record = RequestRecord.from_hash(rid, data)
         attempt = int(self.client.hincrby(key, "webhook_attempts", 1))
-        assert record.webhook is not None
-        if self.sender.send(record.webhook, webhook_body(record), rid, record.owner, attempt):
+        if self.sender.send(data["webhook"], webhook_body(record), rid, record.owner, attempt):
             self.client.hset(key, "webhook_status", "delivered")
             self.client.zrem(self.keys.webhooks, rid)
         elif attempt >= max(self.settings.webhook_max_attempts, 1):
