@@ -20,7 +20,7 @@ import redis
 
 from server import jobscripts
 from server.protocol import JobStatus
-from server.records import Keys, RequestRecord, as_str
+from server.records import Keys, RequestRecord, as_str, decoded
 from server.settings import Settings
 from server.webhook_signing import WebhookSigner
 from server.webhooks import WebhookSender, webhook_body
@@ -69,7 +69,7 @@ class WebhookOutbox:
 
     def _attempt(self, rid: str) -> None:
         key = self.keys.record(rid)
-        data = self.client.hgetall(key)
+        data = decoded(self.client.hgetall(key))
         if not data or not data.get("webhook") or data.get("status") != JobStatus.COMPLETED.value:
             self.client.zrem(self.keys.webhooks, rid)  # expired, or nothing to send
             return
