@@ -14,12 +14,13 @@ import math
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch import nn
-from transformers import Qwen2TokenizerFast, Qwen3Config
+from transformers import Qwen2TokenizerFast, Qwen3Config  # type: ignore[attr-defined,unused-ignore]
 
 from model.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from model.head import DiffusionHead, HeadConfig
@@ -111,7 +112,9 @@ def special_tokens_map(additional: list[str]) -> dict:
 
 def tiny_llm_config(vocab_size: int, hidden: int, layers: int) -> Qwen3Config:
     heads = max(2, hidden // 16)
-    return Qwen3Config(
+    # Passed as a dict: transformers 5 takes the Qwen3-14B-style rope_theta / rope_scaling keys too
+    # (it folds them into rope_parameters), but its signature no longer names them.
+    values: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=hidden * 3,
@@ -135,6 +138,7 @@ def tiny_llm_config(vocab_size: int, hidden: int, layers: int) -> Qwen3Config:
         use_cache=True,
         initializer_range=0.02,
     )
+    return Qwen3Config(**values)
 
 
 def randomize(module: nn.Module, generator: torch.Generator) -> None:
