@@ -156,6 +156,13 @@ async def submit(
     return JSONResponse(body.model_dump(), headers={REQUEST_ID_HEADER: record.request_id})
 
 
+async def owned_record(app_id: str, request_id: str, request: Request, caller: Caller, jobs: JobStore) -> RequestRecord:
+    """The caller's request under this app (404 for another app, an unknown id or another owner's id)."""
+    check_endpoint(app_id, request.app.state.settings, app_only=True)
+    request.state.fal_request_id = request_id
+    return await jobs.get(request_id, owner=caller.key_id)
+
+
 @router.get(
     "/{app_id:path}/requests/{request_id}/status",
     response_model=QueueStatus,
@@ -170,9 +177,7 @@ async def get_status(
     urls: Annotated[Urls, Depends(request_urls)],
     logs: bool = False,
 ) -> JSONResponse:
-    check_endpoint(app_id, request.app.state.settings, app_only=True)
-    request.state.fal_request_id = request_id
-    record = await jobs.get(request_id, owner=caller.key_id)
+    record = await owned_record(app_id, request_id, request, caller, jobs)
     entries = await jobs.logs(request_id) if logs else None
     status = await build_status(jobs, record, urls, entries)
     code = 200 if record.status is JobStatus.COMPLETED else 202
@@ -193,9 +198,7 @@ async def stream_status(
     urls: Annotated[Urls, Depends(request_urls)],
     logs: bool = False,
 ) -> StreamingResponse:
-    check_endpoint(app_id, request.app.state.settings, app_only=True)
-    request.state.fal_request_id = request_id
-    await jobs.get(request_id, owner=caller.key_id)
+    await owned_record(app_id, request_id, request, caller, jobs)
     settings: Settings = request.app.state.settings
     events = status_events(jobs, request_id, urls, logs, settings)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -238,10 +241,7 @@ async def get_result(
     caller: Annotated[Caller, Depends(authenticate)],
     jobs: Annotated[JobStore, Depends(job_store)],
 ) -> JSONResponse:
-    check_endpoint(app_id, request.app.state.settings, app_only=True)
-    request.state.fal_request_id = request_id
-    record = await jobs.get(request_id, owner=caller.key_id)
-    return result_response(record)
+    return result_response(await owned_record(app_id, request_id, request, caller, jobs))
 
 
 def result_response(record: RequestRecord) -> JSONResponse:
@@ -265,10 +265,8 @@ async def cancel(
     caller: Annotated[Caller, Depends(authenticate)],
     jobs: Annotated[JobStore, Depends(job_store)],
 ) -> JSONResponse:
-    check_endpoint(app_id, request.app.state.settings, app_only=True)
-    request.state.fal_request_id = request_id
-    try:
-        await jobs.get(request_id, owner=caller.key_id)
+    try:  # an unknown app still raises its own error; only an unknown request answers NOT_FOUND
+        await owned_record(app_id, request_id, request, caller, jobs)
     except RequestNotFoundError:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     outcome = await jobs.cancel(request_id)
