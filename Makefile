@@ -36,7 +36,7 @@ $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
 js-deps: $(JS_DIR)/node_modules/.installed
 
 run: install redis
-	$(PY) -m server.stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
+	$(PY) -m stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
 		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS))
 
 test: install redis js-deps
@@ -52,13 +52,13 @@ bench-model: install
 	$(PY) -m model.bench
 
 bench-api: install redis
-	$(PY) -m server.bench
+	$(PY) -m stack.bench
 
 lint: install
-	$(VENV)/bin/ruff check server worker model tests
-	$(VENV)/bin/ruff format --check server worker model tests
+	$(VENV)/bin/ruff check server worker model stack tests
+	$(VENV)/bin/ruff format --check server worker model stack tests
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format server worker model tests
-	$(VENV)/bin/ruff check --fix server worker model tests
+	$(VENV)/bin/ruff format server worker model stack tests
+	$(VENV)/bin/ruff check --fix server worker model stack tests

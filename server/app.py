@@ -14,15 +14,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.auth import KeyRing
-from server.errors import FalError, fal_error_handler, redis_unavailable_handler, unexpected_error_handler
-from server.jobs import JobStore
+from server.error_handlers import fal_error_handler, redis_unavailable_handler, unexpected_error_handler
+from server.errors import FalError
 from server.middleware import BodyLimitMiddleware, RequestIdMiddleware, RoutingMiddleware
-from server.redis_options import async_redis_options, redis_client_options
+from server.queue.api_store import JobStore
+from server.queue.redis_options import async_redis_options, redis_client_options
+from server.queue.webhook_outbox import WebhookDispatcher, build_outbox
 from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.webhook_outbox import WebhookDispatcher, build_outbox
 
 logger = logging.getLogger(__name__)
 

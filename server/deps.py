@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from server.jobs import JobStore
-from server.records import Keys
+from server.queue.api_store import JobStore
+from server.queue.records import Keys
 from server.settings import Settings
 from server.storage import LocalStorage
 from server.webhook_signing import WebhookSigner

@@ -1,20 +1,14 @@
-"""Domain errors with their HTTP code and fal ``error_type``, and the one place that renders them.
+"""Domain errors with their HTTP code and fal ``error_type`` (rendered by ``server.error_handlers``).
 
 Routes raise; they never build error JSON. Failed requests store a ``StoredError`` (code, body,
-headers) in their record, and the result route replays it verbatim, as fal does.
+headers) in their record, and the result route replays it verbatim, as fal does. No FastAPI here:
+the workers import these classes too.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-from fastapi import Request
-from fastapi.responses import JSONResponse
-
-logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-fal-request-id"
 
@@ -133,37 +127,3 @@ class RequestTimeoutError(FalError):
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail, headers={"X-Fal-Request-Timeout-Type": "user", "X-Fal-Retryable": "false"})
-
-
-def request_id_of(request: Request) -> str:
-    """The id this response is about (set by the route), else a fresh one for this HTTP request."""
-    rid = getattr(request.state, "fal_request_id", None)
-    if not rid:
-        rid = str(uuid.uuid4())
-        request.state.fal_request_id = rid
-    return str(rid)
-
-
-def stored_error_response(error: StoredError, request_id: str) -> JSONResponse:
-    headers = {**error.headers, REQUEST_ID_HEADER: request_id}
-    return JSONResponse(error.body, status_code=error.status_code, headers=headers)
-
-
-async def fal_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, FalError)
-    return stored_error_response(exc.to_stored(), request_id_of(request))
-
-
-async def redis_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Redis down or restarting: 503, so clients retry (nothing was accepted by this call)."""
-    logger.warning("redis unavailable request_id=%s: %s", request_id_of(request), exc)
-    error = ServiceUnavailableError("Queue store unavailable, retry later")
-    return stored_error_response(error.to_stored(), request_id_of(request))
-
-
-async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Anything unexpected: a sanitized 500 naming the request id; the traceback is logged once."""
-    rid = request_id_of(request)
-    logger.error("unhandled error request_id=%s", rid, exc_info=exc)
-    body = {"detail": f"Internal server error (request id {rid})", "error_type": "internal_error"}
-    return JSONResponse(body, status_code=500, headers={REQUEST_ID_HEADER: rid, "X-Fal-Error-Type": "internal_error"})

@@ -1,7 +1,7 @@
 """Webhook requests (``fal_webhook``): fal's body shape and one signed delivery attempt.
 
 Delivery never changes a request's outcome. Which webhooks are due, the retries and their backoff
-live in the Redis outbox (``server.webhook_outbox``).
+live in the Redis outbox (``server.queue.webhook_outbox``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from server.protocol import WebhookBody
-from server.records import RequestRecord
+from server.queue.records import RequestRecord
 from server.settings import Settings
 from server.webhook_signing import WebhookSigner
 

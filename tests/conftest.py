@@ -1,6 +1,6 @@
 """Shared fixtures: a private redis-server, the tiny checkpoint, and the live stack (API + worker).
 
-Everything is started with the same code as ``make run`` (``server.stack``) on free ports, once per
+Everything is started with the same code as ``make run`` (``stack.launcher``) on free ports, once per
 session, and torn down at the end. Logs of the children land in the session's tmp directory.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from server.settings import Settings
-from server.stack import (
+from stack.launcher import (
     ManagedProcess,
     RedisProcess,
     base_url,
@@ -27,7 +27,7 @@ from server.stack import (
     start_worker,
     wait_until_ready,
 )
-from server.tls import TlsFiles, ensure_tls_files
+from stack.tls import TlsFiles, ensure_tls_files
 
 KEY_A = "test-key-a"
 KEY_B = "kid-b:secret-b"

@@ -13,11 +13,11 @@ from typing import Any
 import redis
 
 from server.logconfig import configure_logging
-from server.redis_options import redis_client_options
+from server.queue.redis_options import redis_client_options
+from server.queue.webhook_outbox import build_outbox
+from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.webhook_outbox import build_outbox
-from server.worker_jobs import WorkerJobStore
 from worker.gpu_worker import GpuWorker
 from worker.safety import build_safety_checker
 from worker.tasks import TaskRunner, WorkerServices, bind_runner

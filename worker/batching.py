@@ -4,7 +4,7 @@ Requests are compatible when they resolve to the same image size and step count 
 guidance scales and image counts may differ: ``generate_batch`` keeps each request's own images).
 Companions are claimed with an atomic script that also takes them out of their RQ list, so exactly
 one worker runs each; they are leased like any running request, and if this worker dies the sweep
-requeues them (``server.jobscripts.CLAIM``).
+requeues them (``server.queue.scripts.CLAIM``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from model.resolutions import resolve_image_size
 from server.protocol import JobStatus
-from server.records import RequestRecord
+from server.queue.records import RequestRecord
+from server.queue.worker_store import WorkerJobStore
 from server.schemas import BitDanceInput
-from server.worker_jobs import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 
-from server.webhook_outbox import WebhookDispatcher, WebhookOutbox
-from server.worker_jobs import WorkerJobStore
+from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox
+from server.queue.worker_store import WorkerJobStore
 from worker import recovery
 from worker.tasks import TaskRunner
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import redis
 
 from server.protocol import LogEntry, LogLevel
-from server.worker_jobs import WorkerJobStore
+from server.queue.worker_store import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from server.worker_jobs import WorkerJobStore
+from server.queue.worker_store import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from server.errors import (
     RunnerServerError,
     StoredError,
 )
-from server.records import RequestRecord
+from server.queue.records import RequestRecord
+from server.queue.worker_store import WorkerJobStore
 from server.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.worker_jobs import WorkerJobStore
 from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
 from worker.progress import ProgressTracker

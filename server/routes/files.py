@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from server.auth import Caller, authenticate
 from server.deps import settings_of, storage_of
 from server.errors import FileNotFoundError_, PayloadTooLargeError
-from server.records import Keys
+from server.queue.records import Keys
 from server.settings import Settings
 from server.storage import LocalStorage, is_token, lifecycle_ttl_s, new_token, safe_file_name
 from server.urls import public_base

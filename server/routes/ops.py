@@ -12,8 +12,8 @@ from pydantic.json_schema import models_json_schema
 from server import metrics
 from server.deps import job_store, settings_of, webhook_signer
 from server.errors import EndpointNotFoundError
-from server.jobs import JobStore
 from server.protocol import QueueStatus
+from server.queue.api_store import JobStore
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.urls import Urls, request_urls

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth import Caller, authenticate
 from server.deps import job_store, settings_of
+from server.error_handlers import stored_error_response
 from server.errors import (
     REQUEST_ID_HEADER,
     EndpointNotFoundError,
@@ -27,11 +28,10 @@ from server.errors import (
     RequestInProgressError,
     RequestNotFoundError,
     ServiceUnavailableError,
-    stored_error_response,
 )
-from server.jobs import JobStore, create_request
 from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse
-from server.records import NewRequest, RequestRecord
+from server.queue.api_store import JobStore, create_request
+from server.queue.records import NewRequest, RequestRecord
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.storage import lifecycle_ttl_s

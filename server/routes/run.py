@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from server.auth import Caller, authenticate
 from server.deps import job_store, settings_of
 from server.errors import RequestTimeoutError
-from server.jobs import JobStore
 from server.protocol import JobStatus
-from server.records import RequestRecord
+from server.queue.api_store import JobStore
+from server.queue.records import RequestRecord
 from server.routes.queue import check_endpoint, parse_start_timeout, result_response, submit_new
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings

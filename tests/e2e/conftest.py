@@ -2,7 +2,7 @@
 
 ``tls_api_server`` is an API process serving HTTPS with a locally generated CA (as ``make run
 TLS=1`` does) in front of the session's real ``redis-server`` and CPU worker on the tiny 16x
-checkpoint, all started with the ``server.stack`` helpers of ``make run``. API keys are configured
+checkpoint, all started with the ``stack.launcher`` helpers of ``make run``. API keys are configured
 there, so authentication is exercised. The clients reach it as ``127.0.0.1:<port>``, the address
 README's client settings use (the certificate covers it).
 """

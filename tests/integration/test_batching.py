@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from server.settings import Settings
-from server.stack import RedisProcess, base_url, start_api, start_worker, wait_until_ready
+from stack.launcher import RedisProcess, base_url, start_api, start_worker, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 
 from .helpers import APP, status, submit, wait_completed, wait_status

@@ -1,4 +1,4 @@
-"""``python -m server.stack`` (what ``make run`` starts): serves, then stops every child on SIGINT."""
+"""``python -m stack`` (what ``make run`` starts): serves, then stops every child on SIGINT."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from server.stack import free_port
+from stack.launcher import free_port
 
 from .helpers import APP, poll_until
 
@@ -34,7 +34,7 @@ def test_stack_serves_and_stops_everything_on_sigint_even_started_in_the_backgro
     ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - as `cmd &` in a script
     log = (tmp_path / "stack.log").open("w")
     stack = subprocess.Popen(
-        [sys.executable, "-m", "server.stack", "--port", str(port), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "stack", "--port", str(port), "--data-dir", str(tmp_path)],
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=ignore_sigint,

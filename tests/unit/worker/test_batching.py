@@ -8,9 +8,9 @@ import pytest
 from rq.job import Job
 
 from server.protocol import JobStatus
-from server.records import Keys
+from server.queue.records import Keys
+from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
-from server.worker_jobs import WorkerJobStore
 from worker import recovery
 
 from .fakes import FakePipeline

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import redis
 
-from server.jobs import create_request
 from server.protocol import JobStatus
-from server.records import Keys, NewRequest
+from server.queue.api_store import create_request
+from server.queue.records import Keys, NewRequest
+from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
-from server.worker_jobs import WorkerJobStore
 from worker import recovery
 
 

@@ -14,12 +14,12 @@ import redis
 from PIL import Image
 
 from server.errors import RunnerServerError
-from server.jobs import create_request
 from server.protocol import JobStatus
-from server.records import NewRequest
+from server.queue.api_store import create_request
+from server.queue.records import NewRequest
+from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
 from server.storage import LocalStorage
-from server.worker_jobs import WorkerJobStore
 from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
 

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from server.errors import RequestTimeoutError
+from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox, build_outbox
 from server.settings import Settings
-from server.webhook_outbox import WebhookDispatcher, WebhookOutbox, build_outbox
 from server.webhook_signing import WebhookSigner, verify
 from server.webhooks import WebhookSender
 from tests.integration.helpers import WebhookListener

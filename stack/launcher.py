@@ -1,7 +1,7 @@
-"""``python -m server.stack``: private redis-server + N workers + the API, stopped together on Ctrl-C.
+"""``python -m stack``: private redis-server + N workers + the API, stopped together on Ctrl-C.
 
 The process pieces (``RedisProcess``, ``start_worker``, ``start_api``, ``wait_until_ready``,
-``ensure_tiny_checkpoint``) are reused by the test fixtures and ``server.bench``, so tests start
+``ensure_tiny_checkpoint``) are reused by the test fixtures and ``stack.bench``, so tests start
 the stack exactly as ``make run`` does.
 """
 
@@ -23,7 +23,7 @@ import httpx
 import redis
 
 from server.settings import Settings, child_environment
-from server.tls import TlsFiles, ensure_tls_files
+from stack.tls import TlsFiles, ensure_tls_files
 
 DEFAULT_TINY_PARALLEL = 64
 STOP_TIMEOUT_S = 20.0
@@ -272,7 +272,7 @@ class Stack:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(

@@ -1,7 +1,7 @@
-"""``python -m server.bench``: API throughput and the queue path's overhead, on loopback only.
+"""``python -m stack.bench``: API throughput and the queue path's overhead, on loopback only.
 
 Starts its own redis-server, API and (for the overhead) one worker on the tiny 16x checkpoint with
-``server.stack``; measures submit and status requests per second with bounded concurrent loops,
+``stack.launcher``; measures submit and status requests per second with bounded concurrent loops,
 then the added latency of a sync run (``POST /fal-ai/bitdance``) over a direct ``pipe.generate`` of
 the same request in this process. A benchmark script: it may import the model; the API never does.
 """
@@ -21,7 +21,7 @@ import httpx
 import redis
 
 from server.settings import Settings
-from server.stack import (
+from stack.launcher import (
     RedisProcess,
     base_url,
     ensure_tiny_checkpoint,
@@ -81,7 +81,7 @@ def run_seconds(url: str, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stack.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500, help="calls per throughput measurement")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="generations per latency measurement")

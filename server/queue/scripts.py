@@ -1,6 +1,6 @@
 """Lua scripts for the request state machine: each transition is one atomic Redis call.
 
-KEYS/ARGV layouts are documented per script; ``server.jobs`` and ``server.worker_jobs`` are the only
+KEYS/ARGV layouts are documented per script; ``server.queue.api_store`` and ``server.queue.worker_store`` are the only
 callers. The RQ job id of a request is the request id, and the RQ queue list is ``rq:queue:<queue>``
 (RQ's own naming).
 """

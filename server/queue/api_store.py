@@ -1,9 +1,9 @@
 """Submitting requests and the API's view of them: create, read, logs, queue position, cancel.
 
 The record is written in the same MULTI as the RQ job that carries ``worker.tasks.run_request(id)``,
-before submit answers. Transitions are Lua scripts (``server.jobscripts``), so the API and any number
+before submit answers. Transitions are Lua scripts (``server.queue.scripts``), so the API and any number
 of workers can race safely. ``JobStore`` is the async face used by the API; workers use
-``server.worker_jobs.WorkerJobStore``.
+``server.queue.worker_store.WorkerJobStore``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import redis
 import redis.asyncio as aioredis
 from rq import Queue
 
-from server import jobscripts
 from server.errors import RequestNotFoundError, RequestTimeoutError
 from server.protocol import JobStatus
-from server.records import Keys, NewRequest, RequestRecord, cancelled_error, decoded
+from server.queue import scripts
+from server.queue.records import Keys, NewRequest, RequestRecord, cancelled_error, decoded
 from server.settings import Settings
 
 TASK_FUNCTION = "worker.tasks.run_request"
@@ -70,7 +70,7 @@ class JobStore:
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._cancel = client.register_script(jobscripts.CANCEL_QUEUED)
+        self._cancel = client.register_script(scripts.CANCEL_QUEUED)
 
     async def get(self, rid: str, owner: str | None = None) -> RequestRecord:
         """The record; unknown ids and other owners' ids are both ``RequestNotFoundError``."""

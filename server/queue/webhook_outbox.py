@@ -1,7 +1,7 @@
 """Durable webhook delivery: an outbox in Redis that the API and every worker drain.
 
 A request that completes with a ``fal_webhook`` enters the outbox (a sorted set of request ids by
-next attempt time) in the same Lua step that completes it (``server.jobscripts``). Dispatchers, a
+next attempt time) in the same Lua step that completes it (``server.queue.scripts``). Dispatchers, a
 thread in each API and worker process, take due entries one attempt at a time under a lease. So a
 webhook survives the death of the process that completed its request or of the one delivering it,
 and Redis restarts (append-only file); it is delivered at least once, retried with exponential
@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import redis
 
-from server import jobscripts
 from server.protocol import JobStatus
-from server.records import Keys, RequestRecord, as_str, decoded
+from server.queue import scripts
+from server.queue.records import Keys, RequestRecord, as_str, decoded
 from server.settings import Settings
 from server.webhook_signing import WebhookSigner
 from server.webhooks import WebhookSender, webhook_body
@@ -45,7 +45,7 @@ class WebhookOutbox:
         self.sender = sender
         self.keys = Keys(settings.key_prefix)
         self._clock = clock
-        self._lease = client.register_script(jobscripts.LEASE_WEBHOOK)
+        self._lease = client.register_script(scripts.LEASE_WEBHOOK)
 
     @property
     def lease_s(self) -> float:

@@ -11,10 +11,10 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from server import jobscripts
 from server.errors import RequestTimeoutError, RunnerDisconnectedError, StoredError
 from server.protocol import LogEntry
-from server.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str, cancelled_error
+from server.queue import scripts
+from server.queue.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str, cancelled_error
 from server.settings import Settings
 
 
@@ -25,12 +25,12 @@ class WorkerJobStore:
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._start = client.register_script(jobscripts.START)
-        self._claim = client.register_script(jobscripts.CLAIM)
-        self._complete = client.register_script(jobscripts.COMPLETE)
-        self._cancel = client.register_script(jobscripts.CANCEL_QUEUED)
-        self._orphan = client.register_script(jobscripts.RECOVER_ORPHAN)
-        self._lost = client.register_script(jobscripts.RECOVER_LOST)
+        self._start = client.register_script(scripts.START)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._complete = client.register_script(scripts.COMPLETE)
+        self._cancel = client.register_script(scripts.CANCEL_QUEUED)
+        self._orphan = client.register_script(scripts.RECOVER_ORPHAN)
+        self._lost = client.register_script(scripts.RECOVER_LOST)
 
     @property
     def lease_ms(self) -> int:

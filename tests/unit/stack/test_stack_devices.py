@@ -1,10 +1,10 @@
-"""How ``server.stack`` spreads its workers over devices (``make run DEVICE=... WORKERS=...``)."""
+"""How ``stack.launcher`` spreads its workers over devices (``make run DEVICE=... WORKERS=...``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.stack import parse_args, worker_devices
+from stack.launcher import parse_args, worker_devices
 
 
 def test_one_worker_per_gpu() -> None:

@@ -2,8 +2,8 @@
 
 A request is a hash ``<prefix>:req:<id>`` (status, owner, input, result or error, timestamps) plus a
 list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scripts
-(``server.jobscripts``) run through ``server.jobs.JobStore`` (API) and
-``server.worker_jobs.WorkerJobStore`` (workers).
+(``server.queue.scripts``) run through ``server.queue.api_store.JobStore`` (API) and
+``server.queue.worker_store.WorkerJobStore`` (workers).
 """
 
 from __future__ import annotations
