@@ -12,13 +12,13 @@ MODEL ?=
 WORKERS ?=
 JS_DIR := tests/e2e/js
 
-.PHONY: run test install redis js-deps tiny bench bench-model bench-api lint format
+.PHONY: run test install redis js-deps deploy-tools lock tiny bench bench-model bench-api lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[model,test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,6 +28,21 @@ redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "redis-server not found: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+# Debian's docker-compose validates docker/compose.yaml offline (tests/deploy); no Docker daemon needed.
+deploy-tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		echo "docker-compose not found: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
+
+# The images' lock files (requirements/*.txt, pinned with hashes) from pyproject.toml, for Linux x86_64.
+LOCK_FLAGS := --no-config --index-url https://pypi.org/simple --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --quiet
+lock: install
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/api.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra model -c requirements/constraints.txt $(LOCK_FLAGS) \
+		-o requirements/worker.txt
 
 $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
@@ -39,7 +54,7 @@ run: install redis
 	$(PY) -m stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
 		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS))
 
-test: install redis js-deps
+test: install redis js-deps deploy-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 tiny: install

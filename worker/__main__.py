@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
 from server.storage import LocalStorage
 from worker.gpu_worker import GpuWorker
+from worker.identity import default_worker_name
 from worker.safety import build_safety_checker
 from worker.tasks import TaskRunner, WorkerServices, bind_runner
 
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logger.info("loading %s on %s", settings.model_path, settings.device)
     pipe = BitDancePipeline.from_pretrained(settings.model_path, device=settings.device)
-    name = settings.worker_name or f"{socket.gethostname()}-{settings.device}-{uuid.uuid4().hex[:6]}"
+    name = settings.worker_name or default_worker_name(settings.device)
     jobs_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
     jobs = WorkerJobStore(jobs_client, settings)
     services = WorkerServices(

@@ -225,7 +225,7 @@ class TaskRunner:
             return "error"
         entry.tracker.log(f"Done in {inference_s:.2f}s")
         with_redis_retry(lambda: self.jobs.complete_ok(rid, output, inference_s), "complete")
-        with_redis_retry(lambda: self.jobs.record_inference_seconds(inference_s), "metrics")
+        with_redis_retry(lambda: self.jobs.record_inference(inference_s, len(images)), "metrics")
         return "ok"
 
     def build_output(

@@ -130,6 +130,9 @@ class JobStore:
             JobStatus.IN_PROGRESS.value: int(await self.client.scard(self.keys.active)),
         }
 
+    async def webhook_backlog(self) -> int:
+        return int(await self.client.zcard(self.keys.webhooks))
+
     async def alive_workers(self) -> int:
         since = time.time() - self.settings.lease_ttl_s
         return int(await self.client.zcount(self.keys.workers, since, "+inf"))

@@ -89,8 +89,10 @@ class WorkerJobStore:
         args: list[str | int] = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
         return bool(self._complete(keys=keys, args=args))
 
-    def record_inference_seconds(self, seconds: float) -> None:
+    def record_inference(self, seconds: float, images: int) -> None:
+        """Metrics of one finished request: its inference seconds (histogram) and images made."""
         with self.client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.keys.stats, "images_generated", images)
             pipe.hincrbyfloat(self.keys.stats, "inference_sum", seconds)
             pipe.hincrby(self.keys.stats, "inference_count", 1)
             for bound in INFERENCE_BUCKETS_S:
@@ -100,6 +102,11 @@ class WorkerJobStore:
 
     def heartbeat(self, worker: str) -> None:
         self.client.zadd(self.keys.workers, {worker: time.time()})
+
+    def alive_worker_names(self) -> list[str]:
+        """Workers whose last heartbeat is younger than the lease (the API's ``alive_workers``)."""
+        since = time.time() - self.settings.lease_ttl_s
+        return [as_str(name) for name in self.client.zrangebyscore(self.keys.workers, since, "+inf")]
 
     def remove_worker(self, worker: str) -> None:
         self.client.zrem(self.keys.workers, worker)

@@ -35,6 +35,23 @@ async def health(jobs: Annotated[JobStore, Depends(job_store)]) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
+@router.get("/health/live", summary="The API process answers (liveness; touches nothing else)")
+async def health_live() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/health/ready", summary="Redis reachable: requests are accepted (200), else 503")
+async def health_ready(jobs: Annotated[JobStore, Depends(job_store)]) -> JSONResponse:
+    """Readiness of this API replica; unlike ``/health`` it does not wait for a worker (requests queue)."""
+    try:
+        await jobs.client.ping()
+        redis_ok = True
+    except redis.RedisError:
+        redis_ok = False
+    body = {"status": "ok" if redis_ok else "unavailable", "redis": redis_ok}
+    return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
 @router.get("/.well-known/jwks.json", summary="Public keys that verify this server's webhook signatures")
 async def webhook_jwks(signer: Annotated[WebhookSigner, Depends(webhook_signer)]) -> JSONResponse:
     return JSONResponse({"keys": [signer.jwk()]}, headers={"Cache-Control": "public, max-age=300"})
@@ -47,6 +64,7 @@ async def prometheus_metrics(jobs: Annotated[JobStore, Depends(job_store)]) -> R
         by_status=await jobs.status_counts(),
         stats=await jobs.stats(),
         workers_alive=await jobs.alive_workers(),
+        webhook_backlog=await jobs.webhook_backlog(),
     )
     return Response(metrics.render(snapshot), media_type=metrics.CONTENT_TYPE)
 

@@ -1,0 +1,104 @@
+"""docker/compose.yaml, checked by Debian's docker-compose (its own compose-spec schema), offline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from server.settings import Settings
+
+from .conftest import DOCKER, tool
+
+GPU_SERVICES = [f"worker-{n}" for n in range(8)]
+
+
+def compose_config(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` on a copy of the compose file with docker/env.example as its .env."""
+    shutil.copy(DOCKER / "compose.yaml", tmp_path / "compose.yaml")
+    shutil.copy(DOCKER / "env.example", tmp_path / ".env")
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("BITDANCE_", "COMPOSE_"))}
+    child_env.update(env or {})
+    return subprocess.run(
+        [tool("docker-compose"), "-f", str(tmp_path / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=child_env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = compose_config(tmp_path_factory.mktemp("compose"))
+    assert out.returncode == 0, out.stderr
+    parsed: dict[str, Any] = yaml.safe_load(out.stdout)
+    return parsed
+
+
+def test_no_top_level_name_and_all_services(config: dict[str, Any]) -> None:
+    raw = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert "name" not in raw, "Debian's docker-compose rejects a top-level name"
+    assert set(config["services"]) == {"redis", "api", *GPU_SERVICES}
+
+
+def test_one_worker_per_gpu_profile(config: dict[str, Any]) -> None:
+    for n, name in enumerate(GPU_SERVICES):
+        worker = config["services"][name]
+        assert worker["profiles"] == [f"gpu{n}"]
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["device_ids"] == [str(n)] and device["capabilities"] == ["gpu"]
+        env = worker["environment"]
+        assert env["BITDANCE_DEVICE"] == "cuda:0"  # the container sees only its own GPU
+        assert env["BITDANCE_MODEL_PATH"] == "/weights/BitDance-14B-64x"  # MODEL from the .env
+        assert env["BITDANCE_MAX_BATCH_IMAGES"] == "1"  # any BITDANCE_* line of the .env
+        assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.probe"]
+        assert worker["depends_on"]["api"]["condition"] == "service_healthy"
+        assert worker["build"]["target"] == "worker"
+
+
+def test_env_example_sets_only_real_settings() -> None:
+    fields = {f"BITDANCE_{name.upper()}" for name in Settings.model_fields}
+    names = {
+        line.split("=", 1)[0]
+        for line in (DOCKER / "env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    unknown = {n for n in names if n.startswith("BITDANCE_") and n != "BITDANCE_PUBLISH_PORT"} - fields
+    assert not unknown
+
+
+def test_api_and_redis(config: dict[str, Any]) -> None:
+    api, redis = config["services"]["api"], config["services"]["redis"]
+    assert api["build"]["target"] == "api"
+    assert "/health/ready" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "--appendonly" in redis["command"] and any(v.endswith(":/data") or "/data" in v for v in _volumes(redis))
+
+
+def _volumes(service: dict[str, Any]) -> list[str]:
+    return [v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}" for v in service["volumes"]]
+
+
+def test_missing_required_settings_are_named(tmp_path: Path) -> None:
+    (tmp_path / "env").mkdir()
+    shutil.copy(DOCKER / "compose.yaml", tmp_path / "env" / "compose.yaml")
+    example = (DOCKER / "env.example").read_text().replace("BITDANCE_API_KEYS=", "#BITDANCE_API_KEYS=")
+    (tmp_path / "env" / ".env").write_text(example)
+    out = subprocess.run(
+        [tool("docker-compose"), "-f", "compose.yaml", "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path / "env",
+        env={k: v for k, v in os.environ.items() if not k.startswith("BITDANCE_")},
+        check=False,
+    )
+    assert out.returncode != 0 and "BITDANCE_API_KEYS" in out.stderr
