@@ -16,8 +16,8 @@ import sys
 
 import redis
 
+from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
-from server.worker_jobs import WorkerJobStore
 from worker.identity import is_default_name_of_host
 
 PROBE_TIMEOUT_S = 3.0

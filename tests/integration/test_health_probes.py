@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from server.settings import child_environment
-from server.stack import start_api, wait_until_ready
+from stack.launcher import start_api, wait_until_ready
 from tests.conftest import LiveStack, stack_settings
 from tests.integration.helpers import poll_until
 from worker.identity import default_worker_name
