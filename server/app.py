@@ -23,6 +23,7 @@ from server.queue.webhook_outbox import WebhookDispatcher, build_outbox
 from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
+from server.shutdown import Drain
 from server.storage import LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # bytes, not str: RQ pickles job data
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     app.state.jobs = JobStore(app.state.redis, settings)
+    app.state.drain = Drain(settings.shutdown_grace_s)  # begun by server.__main__ on SIGTERM
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
 
     app.add_exception_handler(FalError, fal_error_handler)

@@ -7,6 +7,7 @@ from fastapi import Request
 from server.queue.api_store import JobStore
 from server.queue.records import Keys
 from server.settings import Settings
+from server.shutdown import Drain
 from server.storage import LocalStorage
 from server.webhook_signing import WebhookSigner
 
@@ -19,6 +20,11 @@ def settings_of(request: Request) -> Settings:
 def job_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.jobs
     return store
+
+
+def drain_of(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
 
 
 def storage_of(request: Request) -> LocalStorage:

@@ -119,6 +119,17 @@ class ServiceUnavailableError(FalError):
     status_code, error_type, default_detail = 503, "runner_scheduling_failure", "Service unavailable"
 
 
+class ServerShuttingDownError(FalError):
+    """A sync run still waiting when the API's shutdown grace period ended. The request itself goes on in
+    the queue; 500 (not 503) and ``X-Fal-Retryable: false`` because a client retry would run it twice."""
+
+    status_code, error_type = 500, "internal_error"
+    default_detail = "The server is shutting down; the request continues in the queue"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"X-Fal-Retryable": "false"})
+
+
 class RequestTimeoutError(FalError):
     """The request did not start before its ``x-fal-request-timeout`` deadline."""
 

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     poll_interval_s: float = 0.05
     stream_keepalive_s: float = 15.0
     run_timeout_s: float = 3600.0
+    shutdown_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "On SIGTERM: how long in-flight sync runs and status streams may still finish; then a run "
+            "answers fal's error shape with its x-fal-request-id (its result stays fetchable from the queue)."
+        ),
+    )
     upload_ttl_s: int = 3600
 
     # --- storage --------------------------------------------------------------------------------
@@ -117,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def queue_low(self) -> str:
         return f"{self.key_prefix}-low"
+
+    @property
+    def worker_forget_after_s(self) -> float:
+        """A worker without a heartbeat for this long (killed: it never unregisters) is removed from Redis."""
+        return 3 * self.lease_ttl_s
 
 
 def child_environment(settings: Settings, **extra: str) -> dict[str, str]:

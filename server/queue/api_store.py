@@ -134,5 +134,7 @@ class JobStore:
         return int(await self.client.zcard(self.keys.webhooks))
 
     async def alive_workers(self) -> int:
-        since = time.time() - self.settings.lease_ttl_s
-        return int(await self.client.zcount(self.keys.workers, since, "+inf"))
+        """Workers that beat within a lease; also forgets long-dead ones (killed workers never unregister)."""
+        now = time.time()
+        await self.client.zremrangebyscore(self.keys.workers, "-inf", now - self.settings.worker_forget_after_s)
+        return int(await self.client.zcount(self.keys.workers, now - self.settings.lease_ttl_s, "+inf"))

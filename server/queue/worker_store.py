@@ -101,7 +101,12 @@ class WorkerJobStore:
             pipe.execute()
 
     def heartbeat(self, worker: str) -> None:
-        self.client.zadd(self.keys.workers, {worker: time.time()})
+        """Mark ``worker`` alive now, and forget the workers that stopped beating long ago."""
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.workers, {worker: now})
+            pipe.zremrangebyscore(self.keys.workers, "-inf", now - self.settings.worker_forget_after_s)
+            pipe.execute()
 
     def alive_worker_names(self) -> list[str]:
         """Workers whose last heartbeat is younger than the lease (the API's ``alive_workers``)."""

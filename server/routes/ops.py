@@ -10,28 +10,33 @@ from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 
 from server import metrics
-from server.deps import job_store, settings_of, webhook_signer
+from server.deps import drain_of, job_store, settings_of, webhook_signer
 from server.errors import EndpointNotFoundError
 from server.protocol import QueueStatus
 from server.queue.api_store import JobStore
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
+from server.shutdown import Drain
 from server.urls import Urls, request_urls
 from server.webhook_signing import WebhookSigner
 
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health", summary="Redis reachable and workers alive (200), else 503")
-async def health(jobs: Annotated[JobStore, Depends(job_store)]) -> JSONResponse:
+@router.get("/health", summary="Redis reachable and workers alive (200), else 503 (also while shutting down)")
+async def health(
+    jobs: Annotated[JobStore, Depends(job_store)], drain: Annotated[Drain, Depends(drain_of)]
+) -> JSONResponse:
     try:
         await jobs.client.ping()
         workers = await jobs.alive_workers()
         redis_ok = True
     except redis.RedisError:
         redis_ok, workers = False, 0
-    healthy = redis_ok and workers > 0
+    healthy = redis_ok and workers > 0 and not drain.is_draining
     body = {"status": "ok" if healthy else "unavailable", "redis": redis_ok, "workers": workers}
+    if drain.is_draining:
+        body["shutting_down"] = True
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 

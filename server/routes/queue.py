@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth import Caller, authenticate
-from server.deps import job_store, settings_of
+from server.deps import drain_of, job_store, settings_of
 from server.error_handlers import stored_error_response
 from server.errors import (
     REQUEST_ID_HEADER,
@@ -34,6 +34,7 @@ from server.queue.api_store import JobStore, create_request
 from server.queue.records import NewRequest, RequestRecord
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
+from server.shutdown import Drain
 from server.storage import lifecycle_ttl_s
 from server.urls import Urls, app_id_of, request_urls
 
@@ -196,19 +197,21 @@ async def stream_status(
     caller: Annotated[Caller, Depends(authenticate)],
     jobs: Annotated[JobStore, Depends(job_store)],
     urls: Annotated[Urls, Depends(request_urls)],
+    drain: Annotated[Drain, Depends(drain_of)],
     logs: bool = False,
 ) -> StreamingResponse:
     await owned_record(app_id, request_id, request, caller, jobs)
     settings: Settings = request.app.state.settings
-    events = status_events(jobs, request_id, urls, logs, settings)
+    events = status_events(jobs, request_id, urls, logs, settings, drain)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def status_events(
-    jobs: JobStore, request_id: str, urls: Urls, include_logs: bool, settings: Settings
+    jobs: JobStore, request_id: str, urls: Urls, include_logs: bool, settings: Settings, drain: Drain
 ) -> AsyncIterator[str]:
-    """One ``data:`` event per change, ``: ping`` keep-alives, and the end right after COMPLETED."""
+    """One ``data:`` event per change, ``: ping`` keep-alives, and the end right after COMPLETED
+    (or, when the API shuts down, at the end of its grace period: a clean end of the stream)."""
     sent_logs = 0
     last_payload = ""
     last_sent = time.monotonic()
@@ -221,7 +224,7 @@ async def status_events(
         if payload != last_payload:
             yield f"data: {payload}\n\n"
             last_payload, last_sent = payload, time.monotonic()
-        if record.status is JobStatus.COMPLETED:
+        if record.status is JobStatus.COMPLETED or drain.is_over():
             return
         if time.monotonic() - last_sent >= settings.stream_keepalive_s:
             yield ": ping\n\n"

@@ -80,3 +80,32 @@ def test_overdue_queued_request_expires(make_settings: Callable[..., Settings]) 
     record = jobs.get("r4")
     assert record is not None and record.error is not None and record.error.status_code == 504
     assert queue_ids(jobs, settings) == []
+
+
+def test_killed_workers_are_forgotten(make_settings: Callable[..., Settings]) -> None:
+    """A worker killed with SIGKILL never unregisters; its entry must not stay in Redis forever."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from server.jobs import JobStore
+
+    settings, jobs = setup(make_settings)  # lease 0.2 s: forgotten after 3 leases without a heartbeat
+    jobs.heartbeat("killed-1")
+    jobs.heartbeat("killed-2")
+    time.sleep(3 * settings.lease_ttl_s + 0.1)
+    jobs.heartbeat("alive")  # any live worker's heartbeat forgets the long-dead ones
+    assert jobs.client.zrange(jobs.keys.workers, 0, -1) == ["alive"]
+
+    jobs.heartbeat("killed-3")
+    time.sleep(3 * settings.lease_ttl_s + 0.1)
+
+    async def alive() -> int:  # with no worker left, the API's /health count forgets them too
+        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            return await JobStore(client, settings).alive_workers()
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(alive()) == 0
+    assert jobs.client.zcard(jobs.keys.workers) == 0
