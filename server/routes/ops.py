@@ -34,7 +34,7 @@ async def health(
     except redis.RedisError:
         redis_ok, workers = False, 0
     healthy = redis_ok and workers > 0 and not drain.is_draining
-    body = {"status": "ok" if healthy else "unavailable", "redis": redis_ok, "workers": workers}
+    body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "redis": redis_ok, "workers": workers}
     if drain.is_draining:
         body["shutting_down"] = True
     return JSONResponse(body, status_code=200 if healthy else 503)
@@ -45,16 +45,23 @@ async def health_live() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/health/ready", summary="Redis reachable: requests are accepted (200), else 503")
-async def health_ready(jobs: Annotated[JobStore, Depends(job_store)]) -> JSONResponse:
+@router.get(
+    "/health/ready", summary="Redis reachable: requests are accepted (200), else 503 (also while shutting down)"
+)
+async def health_ready(
+    jobs: Annotated[JobStore, Depends(job_store)], drain: Annotated[Drain, Depends(drain_of)]
+) -> JSONResponse:
     """Readiness of this API replica; unlike ``/health`` it does not wait for a worker (requests queue)."""
     try:
         await jobs.client.ping()
         redis_ok = True
     except redis.RedisError:
         redis_ok = False
-    body = {"status": "ok" if redis_ok else "unavailable", "redis": redis_ok}
-    return JSONResponse(body, status_code=200 if redis_ok else 503)
+    ready = redis_ok and not drain.is_draining
+    body: dict[str, Any] = {"status": "ok" if ready else "unavailable", "redis": redis_ok}
+    if drain.is_draining:
+        body["shutting_down"] = True
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that verify this server's webhook signatures")

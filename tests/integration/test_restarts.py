@@ -13,8 +13,8 @@ import httpx
 import pytest
 import redis
 
-from server.records import Keys
-from server.stack import base_url, free_port, start_api, wait_until_ready
+from server.queue.records import Keys
+from stack.launcher import base_url, free_port, start_api, wait_until_ready
 from tests.conftest import KEY_A, LiveStack
 
 from .helpers import APP, FAST, poll_until, status, wait_completed

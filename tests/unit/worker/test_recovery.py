@@ -88,7 +88,7 @@ def test_killed_workers_are_forgotten(make_settings: Callable[..., Settings]) ->
 
     import redis.asyncio as aioredis
 
-    from server.jobs import JobStore
+    from server.queue.api_store import JobStore
 
     settings, jobs = setup(make_settings)  # lease 0.2 s: forgotten after 3 leases without a heartbeat
     jobs.heartbeat("killed-1")
