@@ -54,7 +54,7 @@ def test_sync_run_rides_out_a_redis_outage(live_stack: LiveStack) -> None:
     live_stack.wait_ready(min_workers=1)
 
 
-def stream_events(url: str, path: str) -> list[dict[str, Any]]:
+def stream_events(url: str, path: str, first_event: threading.Event) -> list[dict[str, Any]]:
     """Read a status stream to its end; raises if the connection breaks instead of ending cleanly."""
     events = []
     with httpx.Client(base_url=url, headers=HEADERS, timeout=60) as client:
@@ -62,6 +62,7 @@ def stream_events(url: str, path: str) -> list[dict[str, Any]]:
             for line in stream.iter_lines():
                 if line.startswith("data: "):
                     events.append(json.loads(line[len("data: ") :]))
+                    first_event.set()
     return events
 
 
@@ -93,14 +94,15 @@ def test_api_shutdown_drains_sync_runs_and_ends_streams_cleanly(live_stack: Live
         with httpx.Client(base_url=url, headers=HEADERS, timeout=120) as client:
             watched = client.post(f"/queue/{APP}", json={**FAST, "prompt": "watched"}).json()
             stream_path = f"/queue/{APP}/requests/{watched['request_id']}/status/stream"
+            streaming = threading.Event()
             threads = [
                 in_background(results, "cancelled", lambda: client.post(f"/{APP}", json={**FAST, "prompt": "a"})),
                 in_background(results, "drained", lambda: client.post(f"/{APP}", json={**FAST, "prompt": "b"})),
-                in_background(results, "stream", lambda: stream_events(url, stream_path)),
+                in_background(results, "stream", lambda: stream_events(url, stream_path, streaming)),
             ]
             run_a = poll_until(lambda: queued_request_id(store, keys, "a"), timeout_s=30)
             run_b = poll_until(lambda: queued_request_id(store, keys, "b"), timeout_s=30)
-            time.sleep(0.5)  # the stream has sent its first event
+            assert streaming.wait(timeout=30)  # the stream is open and has sent its first event
 
             signalled = time.monotonic()
             draining.popen.send_signal(signal.SIGTERM)
