@@ -51,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
+    from model.plan import check_device_memory
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+
+    refusal = check_device_memory(settings.model_path, settings.device, settings.max_batch_images)
+    if refusal is not None:  # refuse now rather than run out of memory in the middle of a request
+        logger.error("%s", refusal)
+        return 3
 
     logger.info("loading %s on %s", settings.model_path, settings.device)
     pipe = BitDancePipeline.from_pretrained(settings.model_path, device=settings.device)
