@@ -1,36 +1,40 @@
-"""Reads a checkpoint in the native BitDance layout into modules, key for key.
+"""Reads a BitDance checkpoint, in the native or the diffusers layout, into modules, key for key.
 
-Every file's keys are checked against the modules before any weight is read: a missing file, a
-missing or unexpected key or a wrong shape is a :class:`CheckpointError` naming the file and key.
-Modules are built on the meta device and tensors are read straight onto the target device, then
-cast to the target dtype, so no full float32 copy of a large model is made in host memory. The
-weights nobody uses at inference (``lm_head`` and the autoencoder's encoder) are checked, not read.
+Every component's keys and shapes are checked against its module before any weight is read: a
+missing file or shard, a missing or unexpected key or a wrong shape is a :class:`CheckpointError`
+with one line per problem naming the file. Modules are built on the meta device; each tensor then
+goes from the memory-mapped file to the target device in the target dtype and is put in its place
+(no ``load_state_dict`` copy). The weights nobody uses at inference (``lm_head`` and the
+autoencoder's encoder) are checked, not read.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from model.autoencoder import AutoencoderConfig, BinaryAutoencoder, Decoder
+from model.checkpoint import CheckpointConfigs, ComponentFiles, Layout, locate_checkpoint, read_configs
 from model.errors import CheckpointError
-from model.head import DiffusionHead, HeadConfig
+from model.head import DiffusionHead
 from model.llm import build_backbone
 from model.projector import TokenProjector
+from model.tensor_files import TensorEntry, TensorReader, component_tensors
 
-LLM_WEIGHTS = "model.safetensors"
-LLM_INDEX = "model.safetensors.index.json"
-AE_CONFIG, AE_WEIGHTS = "ae_config.json", "ae.safetensors"
-HEAD_CONFIG, HEAD_WEIGHTS = "vision_head_config.json", "vision_head.safetensors"
-PROJECTOR_WEIGHTS = "projector.safetensors"
+
+@dataclass
+class LoadStats:
+    """What loading did: the checkpoint's layout, bytes read into the modules, and the seconds it took."""
+
+    layout: Layout
+    bytes_loaded: int
+    seconds: float
 
 
 @dataclass
@@ -41,63 +45,71 @@ class LoadedModules:
     ae_config: AutoencoderConfig
     head: DiffusionHead
     projector: TokenProjector
+    stats: LoadStats | None = None
 
 
-def require_file(root: Path, name: str) -> Path:
-    path = root / name
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {name} is missing from {root}")
-    return path
+@dataclass
+class MetaModules:
+    """Every module of a checkpoint built on the meta device: the shapes its files must have."""
+
+    backbone: Qwen3Model
+    autoencoder: BinaryAutoencoder
+    head: DiffusionHead
+    projector: TokenProjector
+
+    @classmethod
+    def build(cls, configs: CheckpointConfigs) -> MetaModules:
+        with torch.device("meta"):
+            return cls(
+                backbone=build_backbone(configs.llm),
+                autoencoder=BinaryAutoencoder(configs.autoencoder),
+                head=DiffusionHead(configs.head),
+                projector=TokenProjector(configs.projector.in_dim, configs.projector.out_dim),
+            )
+
+    def expected_shapes(self, component: str, llm: Qwen3Config) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape, as the component's safetensors must hold them."""
+        if component == "llm":
+            shapes = expected_shapes(self.backbone, "model.")
+            shapes["lm_head.weight"] = (llm.vocab_size, llm.hidden_size)
+            return shapes
+        module = {"autoencoder": self.autoencoder, "head": self.head, "projector": self.projector}[component]
+        return expected_shapes(module)
+
+    def target(self, component: str) -> tuple[nn.Module, str]:
+        """The module a component's tensors are loaded into, and the prefix of the keys it takes."""
+        return {
+            "llm": (self.backbone, "model."),
+            "autoencoder": (self.autoencoder.decoder, "decoder."),
+            "head": (self.head, ""),
+            "projector": (self.projector, ""),
+        }[component]
 
 
-def read_json(root: Path, name: str) -> dict:
-    try:
-        return json.loads(require_file(root, name).read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{root / name} is not valid JSON: {exc}") from exc
+def expected_shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def llm_weight_files(root: Path) -> dict[str, Path]:
-    """Key -> file for the Qwen3 weights, single-file or sharded with an index."""
-    if (root / LLM_WEIGHTS).is_file():
-        return dict.fromkeys(_file_keys(root / LLM_WEIGHTS), root / LLM_WEIGHTS)
-    if (root / LLM_INDEX).is_file():
-        weight_map = read_json(root, LLM_INDEX).get("weight_map", {})
-        for shard in set(weight_map.values()):
-            require_file(root, shard)
-        return {key: root / shard for key, shard in weight_map.items()}
-    raise CheckpointError(f"checkpoint file {LLM_WEIGHTS} (or {LLM_INDEX} with its shards) is missing from {root}")
-
-
-def _file_keys(path: Path) -> list[str]:
-    with safe_open(str(path), framework="pt") as f:
-        return list(f.keys())
-
-
-def _file_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in sorted(set(files.values())):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                if files.get(key) == path:
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
-    return shapes
-
-
-def check_keys(label: str, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
-    """Strict key and shape matching; the error names the file and the first offending keys."""
+def key_problems(
+    component: ComponentFiles, expected: dict[str, tuple[int, ...]], found: dict[str, TensorEntry]
+) -> list[str]:
+    """Strict key and shape matching: one line per kind of problem, naming the file and the first keys."""
+    weights = component.weights
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
     problems = []
     if missing:
-        problems.append(f"missing keys {_first(missing)}")
+        problems.append(f"{weights.label()}: missing keys {_first(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_first(unexpected)}")
-    if wrong:
-        problems.append("shape mismatch " + ", ".join(f"{k} {found[k]} != {expected[k]}" for k in wrong[:5]))
-    if problems:
-        raise CheckpointError(f"{label}: " + "; ".join(problems))
+        problems.append(f"{weights.label()}: unexpected keys {_first(unexpected)}")
+    wrong: dict[Path, list[str]] = {}
+    for key in sorted(set(expected) & set(found)):
+        if tuple(expected[key]) != found[key].shape:
+            wrong.setdefault(found[key].file, []).append(key)
+    for path, keys in sorted(wrong.items()):
+        listed = ", ".join(f"{k} {found[k].shape} != {tuple(expected[k])}" for k in keys[:5])
+        problems.append(f"{weights.relative(path)}: shape mismatch {listed}")
+    return problems
 
 
 def _first(keys: list[str], n: int = 5) -> str:
@@ -105,83 +117,62 @@ def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def expected_shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
-
-
-def read_tensors(
-    files: dict[str, Path], keys: Iterable[str], device: torch.device, dtype: torch.dtype, strip: str = ""
-) -> dict[str, torch.Tensor]:
-    """Read ``keys`` onto ``device`` in ``dtype``, one tensor at a time."""
-    wanted = set(keys)
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted({files[k] for k in wanted}):
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            for key in f.keys():
-                if key in wanted and files[key] == path:
-                    tensors[key.removeprefix(strip)] = f.get_tensor(key).to(dtype)
+def checked_tensors(configs: CheckpointConfigs, modules: MetaModules) -> dict[str, dict[str, TensorEntry]]:
+    """Component -> its tensors, after every file, key and shape was checked (all problems at once)."""
+    problems: list[str] = []
+    tensors: dict[str, dict[str, TensorEntry]] = {}
+    for component in configs.files.components():
+        try:
+            found = component_tensors(component.weights)
+        except CheckpointError as exc:
+            problems.extend(str(exc).splitlines())
+            continue
+        problems += key_problems(component, modules.expected_shapes(component.name, configs.llm), found)
+        tensors[component.name] = found
+    if problems:
+        raise CheckpointError("\n".join(problems))
     return tensors
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
-    result = module.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:  # guarded by check_keys; kept as a safety net
-        raise CheckpointError(f"{label}: could not load keys {result.missing_keys or result.unexpected_keys}")
+def place(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in the module as parameter or buffer ``name`` (it replaces the meta placeholder)."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = tensor
+    else:  # unreachable after the key check; kept as a safety net
+        raise CheckpointError(f"no parameter or buffer {name} in {type(module).__name__}")
+
+
+def stream_into(
+    module: nn.Module, prefix: str, entries: dict[str, TensorEntry], reader: TensorReader, label: str
+) -> None:
+    """Read the entries under ``prefix`` into ``module``, in file order, one tensor at a time."""
+    wanted = sorted((e.file, e.start, k) for k, e in entries.items() if k.startswith(prefix))
+    for _, _, key in wanted:
+        place(module, key.removeprefix(prefix), reader.read(entries[key]))
+    still_meta = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
+    if still_meta:  # unreachable after the key check; kept as a safety net
+        raise CheckpointError(f"{label}: not loaded: {_first(still_meta)}")
     module.eval().requires_grad_(False)
 
 
-def load_backbone(root: Path, device: torch.device, dtype: torch.dtype) -> tuple[Qwen3Config, Qwen3Model]:
-    require_file(root, "config.json")
-    config = Qwen3Config.from_pretrained(str(root), local_files_only=True)
-    with torch.device("meta"):
-        backbone = build_backbone(config)
-    files = llm_weight_files(root)
-    expected = expected_shapes(backbone, "model.")
-    expected["lm_head.weight"] = (config.vocab_size, config.hidden_size)
-    check_keys(LLM_WEIGHTS, expected, _file_shapes(files))
-    keys = [k for k in files if k.startswith("model.")]
-    _load_into(backbone, read_tensors(files, keys, device, dtype, strip="model."), LLM_WEIGHTS)
-    with torch.device(device):  # its inv_freq is a non-persistent buffer, built on the device
-        backbone.rotary_emb = Qwen3RotaryEmbedding(config=config)
-    return config, backbone
-
-
-def load_decoder(root: Path, device: torch.device, dtype: torch.dtype) -> tuple[AutoencoderConfig, Decoder]:
-    try:
-        config = AutoencoderConfig.from_dict(read_json(root, AE_CONFIG))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{AE_CONFIG}: {exc}") from exc
-    with torch.device("meta"):
-        autoencoder = BinaryAutoencoder(config)
-    files = dict.fromkeys(_file_keys(require_file(root, AE_WEIGHTS)), root / AE_WEIGHTS)
-    check_keys(AE_WEIGHTS, expected_shapes(autoencoder), _file_shapes(files))
-    keys = [k for k in files if k.startswith("decoder.")]
-    decoder = autoencoder.decoder
-    _load_into(decoder, read_tensors(files, keys, device, dtype, strip="decoder."), AE_WEIGHTS)
-    return config, decoder
-
-
-def load_simple(module: nn.Module, path: Path, device: torch.device, dtype: torch.dtype) -> None:
-    files = dict.fromkeys(_file_keys(path), path)
-    check_keys(path.name, expected_shapes(module), _file_shapes(files))
-    _load_into(module, read_tensors(files, files, device, dtype), path.name)
-
-
 def load_modules(path: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModules:
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"checkpoint directory {root} does not exist")
-    try:
-        head_config = HeadConfig.from_dict(read_json(root, HEAD_CONFIG))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{HEAD_CONFIG}: {exc}") from exc
-    for name in (AE_WEIGHTS, HEAD_WEIGHTS, PROJECTOR_WEIGHTS, AE_CONFIG):
-        require_file(root, name)
-    llm_config, backbone = load_backbone(root, device, dtype)
-    ae_config, decoder = load_decoder(root, device, dtype)
-    with torch.device("meta"):
-        head = DiffusionHead(head_config)
-        projector = TokenProjector(ae_config.z_channels, llm_config.hidden_size)
-    load_simple(head, root / HEAD_WEIGHTS, device, dtype)
-    load_simple(projector, root / PROJECTOR_WEIGHTS, device, dtype)
-    return LoadedModules(llm_config, backbone, decoder, ae_config, head, projector)
+    """Load every module of the checkpoint at ``path`` (either layout) onto ``device`` in ``dtype``."""
+    started = time.perf_counter()
+    configs = read_configs(locate_checkpoint(path))
+    modules = MetaModules.build(configs)
+    tensors = checked_tensors(configs, modules)
+    with TensorReader(device, dtype) as reader:
+        for component in configs.files.components():
+            module, prefix = modules.target(component.name)
+            stream_into(module, prefix, tensors[component.name], reader, component.weights.label())
+    backbone = modules.backbone
+    with torch.device(device):  # its inv_freq is a non-persistent buffer, built on the device
+        backbone.rotary_emb = Qwen3RotaryEmbedding(config=configs.llm)
+    stats = LoadStats(configs.layout, reader.bytes_read, time.perf_counter() - started)
+    return LoadedModules(
+        configs.llm, backbone, modules.autoencoder.decoder, configs.autoencoder, modules.head, modules.projector, stats
+    )

@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from model.autoencoder import to_uint8_pixels
-from model.errors import CheckpointError, GenerationCancelled
+from model.checkpoint import locate_checkpoint
+from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.llm import PatchDecoder
-from model.loading import load_modules
+from model.loading import LoadStats, load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
 from model.resolutions import check_supported_size, supported_sizes
@@ -61,26 +62,29 @@ class BitDancePipeline:
         self.position_table = sincos_table(self.llm_config.hidden_size // 2).to(device)
         self.profile = False
         self.last_times = StageTimes()
+        self.load_stats: LoadStats | None = modules.stats
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> BitDancePipeline:
-        """Load a checkpoint directory in the native BitDance layout (nothing is fetched from a hub).
+        """Load a checkpoint directory, native or diffusers layout (nothing is fetched from a hub).
 
         Args:
-            path: directory with ``config.json``, ``model.safetensors``, the tokenizer files,
-                ``ae_config.json`` + ``ae.safetensors``, ``vision_head_config.json`` +
-                ``vision_head.safetensors`` and ``projector.safetensors``.
+            path: a checkpoint in the native BitDance layout (``config.json``, ``model.safetensors``,
+                the tokenizer files, ``ae_config.json`` + ``ae.safetensors``, ``vision_head_config.json``
+                + ``vision_head.safetensors``, ``projector.safetensors``) or in the diffusers layout
+                (``model_index.json`` and the ``text_encoder/``, ``tokenizer/``, ``autoencoder/``,
+                ``diffusion_head/``, ``projector/`` folders); weights single-file or sharded. The
+                layout is told from the folder itself.
             device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
             dtype: weight dtype; default bfloat16 on CUDA (run under bf16 autocast, as upstream)
                 and float32 on the CPU.
         """
-        if not Path(path).is_dir():
-            raise CheckpointError(f"checkpoint directory {path} does not exist")
+        files = locate_checkpoint(path)
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
-        prompts = PromptEncoder.from_directory(path)
+        prompts = PromptEncoder.from_directory(files.tokenizer_dir)
         return cls(load_modules(path, device, dtype), prompts, device, dtype)
 
     def supported_sizes(self) -> tuple[tuple[int, int], ...]:

@@ -1,4 +1,4 @@
-"""Write a tiny random BitDance checkpoint in the native layout: ``python -m model.tiny OUT_DIR``.
+"""Write a tiny random BitDance checkpoint: ``python -m model.tiny OUT_DIR [--layout native|diffusers]``.
 
 The weights are random from a fixed seed (every layer non-zero, unlike training's zero init), the
 tokenizer is a byte-level BPE trained here on generated English plus the Qwen and BitDance special
@@ -13,11 +13,11 @@ import json
 import math
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch import nn
 from transformers import Qwen2TokenizerFast, Qwen3Config  # type: ignore[attr-defined,unused-ignore]
@@ -27,6 +27,8 @@ from model.head import DiffusionHead, HeadConfig
 from model.llm import build_backbone
 from model.positions import MAX_GRID_POSITIONS
 from model.projector import TokenProjector
+from model.resolutions import supported_sizes
+from model.tensor_files import write_safetensors
 
 SEED = 20260214
 BPE_VOCAB = 1000
@@ -155,53 +157,176 @@ def randomize(module: nn.Module, generator: torch.Generator) -> None:
                 param.copy_(0.02 * torch.randn(param.shape, generator=generator))
 
 
-def write_checkpoint(out: Path, parallel_num: int = 64, hidden: int = 64, layers: int = 2,
-                     head_channels: int = 128, head_depth: int = 2) -> Path:  # fmt: skip
-    """Write a complete checkpoint directory; returns it."""
+LAYOUTS = ("native", "diffusers")
+# What the diffusers port's save_pretrained records (diffusers' own version field is bookkeeping).
+DIFFUSERS_VERSION = "0.39.0"
+
+
+@dataclass
+class TinyParts:
+    """Everything a checkpoint holds, independent of the folder layout it is written in."""
+
+    tokenizer: Qwen2TokenizerFast
+    llm_config: Qwen3Config
+    llm: dict[str, torch.Tensor]
+    ae_config: dict
+    autoencoder: dict[str, torch.Tensor]
+    head_config: dict
+    head: dict[str, torch.Tensor]
+    projector: dict[str, torch.Tensor]
+
+
+def build_parts(parallel_num: int = 64, hidden: int = 64, layers: int = 2, head_channels: int = 128,
+                head_depth: int = 2) -> TinyParts:  # fmt: skip
+    """The random weights and configs from the fixed seed (the same values whatever the layout)."""
     if parallel_num not in (16, 64):
         raise ValueError("parallel_num must be 16 or 64")
-    out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(SEED + parallel_num)
     tokenizer = build_tokenizer(parallel_num)
-    tokenizer.save_pretrained(str(out))
-    tokenizer.backend_tokenizer.model.save(str(out))  # vocab.json + merges.txt, as the Qwen files
-    added = {token: index for token, index in tokenizer.get_vocab().items() if index >= BPE_VOCAB}
-    (out / "added_tokens.json").write_text(json.dumps(added, indent=2, ensure_ascii=False))
-    # Written here rather than by save_pretrained: transformers 5 no longer writes this file.
-    in_id_order = sorted(added, key=lambda token: added[token])
-    (out / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(in_id_order), indent=2))
     llm_config = tiny_llm_config(len(tokenizer), hidden, layers)
     llm_config.architectures = ["Qwen3ForCausalLM"]
-    llm_config.save_pretrained(str(out))
-    (out / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": llm_config.bos_token_id, "eos_token_id": llm_config.eos_token_id}, indent=2)
-    )
     backbone = build_backbone(llm_config)
     randomize(backbone, generator)
-    weights = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
-    weights["lm_head.weight"] = torch.randn(len(tokenizer), hidden, generator=generator) / math.sqrt(hidden)
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    llm = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+    llm["lm_head.weight"] = torch.randn(len(tokenizer), hidden, generator=generator) / math.sqrt(hidden)
 
-    ae_raw = {"gan_decoder": False, "ddconfig": {"ch": 32, "ch_mult": [1, 1, 1, 1, 1], "double_z": False,
-              "in_channels": 3, "num_res_blocks": 1, "out_ch": 3, "z_channels": 32}}  # fmt: skip
-    (out / "ae_config.json").write_text(json.dumps(ae_raw, indent=2))
-    autoencoder = BinaryAutoencoder(AutoencoderConfig.from_dict(ae_raw))
+    ae_config = {"gan_decoder": False, "ddconfig": {"ch": 32, "ch_mult": [1, 1, 1, 1, 1], "double_z": False,
+                 "in_channels": 3, "num_res_blocks": 1, "out_ch": 3, "z_channels": 32}}  # fmt: skip
+    autoencoder = BinaryAutoencoder(AutoencoderConfig.from_dict(ae_config))
     randomize(autoencoder, generator)
-    save_file(_contiguous(autoencoder.state_dict()), str(out / "ae.safetensors"))
 
-    head_raw = {"P_mean": -0.8, "P_std": 0.8, "ch_cond": hidden, "ch_latent": head_channels, "ch_target": 32,
-                "depth_adanln": 1, "depth_latent": head_depth, "diff_batch_mul": 1, "grad_checkpointing": False,
-                "parallel_num": parallel_num, "time_schedule": "logit_normal", "time_shift": 1.0,
-                "use_swiglu": True}  # fmt: skip
-    (out / "vision_head_config.json").write_text(json.dumps(head_raw, indent=2))
-    head = DiffusionHead(HeadConfig.from_dict(head_raw))
+    head_config = {"P_mean": -0.8, "P_std": 0.8, "ch_cond": hidden, "ch_latent": head_channels, "ch_target": 32,
+                   "depth_adanln": 1, "depth_latent": head_depth, "diff_batch_mul": 1, "grad_checkpointing": False,
+                   "parallel_num": parallel_num, "time_schedule": "logit_normal", "time_shift": 1.0,
+                   "use_swiglu": True}  # fmt: skip
+    head = DiffusionHead(HeadConfig.from_dict(head_config))
     randomize(head, generator)
-    save_file(_contiguous(head.state_dict()), str(out / "vision_head.safetensors"))
 
     projector = TokenProjector(32, hidden)
     randomize(projector, generator)
-    save_file(_contiguous(projector.state_dict()), str(out / "projector.safetensors"))
+    return TinyParts(tokenizer, llm_config, llm, ae_config, _contiguous(autoencoder.state_dict()), head_config,
+                     _contiguous(head.state_dict()), _contiguous(projector.state_dict()))  # fmt: skip
+
+
+def write_checkpoint(out: Path, parallel_num: int = 64, hidden: int = 64, layers: int = 2,
+                     head_channels: int = 128, head_depth: int = 2, layout: str = "native", shards: int = 1,
+                     dtype: torch.dtype = torch.float32) -> Path:  # fmt: skip
+    """Write a complete checkpoint directory in ``layout`` (``native`` or ``diffusers``); returns it.
+
+    ``shards`` > 1 splits the weights over that many files plus an index, as ``save_pretrained``
+    does for large checkpoints: the LLM's in the native layout, every component's in diffusers'.
+    ``dtype`` is the dtype stored in the files.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    parts = build_parts(parallel_num, hidden, layers, head_channels, head_depth)
+    if dtype != torch.float32:
+        for state in (parts.llm, parts.autoencoder, parts.head, parts.projector):
+            state.update({k: v.to(dtype) for k, v in state.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    if layout == "native":
+        write_native(parts, out, shards)
+    else:
+        write_diffusers(parts, out, shards)
     return out
+
+
+def write_native(parts: TinyParts, out: Path, shards: int) -> None:
+    write_tokenizer(parts.tokenizer, out)
+    write_llm(parts, out, shards)
+    (out / "ae_config.json").write_text(json.dumps(parts.ae_config, indent=2))
+    save_weights(parts.autoencoder, out / "ae.safetensors")
+    (out / "vision_head_config.json").write_text(json.dumps(parts.head_config, indent=2))
+    save_weights(parts.head, out / "vision_head.safetensors")
+    save_weights(parts.projector, out / "projector.safetensors")
+
+
+def write_diffusers(parts: TinyParts, out: Path, shards: int) -> None:
+    """The layout the diffusers port's ``save_pretrained`` writes (folder per component)."""
+    write_tokenizer(parts.tokenizer, out / "tokenizer")
+    write_llm(parts, out / "text_encoder", shards)
+    hidden = parts.llm_config.hidden_size
+    components = {
+        "autoencoder": ("BitDanceAutoencoder", parts.ae_config, parts.autoencoder),
+        "diffusion_head": ("BitDanceDiffusionHead", parts.head_config, parts.head),
+        "projector": ("BitDanceProjector", {"hidden_act": "gelu_pytorch_tanh", "in_dim": 32, "out_dim": hidden},
+                      parts.projector),
+    }  # fmt: skip
+    for folder, (class_name, config, weights) in components.items():
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        stamped = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **config}
+        (out / folder / "config.json").write_text(json.dumps(stamped, indent=2, sort_keys=True))
+        save_weights(weights, out / folder / "diffusion_pytorch_model.safetensors", shards)
+    sizes = [list(size) for size in supported_sizes(parts.head_config["parallel_num"])]
+    model_index = {
+        "_class_name": "BitDanceDiffusionPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "autoencoder": ["bitdance_diffusers.modeling_autoencoder", "BitDanceAutoencoder"],
+        "diffusion_head": ["bitdance_diffusers.modeling_diffusion_head", "BitDanceDiffusionHead"],
+        "projector": ["bitdance_diffusers.modeling_projector", "BitDanceProjector"],
+        "supported_image_sizes": sizes,
+        "text_encoder": ["transformers", "Qwen3ForCausalLM"],
+        "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+    }
+    (out / "model_index.json").write_text(json.dumps(model_index, indent=2))
+
+
+def write_llm(parts: TinyParts, folder: Path, shards: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    parts.llm_config.save_pretrained(str(folder))
+    generation = {"bos_token_id": parts.llm_config.bos_token_id, "eos_token_id": parts.llm_config.eos_token_id}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    save_weights(parts.llm, folder / "model.safetensors", shards)
+
+
+def write_tokenizer(tokenizer: Qwen2TokenizerFast, folder: Path) -> None:
+    """The Qwen2 tokenizer files, in a form transformers 4.57 and 5.x both read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))
+    tokenizer.backend_tokenizer.model.save(str(folder))  # vocab.json + merges.txt, as the Qwen files
+    added = {token: index for token, index in tokenizer.get_vocab().items() if index >= BPE_VOCAB}
+    (folder / "added_tokens.json").write_text(json.dumps(added, indent=2, ensure_ascii=False))
+    # Written here rather than by save_pretrained: transformers 5 no longer writes this file.
+    in_id_order = sorted(added, key=lambda token: added[token])
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_tokens_map(in_id_order), indent=2))
+    portable_tokenizer_config(folder / "tokenizer_config.json")
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Rewrite ``tokenizer_config.json`` in the transformers 4 form, which transformers 5 reads too.
+
+    transformers 5 saves the additional special tokens as a list under ``extra_special_tokens``;
+    4.57 reads that key as a name -> token mapping and fails on a list. The released Qwen files
+    (and 4.57) list them under ``additional_special_tokens``, which 5 still accepts.
+    """
+    config = json.loads(path.read_text())
+    extra = config.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        config.setdefault("additional_special_tokens", extra)
+    elif isinstance(extra, dict) and extra:
+        config["extra_special_tokens"] = extra
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: Path, shards: int = 1) -> None:
+    """One safetensors file, or ``shards`` files ``<stem>-0000i-of-0000n.safetensors`` plus the index.
+
+    Tensors are stored 64-byte aligned (see :func:`model.tensor_files.write_safetensors`).
+    """
+    if shards <= 1:
+        write_safetensors(tensors, path, metadata={"format": "pt"})
+        return
+    stem = path.name.removesuffix(".safetensors")
+    keys = sorted(tensors)
+    weight_map: dict[str, str] = {}
+    for i in range(shards):
+        chunk = keys[i * len(keys) // shards : (i + 1) * len(keys) // shards]
+        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
+        write_safetensors({k: tensors[k] for k in chunk}, path.parent / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(chunk, name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    path.with_name(path.name + ".index.json").write_text(json.dumps(index, indent=2))
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -216,10 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2, help="LLM layers")
     parser.add_argument("--head-channels", type=int, default=128, help="diffusion head width (multiple of 128)")
     parser.add_argument("--head-depth", type=int, default=2, help="diffusion head blocks")
+    parser.add_argument("--layout", choices=LAYOUTS, default="native", help="folder layout (default: native)")
+    parser.add_argument("--shards", type=int, default=1, help="split the weights over this many files + index")
     args = parser.parse_args(argv)
     path = write_checkpoint(args.out_dir, args.parallel_num, args.hidden, args.layers, args.head_channels,
-                            args.head_depth)  # fmt: skip
-    print(f"wrote a tiny {args.parallel_num}x BitDance checkpoint to {path}")
+                            args.head_depth, layout=args.layout, shards=args.shards)  # fmt: skip
+    print(f"wrote a tiny {args.parallel_num}x BitDance checkpoint ({args.layout} layout) to {path}")
     return 0
 
 

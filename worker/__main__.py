@@ -52,17 +52,36 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
     from model.plan import check_device_memory
+    from model.verify import verify_checkpoint
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 
+    report = verify_checkpoint(settings.model_path)
+    if not report.sound:
+        for problem in report.problems:
+            logger.error("%s", problem)
+        logger.error(
+            "refusing to start: %d problem(s) in the checkpoint %s (python -m model.verify PATH lists them)",
+            len(report.problems),
+            settings.model_path,
+        )
+        return 3
     refusal = check_device_memory(settings.model_path, settings.device, settings.max_batch_images)
     if refusal is not None:  # refuse now rather than run out of memory in the middle of a request
         logger.error("%s", refusal)
         return 3
 
-    logger.info("loading %s on %s", settings.model_path, settings.device)
+    logger.info("loading %s (%s layout) on %s", settings.model_path, report.layout, settings.device)
     pipe = BitDancePipeline.from_pretrained(settings.model_path, device=settings.device)
+    if pipe.load_stats is not None:
+        stats = pipe.load_stats
+        logger.info(
+            "loaded %.2f GB of weights in %.1f s (%.2f GB/s)",
+            stats.bytes_loaded / 1e9,
+            stats.seconds,
+            stats.bytes_loaded / 1e9 / max(stats.seconds, 1e-9),
+        )
     name = settings.worker_name or default_worker_name(settings.device)
     jobs_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
     jobs = WorkerJobStore(jobs_client, settings)

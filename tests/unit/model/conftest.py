@@ -32,5 +32,11 @@ def tiny64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny16_diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights as ``tiny16_dir``, in the diffusers layout, every component in two shards."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny16-diffusers"), parallel_num=16, layout="diffusers", shards=2)
+
+
+@pytest.fixture(scope="session")
 def pipe16(tiny16_dir: Path) -> BitDancePipeline:
     return BitDancePipeline.from_pretrained(tiny16_dir)
