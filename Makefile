@@ -12,7 +12,7 @@ MODEL ?=
 WORKERS ?=
 JS_DIR := tests/e2e/js
 
-.PHONY: run test install redis js-deps deploy-tools lock tiny bench bench-model bench-api lint format
+.PHONY: run test install redis js-deps deploy-tools lock tiny verify bench bench-model bench-load bench-api lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,10 +61,19 @@ tiny: install
 	$(PY) -m model.tiny weights/tiny-64x --parallel-num 64
 	$(PY) -m model.tiny weights/tiny-16x --parallel-num 16
 
-bench: bench-model bench-api
+# Check a downloaded checkpoint (either layout) before serving it: make verify MODEL=/srv/weights/BitDance-14B-64x
+verify: install
+	@test -n "$(MODEL)" || { echo "usage: make verify MODEL=/path/to/checkpoint"; exit 2; }
+	$(PY) -m model.verify $(MODEL)
+
+bench: bench-model bench-load bench-api
 
 bench-model: install
 	$(PY) -m model.bench
+
+# Host memory to load a >= 1 GB random checkpoint, as a multiple of its size (goal <= 1.2)
+bench-load: install
+	$(PY) -m model.bench_load
 
 bench-api: install redis
 	$(PY) -m stack.bench

@@ -1,0 +1,59 @@
+"""The worker checks its checkpoint before loading: it refuses a broken one with verify's lines, and
+loads either layout (here the diffusers one, sharded, named by ``BITDANCE_MODEL_PATH``), logging the
+bytes it loaded and the time it took."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from model.tiny import write_checkpoint
+from model.verify import verify_checkpoint
+from stack.launcher import RedisProcess
+
+
+def run_worker(redis_server: RedisProcess, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "BITDANCE_KEY_PREFIX": f"w{uuid.uuid4().hex[:10]}",  # queues of its own: takes no other test's jobs
+        "BITDANCE_SAFETY_CHECKER": "none",
+        "BITDANCE_STORAGE_DIR": str(tmp_path / "storage"),
+        **env,
+    }
+    command = [sys.executable, "-m", "worker", "--redis-url", redis_server.url, "--burst", *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_worker_refuses_a_broken_checkpoint(redis_server: RedisProcess, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    ae = broken / "ae.safetensors"
+    ae.write_bytes(ae.read_bytes()[:-100])
+    config = json.loads((broken / "vision_head_config.json").read_text())
+    (broken / "vision_head_config.json").write_text(json.dumps({**config, "ch_cond": 8}))
+    problems = verify_checkpoint(broken).problems
+    assert len(problems) == 1 and problems[0].startswith("vision_head_config.json: ch_cond 8")
+    (broken / "vision_head_config.json").write_text(json.dumps(config))
+    problems = verify_checkpoint(broken).problems
+    assert len(problems) == 1 and problems[0].startswith("ae.safetensors: truncated")
+
+    result = run_worker(redis_server, tmp_path, "--model", str(broken))
+    assert result.returncode == 3, result.stderr
+    for problem in problems:
+        assert f"ERROR worker: {problem}\n" in result.stderr
+    assert "refusing to start: 1 problem(s)" in result.stderr
+    assert "loaded" not in result.stderr and "ready" not in result.stderr
+
+
+def test_worker_loads_a_sharded_diffusers_checkpoint(redis_server: RedisProcess, tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(tmp_path / "tiny-diffusers", parallel_num=16, layout="diffusers", shards=2)
+    result = run_worker(redis_server, tmp_path, BITDANCE_MODEL_PATH=str(checkpoint))
+    assert result.returncode == 0, result.stderr
+    assert "(diffusers layout)" in result.stderr
+    assert " GB of weights in " in result.stderr
+    assert "ready (parallel_num=16)" in result.stderr
