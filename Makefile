@@ -10,9 +10,13 @@ DEVICE ?= cpu
 TLS ?= 0
 MODEL ?=
 WORKERS ?=
+SLOTS ?=
 JS_DIR := tests/e2e/js
 
-.PHONY: run test install redis js-deps deploy-tools lock tiny verify bench bench-model bench-load bench-api lint format
+LOADTEST_URL ?= http://$(HOST):$(PORT)
+LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
+
+.PHONY: run test install redis js-deps deploy-tools lock tiny verify bench bench-model bench-load bench-api bench-loadtest loadtest lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +56,8 @@ js-deps: $(JS_DIR)/node_modules/.installed
 
 run: install redis
 	$(PY) -m stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
-		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS))
+		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(SLOTS),--slots $(SLOTS))
 
 test: install redis js-deps deploy-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -78,11 +83,19 @@ bench-load: install
 bench-api: install redis
 	$(PY) -m stack.bench
 
+# Drive a running server (make run ...) or any fal-compatible endpoint: see README, "Load testing".
+loadtest: install
+	$(PY) -m loadtest --url $(LOADTEST_URL) $(LOADTEST_ARGS)
+
+# The goals benchmark of the simulated fleet: 64 slots, 2 s profile, 500 status-stream clients.
+bench-loadtest: install redis
+	$(PY) -m loadtest.bench
+
 lint: install
-	$(VENV)/bin/ruff check server worker model stack tests
-	$(VENV)/bin/ruff format --check server worker model stack tests
+	$(VENV)/bin/ruff check server worker model stack loadtest tests
+	$(VENV)/bin/ruff format --check server worker model stack loadtest tests
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format server worker model stack tests
-	$(VENV)/bin/ruff check --fix server worker model stack tests
+	$(VENV)/bin/ruff format server worker model stack loadtest tests
+	$(VENV)/bin/ruff check --fix server worker model stack loadtest tests

@@ -14,6 +14,13 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+SIMULATED_MODEL = "simulated"  # the model path that selects the simulated model (model.simulated)
+
+
+def is_simulated_model(model_path: str | Path | None) -> bool:
+    """True when the configured model is the simulated one (the literal name ``simulated``)."""
+    return model_path is not None and str(model_path) == SIMULATED_MODEL
+
 
 class Settings(BaseSettings):
     """Configuration of the BitDance server stack (API, workers, storage, queue)."""
@@ -94,6 +101,19 @@ class Settings(BaseSettings):
     safety_checker: Literal["opennsfw", "diffusers", "none"] = "opennsfw"
     safety_checker_path: Path | None = None
     nsfw_threshold: float = 0.8
+
+    # --- simulated model (BITDANCE_MODEL_PATH=simulated: no torch, no weights) --------------------
+    simulated_profile: str = Field(
+        default="upstream-readme",
+        description="Latency profile of the simulated model: a built-in name or a JSON file (model.simulated).",
+    )
+    simulated_speed: float = Field(default=1.0, gt=0, description="Speed factor: 2 makes every request twice as fast.")
+    simulated_slots: int = Field(
+        default=1, ge=1, description="Requests one simulated worker process serves at once (N emulated GPUs)."
+    )
+    simulated_failure_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Probability that a simulated generation fails (as a real one would)."
+    )
 
     # --- webhooks -------------------------------------------------------------------------------
     webhook_timeout_s: float = 15.0

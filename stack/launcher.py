@@ -22,7 +22,7 @@ from typing import IO, Any
 import httpx
 import redis
 
-from server.settings import Settings, child_environment
+from server.settings import Settings, child_environment, is_simulated_model
 from stack.tls import TlsFiles, ensure_tls_files
 
 DEFAULT_TINY_PARALLEL = 64
@@ -278,7 +278,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default="cpu", help="cpu, cuda (with --workers N: one worker per GPU) or a list: cuda:0,cuda:1"
     )
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the tiny one)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the tiny one), or: simulated")
+    parser.add_argument(
+        "--slots", type=int, help="with --model simulated: requests each worker serves at once (N emulated GPUs)"
+    )
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a locally generated CA")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per listed device)")
     parser.add_argument("--data-dir", type=Path, default=Path(".run"))
@@ -306,12 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = args.data_dir.resolve()
     devices = worker_devices(args.device, args.workers)
-    settings = Settings(host=args.host, port=args.port, device=devices[0])
+    overrides = {"simulated_slots": args.slots} if args.slots else {}
+    settings = Settings(host=args.host, port=args.port, device=devices[0], **overrides)
     if settings.is_open and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"no API keys configured: binding 127.0.0.1 instead of {args.host}", file=sys.stderr)
         settings = settings.model_copy(update={"host": "127.0.0.1"})
     model = args.model or ensure_tiny_checkpoint(data_dir / "weights" / "tiny-64x", DEFAULT_TINY_PARALLEL)
-    stack = Stack(settings, model.resolve(), data_dir, workers=len(devices), device=args.device, tls=args.tls)
+    model = model if is_simulated_model(model) else model.resolve()
+    stack = Stack(settings, model, data_dir, workers=len(devices), device=args.device, tls=args.tls)
     stopping = False
 
     def request_stop(signum: int, frame: Any) -> None:

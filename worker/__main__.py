@@ -1,4 +1,8 @@
-"""``python -m worker --device cpu|cuda:N --model PATH``: load the pipeline once, then serve the queues."""
+"""``python -m worker --device cpu|cuda:N --model PATH``: load the pipeline once, then serve the queues.
+
+``--model simulated`` serves the simulated model (no torch, no weights; ``model.simulated``), with
+``BITDANCE_SIMULATED_SLOTS`` requests at once.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,13 @@ from server.logconfig import configure_logging
 from server.queue.redis_options import redis_client_options
 from server.queue.webhook_outbox import build_outbox
 from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from server.settings import Settings, is_simulated_model
 from server.storage import LocalStorage
 from worker.gpu_worker import GpuWorker
 from worker.identity import default_worker_name
 from worker.safety import build_safety_checker
-from worker.tasks import TaskRunner, WorkerServices, bind_runner
+from worker.slots import SlotPool
+from worker.tasks import Pipeline, TaskRunner, WorkerServices, bind_runner
 
 logger = logging.getLogger("worker")
 
@@ -32,7 +37,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--device", help="cpu or cuda:N (one worker per GPU)")
-    parser.add_argument("--model", dest="model_path", type=Path, help="checkpoint directory")
+    parser.add_argument("--model", dest="model_path", type=Path, help="checkpoint directory, or: simulated")
     parser.add_argument("--redis-url")
     parser.add_argument("--storage-dir", type=Path)
     parser.add_argument("--name", dest="worker_name")
@@ -46,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**cli_overrides(args))
     configure_logging(settings.log_level, settings.log_format)
     if settings.model_path is None:
-        logger.error("no checkpoint: pass --model PATH or set BITDANCE_MODEL_PATH")
+        logger.error("no checkpoint: pass --model PATH (or simulated) or set BITDANCE_MODEL_PATH")
         return 2
+    if is_simulated_model(settings.model_path):
+        return serve(settings, load_simulated_pipeline(settings), "simulated", burst=args.burst)
     import torch
 
     from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
@@ -82,7 +89,23 @@ def main(argv: list[str] | None = None) -> int:
             stats.seconds,
             stats.bytes_loaded / 1e9 / max(stats.seconds, 1e-9),
         )
-    name = settings.worker_name or default_worker_name(settings.device)
+    return serve(settings, pipe, settings.device, burst=args.burst)
+
+
+def load_simulated_pipeline(settings: Settings) -> Pipeline:
+    """The simulated model (``model.simulated``): no torch, no weights."""
+    from model.simulated.pipeline import SimulatedPipeline
+
+    simulated = SimulatedPipeline.from_settings(
+        settings.simulated_profile, settings.simulated_speed, settings.simulated_failure_rate
+    )
+    logger.info("model: %s, %d slot(s)", simulated.describe(), settings.simulated_slots)
+    return simulated
+
+
+def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) -> int:
+    """Serve the queues with the loaded pipeline: one RQ worker, or a pool of slots (simulated model)."""
+    name = settings.worker_name or default_worker_name(device)
     jobs_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
     jobs = WorkerJobStore(jobs_client, settings)
     services = WorkerServices(
@@ -93,18 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         safety=build_safety_checker(settings),
         worker_name=name,
     )
+    queues = [settings.queue_normal, settings.queue_low]
+    connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())
+    outbox = build_outbox(jobs_client, settings)
+    if is_simulated_model(settings.model_path) and settings.simulated_slots > 1:
+        pool = SlotPool(services, jobs, outbox, queues, settings.simulated_slots, connection)
+        logger.info("worker %s ready (%d slots)", name, settings.simulated_slots)
+        pool.work(logging_level=settings.log_level.upper())
+        return 0
     runner = TaskRunner(services)
     bind_runner(runner)
-    worker = GpuWorker(
-        [settings.queue_normal, settings.queue_low],
-        runner=runner,
-        jobs=jobs,
-        outbox=build_outbox(jobs_client, settings),
-        name=name,
-        connection=redis.Redis.from_url(settings.redis_url, **redis_client_options()),
-    )
+    worker = GpuWorker(queues, runner=runner, jobs=jobs, outbox=outbox, name=name, connection=connection)
     logger.info("worker %s ready (parallel_num=%d)", name, pipe.parallel_num)
-    worker.work(burst=args.burst, logging_level=settings.log_level.upper())
+    worker.work(burst=burst, logging_level=settings.log_level.upper())
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -24,12 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Every ``lease_ttl_s / 3``: worker heartbeat, leases of the running requests, recovery sweep."""
+    """Every ``lease_ttl_s / 3``: worker heartbeat, leases of the running requests, recovery sweep.
 
-    def __init__(self, jobs: WorkerJobStore, runner: TaskRunner, name: str) -> None:
+    ``members`` are the (worker name, runner) pairs this process serves: one for a GPU worker, one
+    per slot for a multi-slot simulated worker.
+    """
+
+    def __init__(self, jobs: WorkerJobStore, members: Sequence[tuple[str, TaskRunner]], name: str) -> None:
         super().__init__(name=f"heartbeat-{name}", daemon=True)
         self.jobs = jobs
-        self.runner = runner
+        self.members = list(members)
         self.worker_name = name
         self.interval_s = max(jobs.settings.lease_ttl_s / 3, 0.2)
         self.stopped = threading.Event()
@@ -41,9 +46,10 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         try:
-            self.jobs.heartbeat(self.worker_name)
-            for rid in self.runner.current_requests:
-                self.jobs.refresh_lease(rid, self.worker_name)
+            for worker_name, runner in self.members:
+                self.jobs.heartbeat(worker_name)
+                for rid in runner.current_requests:
+                    self.jobs.refresh_lease(rid, worker_name)
             if self.jobs.try_acquire_sweep(self.worker_name):
                 recovery.sweep(self.jobs)
         except redis.RedisError as exc:
@@ -64,7 +70,7 @@ class GpuWorker(SimpleWorker):
         super().__init__(queues, **kwargs)
         self.runner = runner
         self.jobs = jobs
-        self.heartbeat_thread = Heartbeat(jobs, runner, self.name)
+        self.heartbeat_thread = Heartbeat(jobs, [(self.name, runner)], self.name)
         self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.name}")
 
     def work(self, *args: Any, **kwargs: Any) -> bool:

@@ -18,7 +18,7 @@ import redis
 
 from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
-from worker.identity import is_default_name_of_host
+from worker.identity import is_default_name_of_host, is_name_or_slot_of
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -26,7 +26,7 @@ PROBE_TIMEOUT_S = 3.0
 def matching(names: list[str], wanted: str | None, host: str) -> list[str]:
     """The heartbeating workers this probe stands for."""
     if wanted:
-        return [name for name in names if name == wanted]
+        return [name for name in names if is_name_or_slot_of(name, wanted)]
     return [name for name in names if is_default_name_of_host(name, host)]
 
 

