@@ -11,12 +11,13 @@ TLS ?= 0
 MODEL ?=
 WORKERS ?=
 SLOTS ?=
+API_WORKERS ?= 1
 JS_DIR := tests/e2e/js
 
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis js-deps deploy-tools lock tiny verify bench bench-model bench-load bench-api bench-loadtest loadtest lint format
+.PHONY: run test install redis wrk js-deps deploy-tools lock tiny verify bench bench-model bench-load bench-api bench-loadtest loadtest lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,12 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml --extra model -c requirements/constraints.txt $(LOCK_FLAGS) \
 		-o requirements/worker.txt
 
+# The HTTP load generator of `make bench-api`.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "wrk not found: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+
 $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
 	touch $@
@@ -57,7 +64,7 @@ js-deps: $(JS_DIR)/node_modules/.installed
 run: install redis
 	$(PY) -m stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
 		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS)) \
-		$(if $(SLOTS),--slots $(SLOTS))
+		$(if $(SLOTS),--slots $(SLOTS)) --api-workers $(API_WORKERS)
 
 test: install redis js-deps deploy-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -80,7 +87,7 @@ bench-model: install
 bench-load: install
 	$(PY) -m model.bench_load
 
-bench-api: install redis
+bench-api: install redis wrk
 	$(PY) -m stack.bench
 
 # Drive a running server (make run ...) or any fal-compatible endpoint: see README, "Load testing".

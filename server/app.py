@@ -14,21 +14,29 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.auth import KeyRing
+from server.change_feed import ChangeFeed
 from server.error_handlers import fal_error_handler, redis_unavailable_handler, unexpected_error_handler
 from server.errors import FalError
+from server.health import HealthCheck
+from server.logconfig import configure_logging
 from server.middleware import BodyLimitMiddleware, RequestIdMiddleware, RoutingMiddleware
 from server.queue.api_store import JobStore
+from server.queue.records import Keys
 from server.queue.redis_options import async_redis_options, redis_client_options
 from server.queue.webhook_outbox import WebhookDispatcher, build_outbox
 from server.routes import files, ops, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.shutdown import Drain
+from server.status_cache import QueueSnapshot, StatusReader
 from server.storage import LocalStorage
 
 logger = logging.getLogger(__name__)
 
 FILE_JANITOR_INTERVAL_S = 60.0
+DRAIN_POLL_S = 0.2
+API_REDIS_CONNECTIONS = 64
+API_REDIS_POOL_WAIT_S = 10.0
 
 
 async def _expire_files(storage: LocalStorage) -> None:
@@ -39,6 +47,14 @@ async def _expire_files(storage: LocalStorage) -> None:
         await anyio.sleep(FILE_JANITOR_INTERVAL_S)
 
 
+async def _wake_streams_on_drain(drain: Drain, feed: ChangeFeed) -> None:
+    """Streams sleep until their request changes; when the drain begins (from a signal handler,
+    which cannot touch the loop) they are woken once, to end with the grace period."""
+    while not drain.is_draining:
+        await anyio.sleep(DRAIN_POLL_S)
+    feed.wake_all()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -47,6 +63,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     dispatcher.start()  # webhooks of requests the API completes (cancelled or expired while queued) and any due
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_expire_files, app.state.storage)
+        tasks.start_soon(app.state.change_feed.run)
+        tasks.start_soon(_wake_streams_on_drain, app.state.drain, app.state.change_feed)
         try:
             yield
         finally:
@@ -54,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(dispatcher.stop)
     outbox_client.close()
     await app.state.redis.aclose()
+    await app.state.change_feed_redis.aclose()
     app.state.sync_redis.close()
 
 
@@ -70,11 +89,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys)
-    app.state.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
+    # A blocking pool: a burst of concurrent commands (200 pollers, thousands of streams woken by a
+    # queue move) waits for a free connection instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        max_connections=API_REDIS_CONNECTIONS,
+        timeout=API_REDIS_POOL_WAIT_S,
+        **async_redis_options(),
+    )
+    app.state.redis = aioredis.Redis.from_pool(pool)
     # bytes, not str: RQ pickles job data
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     app.state.jobs = JobStore(app.state.redis, settings)
     app.state.drain = Drain(settings.shutdown_grace_s)  # begun by server.__main__ on SIGTERM
+    app.state.health = HealthCheck(app.state.jobs)
+    # Pub/sub gets its own client without retries: a dropped connection must surface, so that the
+    # feed reconnects and wakes every stream (see server.change_feed).
+    app.state.change_feed_redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    app.state.change_feed = ChangeFeed(app.state.change_feed_redis, Keys(settings.key_prefix))
+    app.state.status_reader = StatusReader(app.state.jobs, app.state.change_feed)
+    app.state.queue_snapshot = QueueSnapshot(app.state.jobs, app.state.change_feed)
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
 
     app.add_exception_handler(FalError, fal_error_handler)
@@ -101,3 +136,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"],
     )
     return app
+
+
+_environment_app: FastAPI | None = None
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of several API processes (``python -m server --workers N``): settings from the
+    environment (the parent exported its command-line flags there), logging configured here."""
+    global _environment_app
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    _environment_app = create_app(settings)
+    return _environment_app
+
+
+def drain_of_environment_app() -> Drain | None:
+    """The ``Drain`` of this worker process's app (what SIGTERM begins), once it is built."""
+    return _environment_app.state.drain if _environment_app is not None else None

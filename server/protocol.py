@@ -80,6 +80,34 @@ class QueueStatus(RequestUrls):
         return body
 
 
+def queue_status_body(
+    status: JobStatus,
+    request_id: str,
+    urls: dict[str, str],
+    *,
+    queue_position: int | None,
+    logs: list[dict[str, Any]] | None,
+    inference_time: float | None,
+    error: str | None,
+    error_type: str | None,
+) -> dict[str, Any]:
+    """``QueueStatus(...).to_wire()`` built directly: the status poll's hot path skips the model.
+
+    ``urls`` holds the three ``RequestUrls`` fields; ``inference_time`` is reported once COMPLETED.
+    A unit test keeps this equal to the model's output.
+    """
+    body: dict[str, Any] = {**urls, "status": status.value, "request_id": request_id}
+    if status is JobStatus.IN_QUEUE:
+        body["queue_position"] = queue_position
+    body["logs"] = logs
+    body["metrics"] = {"inference_time": inference_time} if status is JobStatus.COMPLETED else {}
+    if error is not None:
+        body["error"] = error
+    if error_type is not None:
+        body["error_type"] = error_type
+    return body
+
+
 class CancelResponse(BaseModel):
     """Answer to a cancel: the code carries the outcome (202/400/404)."""
 

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     # --- network -------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    api_workers: int = Field(default=1, ge=1, description="API processes serving the one port (uvicorn workers).")
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     public_base_url: str | None = Field(

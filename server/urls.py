@@ -29,7 +29,7 @@ def public_base(request: Request, override: str | None = None) -> str:
     if override:
         return override.rstrip("/")
     headers = request.headers
-    scheme = _first(headers.get("x-forwarded-proto")) or request.url.scheme
+    scheme = _first(headers.get("x-forwarded-proto")) or request.scope.get("scheme", "http")
     host = _first(headers.get("x-forwarded-host")) or headers.get("host")
     if not host:
         server = request.scope.get("server") or ("127.0.0.1", 80)
@@ -56,15 +56,29 @@ class Urls:
             cancel_url=f"{response_url}/cancel",
         )
 
+    def request_urls(self, app_id: str, request_id: str) -> dict[str, str]:
+        """``for_request`` as a plain dict (no model: the status and submit hot paths)."""
+        response_url = f"{self.queue_base}/{app_id}/requests/{request_id}"
+        return {
+            "response_url": response_url,
+            "status_url": f"{response_url}/status",
+            "cancel_url": f"{response_url}/cancel",
+        }
+
     def absolute(self, path: str) -> str:
         return self.base + path
 
 
-def request_urls(request: Request) -> Urls:
-    """FastAPI dependency: the URL builder for this request."""
+def urls_of(request: Request) -> Urls:
+    """The URL builder for this request."""
     settings = request.app.state.settings
     prefix = request.scope.get("state", {}).get(QUEUE_PREFIX_STATE, QUEUE_PREFIX)
     return Urls(base=public_base(request, settings.public_base_url), queue_prefix=prefix)
+
+
+async def request_urls(request: Request) -> Urls:
+    """FastAPI dependency: ``urls_of`` (async: FastAPI would run a plain function in a thread)."""
+    return urls_of(request)
 
 
 def app_id_of(endpoint_id: str) -> str:

@@ -284,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a locally generated CA")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per listed device)")
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes serving the one port")
     parser.add_argument("--data-dir", type=Path, default=Path(".run"))
     return parser.parse_args(argv)
 
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir.resolve()
     devices = worker_devices(args.device, args.workers)
     overrides = {"simulated_slots": args.slots} if args.slots else {}
-    settings = Settings(host=args.host, port=args.port, device=devices[0], **overrides)
+    settings = Settings(host=args.host, port=args.port, device=devices[0], api_workers=args.api_workers, **overrides)
     if settings.is_open and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"no API keys configured: binding 127.0.0.1 instead of {args.host}", file=sys.stderr)
         settings = settings.model_copy(update={"host": "127.0.0.1"})

@@ -1,9 +1,9 @@
 """Submitting requests and the API's view of them: create, read, logs, queue position, cancel.
 
 The record is written in the same MULTI as the RQ job that carries ``worker.tasks.run_request(id)``,
-before submit answers. Transitions are Lua scripts (``server.queue.scripts``), so the API and any number
-of workers can race safely. ``JobStore`` is the async face used by the API; workers use
-``server.queue.worker_store.WorkerJobStore``.
+sent from the event loop in one round trip, before submit answers. Transitions are Lua scripts
+(``server.queue.scripts``), so the API and any number of workers can race safely. ``JobStore`` is
+the async face used by the API; workers use ``server.queue.worker_store.WorkerJobStore``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any, cast
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 from rq import Queue
@@ -19,17 +20,29 @@ from rq import Queue
 from server.errors import RequestNotFoundError, RequestTimeoutError
 from server.protocol import JobStatus
 from server.queue import scripts
-from server.queue.records import Keys, NewRequest, RequestRecord, cancelled_error, decoded
+from server.queue.records import Keys, NewRequest, RequestRecord, StatusView, cancelled_error, decoded
 from server.settings import Settings
 
 TASK_FUNCTION = "worker.tasks.run_request"
 
 
-def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
-    """Write the record and enqueue its RQ job in one MULTI (sync: RQ is sync; run it in a thread)."""
+Command = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def queue_name_of(settings: Settings, priority: str) -> str:
+    return settings.queue_low if priority == "low" else settings.queue_normal
+
+
+def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> list[Command]:
+    """Every write of a submit, in order, for one MULTI: the record, the status set, the counter, and
+    RQ's own writes for the job that carries ``worker.tasks.run_request(id)``.
+
+    RQ has no async API, so its writes are recorded on a sync pipeline that is never executed (no
+    I/O: RQ's one-time server version probe aside) and sent with ours, from the event loop.
+    """
     keys = Keys(settings.key_prefix)
     now = time.time()
-    queue_name = settings.queue_low if new.priority == "low" else settings.queue_normal
+    queue_name = queue_name_of(settings, new.priority)
     record: dict[Any, str | int] = {  # Any keys: redis-py's mapping type is invariant in them
         "status": JobStatus.IN_QUEUE.value,
         "owner": new.owner,
@@ -44,13 +57,12 @@ def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> No
         "webhook": new.webhook or "",
         "lifecycle": json.dumps(new.lifecycle) if new.lifecycle else "",
     }
-    queue = Queue(queue_name, connection=conn)
-    with conn.pipeline(transaction=True) as pipe:
-        pipe.multi()  # RQ expects an explicit MULTI on a caller's pipeline
-        pipe.hset(keys.record(new.request_id), mapping=record)
-        pipe.sadd(keys.queued, new.request_id)
-        pipe.hincrby(keys.stats, "submitted", 1)
-        queue.enqueue_call(
+    with conn.pipeline(transaction=True) as recorder:
+        recorder.multi()  # RQ expects an explicit MULTI on a caller's pipeline
+        recorder.hset(keys.record(new.request_id), mapping=record)
+        recorder.sadd(keys.queued, new.request_id)
+        recorder.hincrby(keys.stats, "submitted", 1)
+        Queue(queue_name, connection=conn).enqueue_call(
             TASK_FUNCTION,
             args=(new.request_id,),
             job_id=new.request_id,
@@ -58,9 +70,26 @@ def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> No
             result_ttl=0,
             failure_ttl=settings.record_ttl_s,
             description=f"bitdance request {new.request_id}",
-            pipeline=pipe,
+            pipeline=recorder,
         )
+        return [(tuple(args), dict(options)) for args, options in recorder.command_stack]
+
+
+def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
+    """``submit_commands`` in one MULTI on a sync connection (tests and tools; the API uses ``JobStore.create``)."""
+    with conn.pipeline(transaction=True) as pipe:
+        for args, options in submit_commands(conn, settings, new):
+            pipe.execute_command(*args, **options)
         pipe.execute()
+
+
+def queue_push_index(commands: list[Command], queue_name: str) -> int:
+    """Where RQ's push of the job id is among the commands (its reply is the queue's new length)."""
+    list_key = Keys.rq_queue(queue_name)
+    for index, (args, _) in enumerate(commands):
+        if str(args[0]).upper() in ("RPUSH", "LPUSH") and args[1] == list_key:
+            return index
+    raise RuntimeError(f"RQ did not push to {list_key}")
 
 
 class JobStore:
@@ -71,6 +100,30 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._cancel = client.register_script(scripts.CANCEL_QUEUED)
+        self._status_view = client.register_script(scripts.STATUS_VIEW)
+        self._rq_probed = False
+
+    async def create(self, new: NewRequest, rq_connection: redis.Redis) -> int:
+        """Store and enqueue the request in one MULTI from the event loop; its queue position.
+
+        ``rq_connection`` (sync) only lets RQ build its writes: nothing is sent on it but RQ's
+        one-time server version probe (cached on the connection), made in a thread on the first call.
+        """
+        if self._rq_probed:
+            commands = submit_commands(rq_connection, self.settings, new)
+        else:
+            commands = await anyio.to_thread.run_sync(submit_commands, rq_connection, self.settings, new)
+            self._rq_probed = True
+        queue_name = queue_name_of(self.settings, new.priority)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for args, options in commands:
+                pipe.execute_command(*args, **options)
+            pipe.llen(Keys.rq_queue(self.settings.queue_normal))
+            replies = await pipe.execute()
+        position = int(replies[queue_push_index(commands, queue_name)]) - 1
+        if queue_name != self.settings.queue_normal:
+            position += int(replies[-1])
+        return position
 
     async def get(self, rid: str, owner: str | None = None) -> RequestRecord:
         """The record; unknown ids and other owners' ids are both ``RequestNotFoundError``."""
@@ -85,6 +138,24 @@ class JobStore:
             return await self.get(rid, owner)
         return record
 
+    async def status_view(self, rid: str, owner: str | None = None, logs_from: int | None = None) -> StatusView:
+        """What a status call shows, in one round trip; logs from ``logs_from`` (None: no logs).
+
+        Unknown ids and other owners' ids are both ``RequestNotFoundError``; a queued request past its
+        start deadline is completed (504) first, as ``get`` does.
+        """
+        keys = [self.keys.record(rid), self.keys.logs(rid), Keys.rq_queue(self.settings.queue_normal)]
+        reply = await self._status_view(keys=keys, args=[rid, -1 if logs_from is None else logs_from])
+        if not reply:
+            raise RequestNotFoundError()
+        view = StatusView.from_reply(rid, reply, logs_from is not None)
+        if owner is not None and view.owner != owner:
+            raise RequestNotFoundError()
+        if view.is_overdue:
+            await self.expire_overdue(rid)
+            return await self.status_view(rid, owner, logs_from)
+        return view
+
     async def logs(self, rid: str, start: int = 0) -> list[dict[str, Any]]:
         raw = await self.client.lrange(self.keys.logs(rid), start, -1)
         return [json.loads(item) for item in raw]
@@ -98,6 +169,17 @@ class JobStore:
         if record.queue == self.settings.queue_low:
             pos += int(await self.client.llen(Keys.rq_queue(self.settings.queue_normal)))
         return pos
+
+    async def queue_positions(self) -> dict[str, int]:
+        """Every queued request's position (as ``queue_position`` counts it), in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.lrange(Keys.rq_queue(self.settings.queue_normal), 0, -1)
+            pipe.lrange(Keys.rq_queue(self.settings.queue_low), 0, -1)
+            normal, low = await pipe.execute()
+        positions = {str(rid): index for index, rid in enumerate(normal)}
+        for index, rid in enumerate(low):
+            positions.setdefault(str(rid), len(normal) + index)
+        return positions
 
     async def queue_depth(self) -> dict[str, int]:
         names = (self.settings.queue_normal, self.settings.queue_low)

@@ -9,6 +9,7 @@ list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scri
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,23 @@ class Keys:
 
     def lease(self, rid: str) -> str:
         return f"{self.prefix}:lease:{rid}"
+
+    # Pub/sub channels (status streams wait on them instead of polling). The scripts derive them from
+    # the keys they get: ``<record>:changed`` and ``<queued>:moved``.
+
+    def changed(self, rid: str) -> str:
+        """Channel published on whenever the request's record or logs change."""
+        return f"{self.prefix}:req:{rid}:changed"
+
+    @property
+    def queue_moved(self) -> str:
+        """Channel published on when requests leave a queue or are put back at its front (positions change)."""
+        return f"{self.prefix}:queued:moved"
+
+    @property
+    def normal_queue_grew(self) -> str:
+        """Channel published on when a normal-priority request is submitted (low-priority positions grow)."""
+        return f"{self.prefix}:queued:grew"
 
     @property
     def queued(self) -> str:
@@ -146,6 +164,46 @@ class RequestRecord:
         if self.status is not JobStatus.COMPLETED:
             return {}
         return {"inference_time": self.inference_time}
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """What a status call shows of a request (``scripts.STATUS_VIEW``: one read, no input or result)."""
+
+    request_id: str
+    status: JobStatus
+    owner: str
+    endpoint: str
+    queue: str
+    queue_position: int | None
+    deadline: float | None
+    error: StoredError | None
+    inference_time: float | None
+    logs: list[dict[str, Any]] | None
+
+    @classmethod
+    def from_reply(cls, rid: str, reply: list[Any], with_logs: bool) -> StatusView:
+        fields, position, logs = reply
+        status, owner, endpoint, queue, deadline, error, inference_time = (
+            as_str(f) if f is not None else None for f in fields
+        )
+        return cls(
+            request_id=rid,
+            status=JobStatus(status or ""),
+            owner=owner or "",
+            endpoint=endpoint or "",
+            queue=queue or "",
+            queue_position=int(position) if int(position) >= 0 else None,
+            deadline=float(deadline) if deadline else None,
+            error=StoredError.from_dict(json.loads(error)) if error else None,
+            inference_time=float(inference_time) if inference_time else None,
+            logs=[json.loads(entry) for entry in logs] if with_logs else None,
+        )
+
+    @property
+    def is_overdue(self) -> bool:
+        """Still queued after its start deadline (``x-fal-request-timeout``)."""
+        return self.status is JobStatus.IN_QUEUE and self.deadline is not None and time.time() > self.deadline
 
 
 @dataclass(frozen=True)

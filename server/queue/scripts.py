@@ -31,6 +31,8 @@ redis.call('HDEL', KEYS[1], 'lost_since')
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('PUBLISH', KEYS[1] .. ':changed', 'started')
+redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'started'
 """
 
@@ -50,6 +52,7 @@ redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('HINCRBY', KEYS[6], 'completed:' .. ARGV[7], 1)
+redis.call('PUBLISH', KEYS[1] .. ':changed', 'completed')
 """
     + _schedule_webhook(7)
     + """
@@ -81,6 +84,8 @@ redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('HINCRBY', KEYS[4], 'completed:' .. ARGV[6], 1)
+redis.call('PUBLISH', KEYS[1] .. ':changed', 'completed')
+redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 """
     + _schedule_webhook(5)
     + """
@@ -113,6 +118,7 @@ if outcome then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
   redis.call('HINCRBY', KEYS[6], 'completed:' .. outcome, 1)
+  redis.call('PUBLISH', KEYS[1] .. ':changed', 'completed')
 """
     + _schedule_webhook(7)
     + """
@@ -123,6 +129,8 @@ redis.call('HDEL', KEYS[1], 'started_at', 'worker')
 redis.call('SADD', KEYS[4], ARGV[1])
 local queue = redis.call('HGET', KEYS[1], 'queue')
 redis.call('LPUSH', 'rq:queue:' .. queue, ARGV[1])
+redis.call('PUBLISH', KEYS[1] .. ':changed', 'requeued')
+redis.call('PUBLISH', KEYS[4] .. ':moved', ARGV[1])
 return 'requeued'
 """
 )
@@ -150,6 +158,7 @@ end
 if tonumber(ARGV[2]) - tonumber(since) < tonumber(ARGV[3]) then return 'marked' end
 redis.call('HDEL', KEYS[1], 'lost_since')
 redis.call('LPUSH', qkey, ARGV[1])
+redis.call('PUBLISH', KEYS[2] .. ':moved', ARGV[1])
 return 'requeued'
 """
 
@@ -170,6 +179,8 @@ redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('EXPIRE', KEYS[6], ARGV[5])
+redis.call('PUBLISH', KEYS[1] .. ':changed', 'started')
+redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'started'
 """
 
@@ -181,4 +192,30 @@ local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if (not due) or tonumber(due) > tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
+"""
+
+
+# What a status call shows, in one read: the record's fields, the queue position while queued
+# (requests ahead of it: the normal queue is served before the low one; 0 when it is not in its
+# list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2].
+# KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs)
+STATUS_VIEW = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'owner', 'endpoint', 'queue', 'deadline', 'error',
+  'inference_time')
+if not fields[1] then return false end
+local position = -1
+if fields[1] == 'IN_QUEUE' then
+  local qkey = 'rq:queue:' .. fields[4]
+  local found = redis.call('LPOS', qkey, ARGV[1])
+  if not found then
+    position = 0
+  elseif qkey ~= KEYS[3] then
+    position = found + redis.call('LLEN', KEYS[3])
+  else
+    position = found
+  end
+end
+local logs = {}
+if tonumber(ARGV[2]) >= 0 then logs = redis.call('LRANGE', KEYS[2], ARGV[2], -1) end
+return {fields, position, logs}
 """

@@ -66,7 +66,11 @@ class WorkerJobStore:
         self.client.set(self.keys.lease(rid), worker, px=self.lease_ms)
 
     def append_log(self, rid: str, entry: LogEntry) -> None:
-        self.client.rpush(self.keys.logs(rid), entry.model_dump_json())
+        """Append a log entry and tell the request's status streams (one round trip)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.rpush(self.keys.logs(rid), entry.model_dump_json())
+            pipe.publish(self.keys.changed(rid), "log")
+            pipe.execute()
 
     def is_cancel_requested(self, rid: str) -> bool:
         return self.client.hget(self.keys.record(rid), "cancel") == "1"

@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 
 from server import metrics
-from server.deps import drain_of, job_store, settings_of, webhook_signer
+from server.deps import drain_of, health_check, job_store, settings_of, webhook_signer
 from server.errors import EndpointNotFoundError
+from server.health import HealthCheck
+from server.json_response import FastJSONResponse
 from server.protocol import QueueStatus
 from server.queue.api_store import JobStore
 from server.schemas import BitDanceInput, BitDanceOutput
@@ -25,19 +27,16 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/health", summary="Redis reachable and workers alive (200), else 503 (also while shutting down)")
 async def health(
-    jobs: Annotated[JobStore, Depends(job_store)], drain: Annotated[Drain, Depends(drain_of)]
+    check: Annotated[HealthCheck, Depends(health_check)], drain: Annotated[Drain, Depends(drain_of)]
 ) -> JSONResponse:
-    try:
-        await jobs.client.ping()
-        workers = await jobs.alive_workers()
-        redis_ok = True
-    except redis.RedisError:
-        redis_ok, workers = False, 0
-    healthy = redis_ok and workers > 0 and not drain.is_draining
-    body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "redis": redis_ok, "workers": workers}
+    """What Redis says is at most a second old (``server.health``); shutting down is reported at once."""
+    current = await check.current()
+    healthy = current.is_healthy and not drain.is_draining
+    body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "redis": current.redis_ok}
+    body["workers"] = current.workers
     if drain.is_draining:
         body["shutting_down"] = True
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return FastJSONResponse(body, status_code=200 if healthy else 503)
 
 
 @router.get("/health/live", summary="The API process answers (liveness; touches nothing else)")

@@ -6,20 +6,22 @@ proxy dispatches here too, so each behaviour has exactly one handler.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-import anyio
 import redis
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.auth import Caller, authenticate
-from server.deps import drain_of, job_store, settings_of
+from server.change_feed import ChangeFeed
+from server.deps import change_feed, drain_of, job_store, queue_snapshot, settings_of, status_reader
 from server.error_handlers import stored_error_response
 from server.errors import (
     REQUEST_ID_HEADER,
@@ -29,18 +31,23 @@ from server.errors import (
     RequestNotFoundError,
     ServiceUnavailableError,
 )
-from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse
-from server.queue.api_store import JobStore, create_request
-from server.queue.records import NewRequest, RequestRecord
+from server.json_response import FastJSONResponse, dumps
+from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse, queue_status_body
+from server.queue.api_store import JobStore
+from server.queue.records import NewRequest, RequestRecord, StatusView
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.shutdown import Drain
+from server.status_cache import QueueSnapshot, StatusReader
 from server.storage import lifecycle_ttl_s
-from server.urls import Urls, app_id_of, request_urls
+from server.urls import Urls, app_id_of, request_urls, urls_of
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
 Priority = Literal["normal", "low"]
+LOW_PRIORITY_RECHECK_S = 1.0
+DRAIN_CHECK_S = 0.25
+QUEUE_MOVE_COALESCE_S = 0.05  # a stream woken by a queue move waits this long, so a burst of moves costs one read
 
 
 def check_endpoint(endpoint_id: str, settings: Settings, *, app_only: bool = False) -> None:
@@ -59,7 +66,7 @@ async def submit_new(
     webhook: str | None = None,
     lifecycle_header: str | None = None,
     max_queue_length: int | None = None,
-) -> RequestRecord:
+) -> Submitted:
     """Store the request and enqueue it; the record is in Redis before this returns."""
     settings: Settings = request.app.state.settings
     jobs: JobStore = request.app.state.jobs
@@ -75,32 +82,37 @@ async def submit_new(
         endpoint=settings.endpoint_id,
         input=payload.model_dump(mode="json"),
         priority=priority,
-        files_base=request_urls(request).base,
+        files_base=urls_of(request).base,
         start_timeout_s=start_timeout_s,
         webhook=webhook,
         lifecycle=lifecycle,
     )
     try:
-        await anyio.to_thread.run_sync(create_request, request.app.state.sync_redis, settings, new)
+        position = await jobs.create(new, request.app.state.sync_redis)
     except redis.RedisError as exc:  # the MULTI did not run: nothing was enqueued, safe to resend
         raise ServiceUnavailableError("Queue unavailable, retry later") from exc
-    return await jobs.get(rid)
+    return Submitted(rid, position)
 
 
-async def build_status(
-    jobs: JobStore, record: RequestRecord, urls: Urls, logs: list[dict[str, Any]] | None
-) -> QueueStatus:
-    position = await jobs.queue_position(record) if record.status is JobStatus.IN_QUEUE else None
-    error = record.error
-    return QueueStatus(
-        status=record.status,
-        request_id=record.request_id,
-        queue_position=position,
+class Submitted(NamedTuple):
+    """A request just stored and enqueued."""
+
+    request_id: str
+    queue_position: int
+
+
+def build_status(view: StatusView, urls: Urls, logs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The ``QueueStatus`` wire body of a request (built without the model: the polling hot path)."""
+    error = view.error
+    return queue_status_body(
+        view.status,
+        view.request_id,
+        urls.request_urls(app_id_of(view.endpoint), view.request_id),
+        queue_position=view.queue_position,
         logs=logs,
-        metrics=record.metrics(),
+        inference_time=view.inference_time,
         error=error.message if error else None,
         error_type=error.error_type if error else None,
-        **urls.for_request(app_id_of(record.endpoint), record.request_id).model_dump(),
     )
 
 
@@ -137,7 +149,7 @@ async def submit(
     lifecycle: Annotated[str | None, Header(alias="x-fal-object-lifecycle-preference")] = None,
 ) -> JSONResponse:
     check_endpoint(endpoint_id, settings)
-    record = await submit_new(
+    submitted = await submit_new(
         request,
         payload,
         caller,
@@ -147,14 +159,24 @@ async def submit(
         lifecycle_header=lifecycle,
         max_queue_length=fal_max_queue_length,
     )
-    position = await request.app.state.jobs.queue_position(record)
-    body = SubmitResponse(
-        request_id=record.request_id,
-        gateway_request_id=record.gateway_request_id,
-        queue_position=position,
-        **urls.for_request(app_id_of(settings.endpoint_id), record.request_id).model_dump(),
-    )
-    return JSONResponse(body.model_dump(), headers={REQUEST_ID_HEADER: record.request_id})
+    rid = submitted.request_id
+    body = {  # SubmitResponse's fields and order, without the model (the submit hot path)
+        **urls.request_urls(app_id_of(settings.endpoint_id), rid),
+        "status": "IN_QUEUE",
+        "request_id": rid,
+        "gateway_request_id": rid,
+        "queue_position": submitted.queue_position,
+    }
+    return FastJSONResponse(body, headers={REQUEST_ID_HEADER: rid})
+
+
+async def owned_status(
+    app_id: str, request_id: str, request: Request, caller: Caller, jobs: JobStore, *, logs_from: int | None
+) -> StatusView:
+    """``owned_record``'s checks, reading only what a status shows (one round trip)."""
+    check_endpoint(app_id, request.app.state.settings, app_only=True)
+    request.state.fal_request_id = request_id
+    return await jobs.status_view(request_id, owner=caller.key_id, logs_from=logs_from)
 
 
 async def owned_record(app_id: str, request_id: str, request: Request, caller: Caller, jobs: JobStore) -> RequestRecord:
@@ -174,15 +196,15 @@ async def get_status(
     request_id: str,
     request: Request,
     caller: Annotated[Caller, Depends(authenticate)],
-    jobs: Annotated[JobStore, Depends(job_store)],
+    reader: Annotated[StatusReader, Depends(status_reader)],
     urls: Annotated[Urls, Depends(request_urls)],
     logs: bool = False,
 ) -> JSONResponse:
-    record = await owned_record(app_id, request_id, request, caller, jobs)
-    entries = await jobs.logs(request_id) if logs else None
-    status = await build_status(jobs, record, urls, entries)
-    code = 200 if record.status is JobStatus.COMPLETED else 202
-    return JSONResponse(status.to_wire(), status_code=code)
+    check_endpoint(app_id, request.app.state.settings, app_only=True)
+    request.state.fal_request_id = request_id
+    view = await reader.view(request_id, caller.key_id, with_logs=logs)
+    code = 200 if view.status is JobStatus.COMPLETED else 202
+    return FastJSONResponse(build_status(view, urls, view.logs), status_code=code)
 
 
 @router.get(
@@ -197,39 +219,84 @@ async def stream_status(
     caller: Annotated[Caller, Depends(authenticate)],
     jobs: Annotated[JobStore, Depends(job_store)],
     urls: Annotated[Urls, Depends(request_urls)],
+    feed: Annotated[ChangeFeed, Depends(change_feed)],
+    snapshot: Annotated[QueueSnapshot, Depends(queue_snapshot)],
     drain: Annotated[Drain, Depends(drain_of)],
     logs: bool = False,
 ) -> StreamingResponse:
-    await owned_record(app_id, request_id, request, caller, jobs)
+    await owned_status(app_id, request_id, request, caller, jobs, logs_from=None)
     settings: Settings = request.app.state.settings
-    events = status_events(jobs, request_id, urls, logs, settings, drain)
+    events = status_events(jobs, feed, snapshot, request_id, urls, logs, settings, drain)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def status_events(
-    jobs: JobStore, request_id: str, urls: Urls, include_logs: bool, settings: Settings, drain: Drain
-) -> AsyncIterator[str]:
+    jobs: JobStore,
+    feed: ChangeFeed,
+    snapshot: QueueSnapshot,
+    request_id: str,
+    urls: Urls,
+    include_logs: bool,
+    settings: Settings,
+    drain: Drain,
+) -> AsyncIterator[bytes]:
     """One ``data:`` event per change, ``: ping`` keep-alives, and the end right after COMPLETED
-    (or, when the API shuts down, at the end of its grace period: a clean end of the stream)."""
-    sent_logs = 0
-    last_payload = ""
-    last_sent = time.monotonic()
-    while True:
-        record = await jobs.get(request_id)
-        new_logs = await jobs.logs(request_id, sent_logs) if include_logs else []
-        sent_logs += len(new_logs)
-        status = await build_status(jobs, record, urls, new_logs)
-        payload = json.dumps(status.to_wire())
-        if payload != last_payload:
-            yield f"data: {payload}\n\n"
-            last_payload, last_sent = payload, time.monotonic()
-        if record.status is JobStatus.COMPLETED or drain.is_over():
-            return
-        if time.monotonic() - last_sent >= settings.stream_keepalive_s:
-            yield ": ping\n\n"
-            last_sent = time.monotonic()
-        await anyio.sleep(settings.poll_interval_s * 2)
+    (or, when the API shuts down, at the end of its grace period: a clean end of the stream).
+
+    The stream reads its request when the change feed says it changed (or, while it is queued, that
+    the queue moved), never on a timer: an idle stream costs a keep-alive every
+    ``stream_keepalive_s``. Low-priority positions also grow with normal submits, which publish
+    nothing: a queued low-priority stream re-reads every ``LOW_PRIORITY_RECHECK_S`` too. A queue
+    move alone only changes positions: those come from one ``QueueSnapshot`` shared by all streams.
+    """
+    watch = feed.watch(request_id)  # before the first read: no change can fall in between
+    try:
+        if not feed.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.connected.wait(), settings.stream_keepalive_s)
+        sent_logs = 0
+        last_payload = b""
+        last_sent = time.monotonic()
+        view: StatusView | None = None
+        while True:
+            position = await snapshot.position(request_id) if view is not None else None
+            if view is not None and position is not None:  # only the queue moved, and it is still queued
+                view = dataclasses.replace(view, queue_position=position, logs=None)
+            else:
+                view = await jobs.status_view(request_id, logs_from=sent_logs if include_logs else None)
+            new_logs = view.logs or []
+            sent_logs += len(new_logs)
+            payload = dumps(build_status(view, urls, new_logs))
+            if payload != last_payload:
+                yield b"data: " + payload + b"\n\n"
+                last_payload, last_sent = payload, time.monotonic()
+            if view.status is JobStatus.COMPLETED or drain.is_over():
+                return
+            queued = view.status is JobStatus.IN_QUEUE
+            watch.follow_queue(queued)
+            recheck_s = LOW_PRIORITY_RECHECK_S if queued and view.queue == settings.queue_low else None
+            while True:
+                idle_s = settings.stream_keepalive_s - (time.monotonic() - last_sent)
+                timeout_s = min(idle_s, recheck_s or idle_s)
+                if drain.is_draining:  # woken when the drain begins (app lifespan): end with the grace period
+                    timeout_s = min(timeout_s, DRAIN_CHECK_S)
+                if await watch.wait(max(0.0, timeout_s)):
+                    break
+                if drain.is_over() or (recheck_s is not None and idle_s > recheck_s):
+                    break
+                if drain.is_draining and idle_s > DRAIN_CHECK_S:
+                    continue
+                yield b": ping\n\n"
+                last_sent = time.monotonic()
+            if watch.take_own_change() or not queued or recheck_s is not None:
+                view = None  # read the request itself
+            else:  # only the queue moved: let a burst of moves coalesce, then read positions
+                await asyncio.sleep(QUEUE_MOVE_COALESCE_S)
+                if watch.take_own_change():
+                    view = None
+    finally:
+        watch.close()
 
 
 @router.get(
@@ -267,12 +334,14 @@ async def cancel(
     request: Request,
     caller: Annotated[Caller, Depends(authenticate)],
     jobs: Annotated[JobStore, Depends(job_store)],
+    reader: Annotated[StatusReader, Depends(status_reader)],
 ) -> JSONResponse:
     try:  # an unknown app still raises its own error; only an unknown request answers NOT_FOUND
         await owned_record(app_id, request_id, request, caller, jobs)
     except RequestNotFoundError:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     outcome = await jobs.cancel(request_id)
+    reader.request_changed(request_id)  # this process's next poll reads it, whatever the feed says
     if outcome in ("cancelled", "requested"):
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
     if outcome == "completed":

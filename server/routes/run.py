@@ -30,7 +30,7 @@ from server.routes.queue import check_endpoint, parse_start_timeout, result_resp
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.shutdown import Drain
-from server.urls import app_id_of, request_urls
+from server.urls import app_id_of, urls_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def run(
     )
     finished = await wait_for_completion(request, jobs, record.request_id, settings, drain)
     if finished is WaitEnd.SHUTTING_DOWN:
-        urls = request_urls(request).for_request(app_id_of(settings.endpoint_id), record.request_id)
+        urls = urls_of(request).for_request(app_id_of(settings.endpoint_id), record.request_id)
         logger.info("run answered at shutdown, request continues request_id=%s", record.request_id)
         raise ServerShuttingDownError(
             f"The server is shutting down; request {record.request_id} continues in the queue: "

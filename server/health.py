@@ -1,0 +1,59 @@
+"""``HealthCheck``: what ``/health`` reports, read from Redis at most once a second.
+
+Load balancers, orchestrators and launch scripts poll ``/health`` hard; the answer they get may be
+up to ``max_age_s`` old, and concurrent callers share one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import redis
+
+from server.queue.api_store import JobStore
+
+HEALTH_MAX_AGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Health:
+    redis_ok: bool
+    workers: int
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.redis_ok and self.workers > 0
+
+    def body(self) -> dict[str, object]:
+        return {"status": "ok" if self.is_healthy else "unavailable", "redis": self.redis_ok, "workers": self.workers}
+
+
+class HealthCheck:
+    def __init__(self, jobs: JobStore, max_age_s: float = HEALTH_MAX_AGE_S) -> None:
+        self.jobs = jobs
+        self.max_age_s = max_age_s
+        self._last: Health | None = None
+        self._read_at = 0.0
+        self._reading: asyncio.Future[Health] | None = None
+
+    async def current(self) -> Health:
+        if self._last is not None and time.monotonic() - self._read_at < self.max_age_s:
+            return self._last
+        if self._reading is None:  # one read for every caller waiting meanwhile
+            self._reading = asyncio.ensure_future(self._read())
+        reading = self._reading
+        try:
+            return await asyncio.shield(reading)
+        finally:
+            if self._reading is reading and reading.done():
+                self._reading = None
+
+    async def _read(self) -> Health:
+        try:
+            health = Health(True, await self.jobs.alive_workers())  # answering at all: Redis is reachable
+        except redis.RedisError:
+            health = Health(False, 0)
+        self._last, self._read_at = health, time.monotonic()
+        return health

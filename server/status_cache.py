@@ -1,0 +1,119 @@
+"""``StatusReader``: status polls answered from memory until the change feed says the request changed.
+
+fal clients poll a request's status every 100-500 ms, and most polls find nothing new (a queued
+request waits, a running one logs a step now and then). The API process already hears every change
+on the change feed (``server.change_feed``), so it keeps the last ``StatusView`` it read per request
+and drops it when its request changes, when the queue moves (for queued ones), and wholesale when the
+feed loses Redis. A view is at most ``max_age_s`` old in any case, and a read that overlapped a
+change is not kept (the feed's ``epoch`` moved meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+from server.change_feed import ChangeFeed
+from server.protocol import JobStatus
+from server.queue.api_store import JobStore
+from server.queue.records import StatusView
+
+STATUS_CACHE_MAX_AGE_S = 1.0
+STATUS_CACHE_MAX_ENTRIES = 50_000
+
+
+class StatusCache:
+    """Views by (request id, with logs), oldest first; the change feed drops them."""
+
+    def __init__(self, max_age_s: float = STATUS_CACHE_MAX_AGE_S, max_entries: int = STATUS_CACHE_MAX_ENTRIES) -> None:
+        self.max_age_s = max_age_s
+        self.max_entries = max_entries
+        self._views: OrderedDict[tuple[str, bool], tuple[float, StatusView]] = OrderedDict()
+
+    def get(self, rid: str, with_logs: bool) -> StatusView | None:
+        found = self._views.get((rid, with_logs))
+        if found is None:
+            return None
+        stored_at, view = found
+        if time.monotonic() - stored_at > self.max_age_s or view.is_overdue:
+            del self._views[(rid, with_logs)]
+            return None
+        return view
+
+    def put(self, view: StatusView, with_logs: bool) -> None:
+        key = (view.request_id, with_logs)
+        self._views.pop(key, None)
+        self._views[key] = (time.monotonic(), view)
+        while len(self._views) > self.max_entries:
+            self._views.popitem(last=False)
+
+    def drop(self, rid: str) -> None:
+        self._views.pop((rid, False), None)
+        self._views.pop((rid, True), None)
+
+    def drop_queued(self) -> None:
+        for key in [k for k, (_, view) in self._views.items() if view.status is JobStatus.IN_QUEUE]:
+            del self._views[key]
+
+    def clear(self) -> None:
+        self._views.clear()
+
+
+class StatusReader:
+    """``JobStore.status_view`` for polls (whole logs or none), through the cache while the feed is live."""
+
+    def __init__(self, jobs: JobStore, feed: ChangeFeed, cache: StatusCache | None = None) -> None:
+        self.jobs = jobs
+        self.feed = feed
+        self.cache = cache or StatusCache()
+        feed.add_listener(self)
+
+    async def view(self, rid: str, owner: str, with_logs: bool) -> StatusView:
+        """The caller's request (``RequestNotFoundError`` for unknown ids and other owners' ids)."""
+        live = self.feed.connected.is_set()
+        if live:
+            cached = self.cache.get(rid, with_logs)
+            if cached is not None and cached.owner == owner:
+                return cached
+        epoch = self.feed.epoch
+        view = await self.jobs.status_view(rid, owner=owner, logs_from=0 if with_logs else None)
+        if live and self.feed.epoch == epoch and view.status is not JobStatus.COMPLETED:
+            self.cache.put(view, with_logs)  # COMPLETED ones are polled once more at most
+        return view
+
+    # --- what the change feed calls -----------------------------------------------------------------
+
+    def request_changed(self, rid: str) -> None:
+        self.cache.drop(rid)
+
+    def queue_moved(self) -> None:
+        self.cache.drop_queued()
+
+    def feed_reset(self) -> None:
+        self.cache.clear()
+
+
+class QueueSnapshot:
+    """Every queued request's position, read once per queue move and shared by all status streams.
+
+    When a request leaves the queue, every queued stream's position changes: one read of the queue
+    lists then serves them all, instead of one read per stream (thousands at once).
+    """
+
+    def __init__(self, jobs: JobStore, feed: ChangeFeed) -> None:
+        self.jobs = jobs
+        self.feed = feed
+        self._moves = -1
+        self._reading: asyncio.Future[dict[str, int]] | None = None
+
+    async def position(self, rid: str) -> int | None:
+        """The request's position now, or None when it is in neither queue list."""
+        moves = self.feed.queue_moves
+        reading = self._reading
+        failed = reading is not None and reading.done() and (reading.cancelled() or reading.exception() is not None)
+        if reading is None or failed or self._moves != moves:
+            self._moves = moves
+            reading = self._reading = asyncio.ensure_future(self.jobs.queue_positions())
+        positions = await asyncio.shield(reading)
+        return positions.get(rid)

@@ -1,0 +1,137 @@
+"""The status hot path builds fal's wire body without the model: it must equal ``QueueStatus.to_wire``,
+and the in-memory status cache must forget a request as soon as the change feed says it changed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from server.change_feed import ChangeFeed
+from server.errors import RequestTimeoutError
+from server.protocol import JobStatus, QueueStatus, queue_status_body
+from server.queue.records import Keys, StatusView
+from server.status_cache import StatusCache, StatusReader
+from server.urls import Urls
+
+URLS = Urls(base="https://h:8443", queue_prefix="/queue")
+
+CASES: list[dict[str, Any]] = [
+    {"status": JobStatus.IN_QUEUE, "queue_position": 3, "logs": None},
+    {"status": JobStatus.IN_QUEUE, "queue_position": 0, "logs": []},
+    {"status": JobStatus.IN_PROGRESS, "logs": [{"message": "Step 1/10 (10%)", "level": "INFO"}]},
+    {"status": JobStatus.COMPLETED, "inference_time": 1.25, "logs": None},
+    {"status": JobStatus.COMPLETED, "inference_time": None, "logs": [], "error": "boom", "error_type": "x"},
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_status_body_equals_the_models_wire_form(case: dict[str, Any]) -> None:
+    urls = URLS.request_urls("fal-ai/bitdance", "r1")
+    assert urls == URLS.for_request("fal-ai/bitdance", "r1").model_dump()
+    status = case["status"]
+    model = QueueStatus(
+        status=status,
+        request_id="r1",
+        queue_position=case.get("queue_position"),
+        logs=case["logs"],
+        metrics={"inference_time": case.get("inference_time")} if status is JobStatus.COMPLETED else {},
+        error=case.get("error"),
+        error_type=case.get("error_type"),
+        **urls,
+    )
+    fast = queue_status_body(
+        status,
+        "r1",
+        urls,
+        queue_position=case.get("queue_position"),
+        logs=case["logs"],
+        inference_time=case.get("inference_time"),
+        error=case.get("error"),
+        error_type=case.get("error_type"),
+    )
+    assert fast == model.to_wire()
+    assert list(fast) == list(model.to_wire())  # same key order too
+
+
+def view(rid: str = "r1", status: JobStatus = JobStatus.IN_QUEUE, **extra: Any) -> StatusView:
+    values: dict[str, Any] = {
+        "request_id": rid, "status": status, "owner": "o", "endpoint": "fal-ai/bitdance", "queue": "q",
+        "queue_position": 0 if status is JobStatus.IN_QUEUE else None, "deadline": None, "error": None,
+        "inference_time": None, "logs": None,
+    }  # fmt: skip
+    values.update(extra)
+    return StatusView(**values)
+
+
+def test_cache_forgets_on_change_queue_move_age_and_deadline() -> None:
+    cache = StatusCache(max_age_s=60)
+    cache.put(view("a"), False)
+    cache.put(view("b", JobStatus.IN_PROGRESS), True)
+    assert cache.get("a", False) is not None and cache.get("a", True) is None
+    cache.drop("a")
+    assert cache.get("a", False) is None
+    cache.put(view("a"), False)
+    cache.drop_queued()  # the queue moved: queued views go, running ones stay
+    assert cache.get("a", False) is None and cache.get("b", True) is not None
+    cache.put(view("c", deadline=time.time() - 1), False)  # overdue: must be expired by a real read
+    assert cache.get("c", False) is None
+    stale = StatusCache(max_age_s=0.0)
+    stale.put(view("d"), False)
+    time.sleep(0.001)
+    assert stale.get("d", False) is None
+    small = StatusCache(max_entries=2)
+    for rid in ("x", "y", "z"):
+        small.put(view(rid), False)
+    assert small.get("x", False) is None and small.get("z", False) is not None
+
+
+class CountingStore:
+    """Stands in for ``JobStore.status_view`` to count the reads the reader makes."""
+
+    def __init__(self, result: StatusView) -> None:
+        self.result = result
+        self.reads = 0
+        self.during_read: Any = None
+
+    async def status_view(self, rid: str, owner: str | None = None, logs_from: int | None = None) -> StatusView:
+        self.reads += 1
+        if self.during_read is not None:
+            self.during_read()
+        if owner is not None and owner != self.result.owner:
+            raise RequestTimeoutError()  # any error: the reader must not cache or hide it
+        return self.result
+
+
+def test_reader_serves_repeat_polls_from_memory_only_while_the_feed_is_live() -> None:
+    async def scenario() -> None:
+        feed = ChangeFeed(client=None, keys=Keys("p"))  # type: ignore[arg-type]  # never run here
+        store = CountingStore(view("r1"))
+        reader = StatusReader(store, feed)  # type: ignore[arg-type]
+        await reader.view("r1", "o", with_logs=False)
+        await reader.view("r1", "o", with_logs=False)
+        assert store.reads == 2  # feed not connected: every poll reads Redis
+        feed.connected.set()
+        await reader.view("r1", "o", with_logs=False)
+        await reader.view("r1", "o", with_logs=False)
+        assert store.reads == 3
+        reader.request_changed("r1")  # what the feed calls on the request's channel
+        await reader.view("r1", "o", with_logs=False)
+        assert store.reads == 4
+        with pytest.raises(RequestTimeoutError):  # another owner never gets the cached view
+            await reader.view("r1", "someone-else", with_logs=False)
+        store.result = view("r2")  # a change arrives while a read is in flight: that read is not kept
+
+        def change_arrives() -> None:
+            feed.epoch += 1
+
+        store.during_read = change_arrives
+        await reader.view("r2", "o", with_logs=False)
+        store.during_read = None
+        await reader.view("r2", "o", with_logs=False)
+        await reader.view("r2", "o", with_logs=False)
+        assert store.reads == 7  # the raced read, then one read that was kept
+
+    asyncio.run(scenario())
