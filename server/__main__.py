@@ -14,20 +14,17 @@ import argparse
 import ipaddress
 import logging
 import math
-import multiprocessing
 import os
-import signal
-import socket
 import sys
-from types import FrameType
 from typing import Any
 
 import uvicorn
 
-from server.app import create_app, drain_of_environment_app
+from server.app import create_app
 from server.logconfig import configure_logging
+from server.serving import DrainingServer, serve_processes
 from server.settings import Settings
-from server.shutdown import ANSWER_MARGIN_S, Drain
+from server.shutdown import ANSWER_MARGIN_S
 
 logger = logging.getLogger("server")
 
@@ -51,22 +48,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the app's ``Drain`` the moment shutdown begins."""
-
-    def __init__(self, config: uvicorn.Config, drain: Drain | None = None) -> None:
-        super().__init__(config)
-        self.drain = drain  # None in ``--workers N``: each worker process's app has its own
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        drain = self.drain or drain_of_environment_app()
-        if drain is not None:
-            if not drain.is_draining:
-                logger.info("shutting down: draining for up to %.0fs", drain.grace_s)
-            drain.begin()
-        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,32 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(settings)
         DrainingServer(uvicorn.Config(app, **options), app.state.drain).run()
     return 0
-
-
-def serve_worker(config: uvicorn.Config, sock: socket.socket) -> None:
-    """One of ``--workers N``: its own app (``app_from_environment``) on the shared socket, draining on SIGTERM."""
-    DrainingServer(config).run(sockets=[sock])
-
-
-def serve_processes(config: uvicorn.Config, workers: int) -> None:
-    """uvicorn's multi-process mode, with our ``DrainingServer`` in every process: the parent binds the
-    socket, starts the workers, passes SIGTERM/SIGINT on and waits for them."""
-    sock = config.bind_socket()
-    spawn = multiprocessing.get_context("spawn")
-    processes = [spawn.Process(target=serve_worker, args=(config, sock), name=f"api-{i}") for i in range(workers)]
-    for process in processes:
-        process.start()
-
-    def pass_on(signum: int, frame: FrameType | None) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGTERM, pass_on)
-    signal.signal(signal.SIGINT, pass_on)
-    for process in processes:
-        process.join()
-    sock.close()
 
 
 def uvicorn_options(settings: Settings, host: str) -> dict[str, Any]:

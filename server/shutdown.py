@@ -1,7 +1,7 @@
 """``Drain``: the API's graceful shutdown, as the routes see it.
 
 On SIGTERM (or the first Ctrl-C) uvicorn stops accepting connections and closes idle ones; ``Drain``
-is started at that moment (``server.__main__.DrainingServer``). In-flight sync runs and status streams
+is started at that moment (``server.serving.DrainingServer``). In-flight sync runs and status streams
 then have ``Settings.shutdown_grace_s`` to finish normally. After that a sync run answers fal's error
 shape with its ``x-fal-request-id`` (its request stays queued or running: the client fetches the
 result from the queue API, as a retry would duplicate the work) and a status stream ends cleanly.
