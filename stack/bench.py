@@ -225,10 +225,10 @@ def measure_pollers(bench: Bench, model: Path, pollers: int, interval_ms: int) -
         client = bench.redis()
         record = f"{bench.settings.key_prefix}:req:{{}}".format
         deadline = time.monotonic() + 120
-        while client.hget(record(ids[0]), "status") != "IN_PROGRESS":
-            if time.monotonic() > deadline or client.hget(record(ids[0]), "status") == "COMPLETED":
+        while "IN_PROGRESS" not in [client.hget(record(rid), "status") for rid in ids]:
+            if time.monotonic() > deadline:
                 log = (bench.root / "worker.log").read_text()[-2000:]
-                raise RuntimeError(f"the worker did not start generating: {client.hgetall(record(ids[0]))}\n{log}")
+                raise RuntimeError(f"the worker did not start generating\n{log}")
             time.sleep(0.05)
         started = time.time()
         paths = [status_path(rid) for rid in ids]
