@@ -17,7 +17,7 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis wrk js-deps deploy-tools lock tiny verify bench bench-model bench-load bench-api bench-loadtest loadtest lint format
+.PHONY: run test install redis wrk js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,7 +81,11 @@ verify: install
 bench: bench-model bench-load bench-api
 
 bench-model: install
-	$(PY) -m model.bench
+	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m model.bench
+
+# BitDance-14B-64x shapes, random bf16 weights built on the GPU; with BITDANCE_OFFICIAL_REPO also upstream's pipeline.
+bench-gpu: install
+	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m model.bench --devices cuda --full-size
 
 # Host memory to load a >= 1 GB random checkpoint, as a multiple of its size (goal <= 1.2)
 bench-load: install

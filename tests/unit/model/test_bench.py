@@ -1,0 +1,64 @@
+"""``python -m model.bench --full-size --scale``: the GPU benchmark's code path, run small on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.bench import FULL_SIZE_CONFIGS, build_random_pipeline, main, our_fingerprints, write_random_configs
+from model.official import OFFICIAL_ENV
+from model.official_env import TORCH_SPEC_VARIABLE, requirements
+from model.random_weights import fill_random_
+
+
+@pytest.mark.timeout(900)  # about 30 s of CPU time; generous for a loaded machine
+def test_full_size_bench_runs_scaled_down_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(OFFICIAL_ENV, raising=False)
+    out = tmp_path / "bench.json"
+    argv = ["--devices", "cpu", "--full-size", "--scale", "0.05", "--steps", "1", "--batches", "2", "--repeats", "1"]
+    assert main([*argv, "--cache-dir", str(tmp_path), "--json-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "14B-64x scaled 0.05 on cpu: hidden 256, 2 layers" in printed
+    assert "s/image" in printed and "images/s" in printed and "official comparison skipped" in printed
+    (result,) = json.loads(out.read_text())["results"]
+    assert (result["height"], result["width"], result["steps"]) == (1024, 1024, 1)
+    for batch in ("batch_1", "batch_2"):
+        assert result[batch]["seconds"] > 0
+        assert set(result[batch]["stages"]) == {"llm", "head", "decoder"}
+        assert result[batch]["planned_peak_bytes"] > 0
+    assert result["images_per_second"]["2"] > 0 and result["peak_rss_bytes"] > 0
+
+
+def test_scale_one_writes_the_released_configs(tmp_path: Path) -> None:
+    out = write_random_configs(tmp_path / "full", 1.0)
+    for name in ("config.json", "vision_head_config.json", "ae_config.json"):
+        assert json.loads((out / name).read_text()) == json.loads((FULL_SIZE_CONFIGS / name).read_text())
+    assert not list(out.glob("*.safetensors"))  # config files and a tokenizer, no weights
+
+
+def test_random_weights_depend_on_the_names_only(tmp_path: Path) -> None:
+    """Two processes building the same modules in any order get the same weights."""
+    first, second = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    fill_random_(first, 7, "x.")
+    fill_random_(second, 7, "x.")
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
+    fill_random_(second, 7, "y.")
+    assert not torch.equal(first.weight, second.weight)
+    directory = write_random_configs(tmp_path / "small", 0.05)
+    one = our_fingerprints(build_random_pipeline(directory, torch.device("cpu"), seed=3))
+    two = our_fingerprints(build_random_pipeline(directory, torch.device("cpu"), seed=3))
+    assert one == two
+
+
+def test_the_official_environment_pins_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TORCH_SPEC_VARIABLE, raising=False)
+    pins = requirements()
+    assert pins[0] == "torch==2.13.0" and "transformers==4.57.0" in pins and "einops==0.6.1" in pins
+    monkeypatch.setenv(TORCH_SPEC_VARIABLE, "torch")
+    with pytest.raises(ValueError, match="must pin torch"):
+        requirements()
