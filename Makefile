@@ -17,7 +17,7 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis wrk js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest lint format
+.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ wrk:
 		echo "wrk not found: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
+# The playground's browser tests drive Debian's chromium through its chromedriver (headless).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+		echo "chromium or chromedriver not found: installing them with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
 	touch $@
@@ -66,7 +72,7 @@ run: install redis
 		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(SLOTS),--slots $(SLOTS)) --api-workers $(API_WORKERS)
 
-test: install redis js-deps deploy-tools
+test: install redis js-deps deploy-tools browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 tiny: install

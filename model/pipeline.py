@@ -16,6 +16,7 @@ from model.autoencoder import to_uint8_pixels
 from model.checkpoint import locate_checkpoint
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
+from model.identity import ModelIdentity, identify_checkpoint
 from model.llm import PatchDecoder
 from model.loading import LoadStats, load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
@@ -63,6 +64,8 @@ class BitDancePipeline:
         self.profile = False
         self.last_times = StageTimes()
         self.load_stats: LoadStats | None = modules.stats
+        # What the worker reports in /health; from_pretrained names the checkpoint.
+        self.identity = ModelIdentity("unnamed", "", f"custom-{self.parallel_num}x", self.parallel_num)
 
     @classmethod
     def from_pretrained(
@@ -85,7 +88,10 @@ class BitDancePipeline:
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         prompts = PromptEncoder.from_directory(files.tokenizer_dir)
-        return cls(load_modules(path, device, dtype), prompts, device, dtype)
+        pipe = cls(load_modules(path, device, dtype), prompts, device, dtype)
+        config = pipe.llm_config
+        pipe.identity = identify_checkpoint(path, pipe.parallel_num, config.hidden_size, config.num_hidden_layers)
+        return pipe
 
     def supported_sizes(self) -> tuple[tuple[int, int], ...]:
         """``(height, width)`` sizes this checkpoint generates."""
@@ -108,12 +114,14 @@ class BitDancePipeline:
         Args:
             prompt: the text prompt.
             height, width: output size in pixels; one of :meth:`supported_sizes` (else ``ValueError``).
-            num_inference_steps: Euler–Maruyama steps of the diffusion head per patch.
+            num_inference_steps: Euler–Maruyama sampling steps of the diffusion head, run for every patch.
             guidance_scale: classifier-free guidance scale; guidance is off at or below 1.
             seed: seeds this request's own ``torch.Generator``; ``None`` draws a random seed.
                 With the same weights the images equal the official pipeline's for that seed.
             num_images: images generated for the prompt.
-            progress: ``progress(step, total)`` after each decoding step.
+            progress: ``progress(patch, num_patches)`` after each decoding step (one patch of
+                ``parallel_num`` tokens, ``num_inference_steps`` sampling steps each); decoding to
+                pixels follows the last one.
             should_stop: checked before each decoding step; ``True`` raises :class:`GenerationCancelled`.
         """
         request = GenerationRequest(prompt, seed, guidance_scale, num_images)

@@ -24,6 +24,7 @@ from transformers import Qwen2TokenizerFast, Qwen3Config  # type: ignore[attr-de
 
 from model.autoencoder import AutoencoderConfig, BinaryAutoencoder
 from model.head import DiffusionHead, HeadConfig
+from model.identity import TINY_MARKER
 from model.llm import build_backbone
 from model.positions import MAX_GRID_POSITIONS
 from model.projector import TokenProjector
@@ -228,6 +229,8 @@ def write_checkpoint(out: Path, parallel_num: int = 64, hidden: int = 64, layers
         write_native(parts, out, shards)
     else:
         write_diffusers(parts, out, shards)
+    marker = {"random": True, "seed": SEED + parallel_num, "written_by": "python -m model.tiny"}
+    (out / TINY_MARKER).write_text(json.dumps(marker, indent=2))  # last: a complete checkpoint
     return out
 
 

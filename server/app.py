@@ -24,7 +24,7 @@ from server.queue.api_store import JobStore
 from server.queue.records import Keys
 from server.queue.redis_options import async_redis_options, redis_client_options
 from server.queue.webhook_outbox import WebhookDispatcher, build_outbox
-from server.routes import files, ops, queue, run
+from server.routes import docs, files, ops, playground, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.shutdown import Drain
@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # served by server.routes.docs with local assets (no CDN)
+        redoc_url=None,
     )
     app.router.redirect_slashes = False
     app.state.settings = settings
@@ -117,6 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(redis.TimeoutError, redis_unavailable_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
 
+    app.include_router(playground.router)
+    app.mount(playground.ASSETS_PATH, playground.playground_assets(), name="playground-assets")
+    app.include_router(docs.router)
+    app.mount(docs.ASSETS_PATH, docs.docs_assets(), name="docs-assets")
     app.include_router(ops.router)
     app.include_router(files.router)
     # An ASGI app as the endpoint (Starlette routes non-functions as ASGI apps; its stub wants a function).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -21,6 +22,7 @@ HEALTH_MAX_AGE_S = 1.0
 class Health:
     redis_ok: bool
     workers: int
+    live_workers: tuple[dict[str, Any], ...] = ()  # name, device and loaded model of each live worker
 
     @property
     def is_healthy(self) -> bool:
@@ -52,7 +54,9 @@ class HealthCheck:
 
     async def _read(self) -> Health:
         try:
-            health = Health(True, await self.jobs.alive_workers())  # answering at all: Redis is reachable
+            await self.jobs.alive_workers()  # answering at all: Redis is reachable (and forgets long-dead workers)
+            live = tuple(await self.jobs.live_worker_info())
+            health = Health(True, len(live), live)
         except redis.RedisError:
             health = Health(False, 0)
         self._last, self._read_at = health, time.monotonic()

@@ -24,6 +24,7 @@ SHARED_PATH_PREFIXES = (
     "/openapi.json",
     "/docs",
     "/redoc",
+    "/playground/",
 )
 # Upload bodies (PUT) are streamed to disk with their own limit.
 UNLIMITED_BODY_PREFIXES = ("/storage/upload/",)

@@ -53,7 +53,12 @@ class BitDanceInput(BaseModel):
             "supported size; the output reports the actual size."
         ),
     )
-    num_inference_steps: int = Field(default=25, ge=10, le=100, description="Number of decoding steps.")
+    num_inference_steps: int = Field(
+        default=25,
+        ge=10,
+        le=100,
+        description="Sampling steps of the diffusion head, run for each patch of the image (64x: 64 patches).",
+    )
     guidance_scale: float = Field(default=7.5, ge=1.0, le=15.0, description="Classifier-free guidance scale (CFG).")
     seed: int | None = Field(
         default=None,

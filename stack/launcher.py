@@ -22,6 +22,7 @@ from typing import IO, Any
 import httpx
 import redis
 
+from model.identity import TINY_MARKER  # torch-free
 from server.settings import Settings, child_environment, is_simulated_model
 from stack.tls import TlsFiles, ensure_tls_files
 
@@ -197,7 +198,7 @@ def wait_until_ready(
 def ensure_tiny_checkpoint(path: Path, parallel_num: int = DEFAULT_TINY_PARALLEL) -> Path:
     """Write the tiny random checkpoint with ``python -m model.tiny`` unless it is already there."""
     path = Path(path)
-    if not (path / "config.json").is_file():
+    if not (path / TINY_MARKER).is_file():  # written last: absent if an earlier write was cut short
         path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(python_argv("model.tiny", str(path), "--parallel-num", str(parallel_num)), check=True)
     return path
@@ -233,6 +234,7 @@ class Stack:
     redis_server: RedisProcess | None = None
     tls_files: TlsFiles | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
+    health: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -254,7 +256,7 @@ class Stack:
             self.processes.append(start_worker(self.settings, self.model_path, device, None, self._log(name)))
         self.processes.append(start_api(self.settings, self.tls_files, self._log("api")))
         ca = self.tls_files.ca if self.tls_files else None
-        wait_until_ready(
+        self.health = wait_until_ready(
             self.url,
             min_workers=self.workers,
             timeout_s=ready_timeout_s,
@@ -289,6 +291,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+REAL_WEIGHTS_HINT = "load real weights with: make run MODEL=/path/to/BitDance-14B-64x DEVICE=cuda:0 (see weights.md)"
+
+
+def model_line(health: dict[str, Any]) -> str:
+    """One line on what the workers serve; says plainly when images will be noise or synthetic."""
+    models = [w["model"] for w in health.get("live_workers", []) if isinstance(w.get("model"), dict)]
+    if not models:
+        return "Model: unknown (the workers did not report one)"
+    model = models[0]
+    name = str(model.get("name"))
+    if model.get("variant") != name:
+        name += f" ({model.get('variant')})"
+    if model.get("simulated"):
+        return f"Model: {name} is SIMULATED: images are synthetic, not BitDance output; {REAL_WEIGHTS_HINT}"
+    if model.get("random"):
+        return f"Model: {name} is the tiny RANDOM checkpoint: images will be noise; {REAL_WEIGHTS_HINT}"
+    return f"Model: {name} from {model.get('path')}"
+
+
 def print_banner(stack: Stack) -> None:
     url = stack.url
     keys = stack.settings.api_keys
@@ -296,6 +317,8 @@ def print_banner(stack: Stack) -> None:
     if stack.tls_files is not None:
         print(f"SSL_CERT_FILE={stack.tls_files.ca}")
     print(f"BitDance (fal-ai/bitdance) is up at {url}  [queue API: {url}/queue]")
+    print(f"  Playground: {url}/   API docs: {url}/docs")
+    print(f"  {model_line(stack.health)}")
     cacert = f" --cacert {stack.tls_files.ca}" if stack.tls_files else ""
     print(
         f"  curl{cacert} -s {url}/fal-ai/bitdance{auth} -H 'Content-Type: application/json' "

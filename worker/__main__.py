@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from model.identity import ModelIdentity
 from server.logconfig import configure_logging
 from server.queue.redis_options import redis_client_options
 from server.queue.webhook_outbox import build_outbox
@@ -32,6 +33,21 @@ logger = logging.getLogger("worker")
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("device", "model_path", "redis_url", "storage_dir", "worker_name", "log_level")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def served_model(pipe: object, model_path: Path | None) -> ModelIdentity:
+    """The pipeline's own identity (a simulated pipeline provides one too), else one from its path."""
+    identity = getattr(pipe, "identity", None)
+    if isinstance(identity, ModelIdentity):
+        return identity
+    parallel_num = int(getattr(pipe, "parallel_num", 0))
+    if is_simulated_model(model_path):  # model.simulated: named by its latency profile
+        profile = getattr(pipe, "profile", None)
+        variant = str(getattr(profile, "variant", f"{parallel_num}x"))
+        name = f"simulated ({getattr(profile, 'name', 'default')})"
+        return ModelIdentity(name, str(model_path), variant, parallel_num, simulated=True)
+    path = Path(str(model_path))
+    return ModelIdentity(path.name, str(path), f"custom-{parallel_num}x", parallel_num)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,18 +132,20 @@ def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) 
         safety=build_safety_checker(settings),
         worker_name=name,
     )
+    model = served_model(pipe, settings.model_path)
+    info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat
     queues = [settings.queue_normal, settings.queue_low]
     connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     outbox = build_outbox(jobs_client, settings)
     if is_simulated_model(settings.model_path) and settings.simulated_slots > 1:
-        pool = SlotPool(services, jobs, outbox, queues, settings.simulated_slots, connection)
+        pool = SlotPool(services, jobs, outbox, queues, settings.simulated_slots, connection, info)
         logger.info("worker %s ready (%d slots)", name, settings.simulated_slots)
         pool.work(logging_level=settings.log_level.upper())
         return 0
     runner = TaskRunner(services)
     bind_runner(runner)
-    worker = GpuWorker(queues, runner=runner, jobs=jobs, outbox=outbox, name=name, connection=connection)
-    logger.info("worker %s ready (parallel_num=%d)", name, pipe.parallel_num)
+    worker = GpuWorker(queues, runner=runner, jobs=jobs, outbox=outbox, info=info, name=name, connection=connection)
+    logger.info("worker %s ready: %s", name, model.summary())
     worker.work(burst=burst, logging_level=settings.log_level.upper())
     return 0
 

@@ -1,7 +1,9 @@
-"""Per-request progress: decoding steps become fal log entries, and ``should_stop`` reads the cancel flag.
+"""Per-request progress: patches become fal log entries, and ``should_stop`` reads the cancel flag.
 
-Both are called by the pipeline once per decoding step. They are best effort: a Redis hiccup is
-logged and never aborts the generation (the outcome is recorded later, with retries).
+A request decodes its image patch by patch (64 patches for a 64x checkpoint at any size); each
+patch runs ``num_inference_steps`` sampling steps of the diffusion head. The log says exactly that:
+``patch 12/64, 25 sampling steps each``. Both callbacks run once per patch and are best effort: a
+Redis hiccup is logged and never aborts the generation (the outcome is recorded later, with retries).
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ class ProgressTracker:
         self,
         jobs: WorkerJobStore,
         request_id: str,
+        num_inference_steps: int,
         interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.jobs = jobs
         self.request_id = request_id
+        self.num_inference_steps = num_inference_steps
         self.interval_s = interval_s
         self._clock = clock
         self._last_logged: float | None = None
-        self.steps_seen = 0
+        self.patches_seen = 0
 
     def log(self, message: str, level: LogLevel = "INFO") -> None:
         try:
@@ -41,19 +45,20 @@ class ProgressTracker:
         except redis.RedisError as exc:
             logger.warning("progress log lost request_id=%s: %s", self.request_id, exc)
 
-    def on_step(self, step: int, total: int) -> None:
-        """``progress(step, total)``: one log entry per step, at most one per ``interval_s``.
+    def on_patch(self, patch: int, num_patches: int) -> None:
+        """The pipeline's ``progress(patch, num_patches)``: at most one log entry per ``interval_s``.
 
-        The first and the last step are always logged.
+        The first and the last patch are always logged; the last one says that decoding to pixels
+        follows (the request is not done until its images are checked, encoded and stored).
         """
-        self.steps_seen += 1
+        self.patches_seen += 1
         now = self._clock()
-        is_edge = step <= 1 or step >= total
-        if not is_edge and self._last_logged is not None and now - self._last_logged < self.interval_s:
+        is_last = patch >= num_patches
+        if patch > 1 and not is_last and self._last_logged is not None and now - self._last_logged < self.interval_s:
             return
         self._last_logged = now
-        percent = int(100 * step / total) if total else 100
-        self.log(f"Step {step}/{total} ({percent}%)")
+        message = f"patch {patch}/{num_patches}, {self.num_inference_steps} sampling steps each"
+        self.log(message + ("; decoding to pixels" if is_last else ""))
 
     def should_stop(self) -> bool:
         """``should_stop()``: True once the request's cancel flag is set."""

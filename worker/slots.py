@@ -79,6 +79,7 @@ class SlotPool:
         queues: list[str],
         slots: int,
         connection: Any,
+        info: dict[str, Any] | None = None,
     ) -> None:
         self.base_name = services.worker_name
         self.jobs = jobs
@@ -89,7 +90,7 @@ class SlotPool:
             runner = TaskRunner(slot_services)
             self.workers.append(SlotWorker(queues, runner, name=name, connection=connection))
         members = [(w.name, w.runner) for w in self.workers]
-        self.heartbeat_thread = Heartbeat(jobs, members, self.base_name)
+        self.heartbeat_thread = Heartbeat(jobs, members, self.base_name, info)
         self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.base_name}")
         self.stopping = threading.Event()
 

@@ -113,6 +113,7 @@ class TaskRunner:
     def __init__(self, services: WorkerServices) -> None:
         self.services = services
         self.current_requests: tuple[str, ...] = ()
+        self.last_outcome: tuple[str, str] | None = None  # (request id, outcome) of the last run
 
     @property
     def jobs(self) -> WorkerJobStore:
@@ -123,6 +124,13 @@ class TaskRunner:
 
         Returns this request's outcome, for logs and tests.
         """
+        outcome = self._run(request_id)
+        self.last_outcome = (request_id, outcome)
+        if outcome != "ok":
+            logger.info("request_id=%s ended: %s", request_id, outcome)
+        return outcome
+
+    def _run(self, request_id: str) -> str:
         name = self.services.worker_name
         started = with_redis_retry(lambda: self.jobs.start(request_id, name), "start")
         if started == "overdue":
@@ -166,9 +174,9 @@ class TaskRunner:
             n, seed = entry.payload.num_images, entry.seed
             entry.tracker.log(f"Generating {n} image(s) of {width}x{height}, seed {seed}{note}")
 
-        def progress(step: int, total: int) -> None:
+        def progress(patch: int, num_patches: int) -> None:
             for entry in running:
-                entry.tracker.on_step(step, total)
+                entry.tracker.on_patch(patch, num_patches)
 
         def should_stop() -> bool:
             for entry in list(running):
@@ -213,7 +221,8 @@ class TaskRunner:
             outcomes[record.request_id] = "error"
             return None
         seed = payload.seed if payload.seed is not None else secrets.randbelow(SEED_RANGE)
-        tracker = ProgressTracker(self.jobs, record.request_id, self.services.settings.progress_interval_s)
+        interval_s = self.services.settings.progress_interval_s
+        tracker = ProgressTracker(self.jobs, record.request_id, payload.num_inference_steps, interval_s)
         return BatchEntry(record, payload, seed, tracker)
 
     def _finish(self, entry: BatchEntry, images: Sequence[Image.Image], inference_s: float) -> str:
@@ -224,7 +233,8 @@ class TaskRunner:
             logger.exception("output failed request_id=%s", rid)
             self._complete_error(rid, public_error(exc).to_stored())
             return "error"
-        entry.tracker.log(f"Done in {inference_s:.2f}s")
+        count = len(output["images"])
+        entry.tracker.log(f"Done: {count} image(s) ready (generated in {inference_s:.2f}s)")
         with_redis_retry(lambda: self.jobs.complete_ok(rid, output, inference_s), "complete")
         with_redis_retry(lambda: self.jobs.record_inference(inference_s, len(images)), "metrics")
         return "ok"

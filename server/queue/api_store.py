@@ -20,7 +20,7 @@ from rq import Queue
 from server.errors import RequestNotFoundError, RequestTimeoutError
 from server.protocol import JobStatus
 from server.queue import scripts
-from server.queue.records import Keys, NewRequest, RequestRecord, StatusView, cancelled_error, decoded
+from server.queue.records import Keys, NewRequest, RequestRecord, StatusView, as_str, cancelled_error, decoded
 from server.settings import Settings
 
 TASK_FUNCTION = "worker.tasks.run_request"
@@ -220,3 +220,12 @@ class JobStore:
         now = time.time()
         await self.client.zremrangebyscore(self.keys.workers, "-inf", now - self.settings.worker_forget_after_s)
         return int(await self.client.zcount(self.keys.workers, now - self.settings.lease_ttl_s, "+inf"))
+
+    async def live_worker_info(self) -> list[dict[str, Any]]:
+        """``[{"name", "device", "model": {...}}]`` for each worker alive now, by name."""
+        since = time.time() - self.settings.lease_ttl_s
+        names = sorted(as_str(n) for n in await self.client.zrangebyscore(self.keys.workers, since, "+inf"))
+        if not names:
+            return []
+        infos = await self.client.mget([self.keys.worker_info(name) for name in names])
+        return [{"name": name, **(json.loads(info) if info else {})} for name, info in zip(names, infos, strict=True)]

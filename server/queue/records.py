@@ -88,6 +88,10 @@ class Keys:
     def workers(self) -> str:
         return f"{self.prefix}:workers"
 
+    def worker_info(self, name: str) -> str:
+        """What a live worker serves (device, model identity), refreshed with its heartbeat."""
+        return f"{self.prefix}:worker-info:{name}"
+
     @property
     def sweep_lock(self) -> str:
         return f"{self.prefix}:sweep-lock"

@@ -104,12 +104,15 @@ class WorkerJobStore:
                     pipe.hincrby(self.keys.stats, f"inference_le:{bound}", 1)
             pipe.execute()
 
-    def heartbeat(self, worker: str) -> None:
-        """Mark ``worker`` alive now, and forget the workers that stopped beating long ago."""
+    def heartbeat(self, worker: str, info: dict[str, Any] | None = None) -> None:
+        """Mark ``worker`` alive now, keep its ``info`` (device, model) while heartbeats come, and forget
+        the workers that stopped beating long ago."""
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers, {worker: now})
             pipe.zremrangebyscore(self.keys.workers, "-inf", now - self.settings.worker_forget_after_s)
+            if info is not None:
+                pipe.set(self.keys.worker_info(worker), json.dumps(info), px=3 * self.lease_ms)
             pipe.execute()
 
     def alive_worker_names(self) -> list[str]:
@@ -118,7 +121,10 @@ class WorkerJobStore:
         return [as_str(name) for name in self.client.zrangebyscore(self.keys.workers, since, "+inf")]
 
     def remove_worker(self, worker: str) -> None:
-        self.client.zrem(self.keys.workers, worker)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.workers, worker)
+            pipe.delete(self.keys.worker_info(worker))
+            pipe.execute()
 
     def try_acquire_sweep(self, owner: str) -> bool:
         """At most one sweeper per interval across all workers."""

@@ -29,11 +29,16 @@ router = APIRouter(tags=["ops"])
 async def health(
     check: Annotated[HealthCheck, Depends(health_check)], drain: Annotated[Drain, Depends(drain_of)]
 ) -> JSONResponse:
-    """What Redis says is at most a second old (``server.health``); shutting down is reported at once."""
+    """What Redis says is at most a second old (``server.health``); shutting down is reported at once.
+
+    ``workers``: how many are alive; ``live_workers``: each one's name, device and loaded ``model``
+    (``name``, ``path``, ``variant``, ``parallel_num``, ``random``: the tiny random checkpoint, whose
+    images are noise; ``simulated``: a simulated model)."""
     current = await check.current()
     healthy = current.is_healthy and not drain.is_draining
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "redis": current.redis_ok}
     body["workers"] = current.workers
+    body["live_workers"] = [dict(worker) for worker in current.live_workers]
     if drain.is_draining:
         body["shutting_down"] = True
     return FastJSONResponse(body, status_code=200 if healthy else 503)

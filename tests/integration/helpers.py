@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ import httpx
 
 APP = "fal-ai/bitdance"
 FAST = {"image_size": "square", "num_inference_steps": 10}
+# The worker's progress log: "patch 12/64, 25 sampling steps each" (groups: patch, patches, sampling steps)
+PATCH_LOG = re.compile(r"patch (\d+)/(\d+), (\d+) sampling steps each")
 T = TypeVar("T")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import LiveStack
 
-from .helpers import APP, WebhookListener, status, submit, wait_completed, wait_status
+from .helpers import APP, PATCH_LOG, WebhookListener, status, submit, wait_completed, wait_status
 
 
 def test_cancel_priority_and_start_timeout(live_stack: LiveStack) -> None:
@@ -51,6 +51,7 @@ def test_cancel_priority_and_start_timeout(live_stack: LiveStack) -> None:
         assert client.put(blocker["cancel_url"]).status_code == 202
         final = wait_completed(client, blocker["request_id"], timeout_s=30)
         assert final["error"] == "Request cancelled" and final["error_type"] == "client_cancelled"
-        steps = [log for log in final["logs"] if log["message"].startswith("Step ")]
-        assert steps and not steps[-1]["message"].startswith(steps[-1]["message"].split()[1].split("/")[1])
+        patches = [m.groups() for log in final["logs"] if (m := PATCH_LOG.match(log["message"]))]
+        assert patches and patches[-1][0] != patches[-1][1]  # stopped before the last patch
+        assert not any(log["message"].startswith("Done") for log in final["logs"])
         assert client.put(blocker["cancel_url"]).status_code == 400

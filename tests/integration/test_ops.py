@@ -15,6 +15,12 @@ def test_health_metrics_openapi(live_stack: LiveStack) -> None:
     with live_stack.client(None) as client:
         health = client.get("/health")
         assert health.status_code == 200 and health.json()["redis"] is True and health.json()["workers"] >= 1
+        live = health.json()["live_workers"]
+        assert len(live) == health.json()["workers"] and live[0]["device"] == "cpu"
+        model = live[0]["model"]  # what each live worker loaded, as its heartbeat published it
+        assert model["path"] == str(live_stack.model_path.resolve()) and model["name"] == live_stack.model_path.name
+        assert model["variant"] == "tiny-16x" and model["parallel_num"] == 16
+        assert model["random"] is True and model["simulated"] is False
         metrics = client.get("/metrics").text
         for name in ("bitdance_queue_depth", "bitdance_requests{", "bitdance_inference_seconds_bucket"):
             assert name in metrics

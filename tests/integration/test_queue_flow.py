@@ -17,7 +17,7 @@ from PIL import Image
 from server.webhook_signing import verify
 from tests.conftest import KEY_B, LiveStack
 
-from .helpers import APP, FAST, WebhookListener, status, submit
+from .helpers import APP, FAST, PATCH_LOG, WebhookListener, status, submit
 
 
 @dataclass
@@ -84,8 +84,11 @@ def test_status_goes_queue_progress_completed(observed: Observed) -> None:
     assert any(body["logs"] for body in in_progress), "progress logs while running"
     final = observed.final
     assert final["metrics"]["inference_time"] > 0 and "error" not in final
-    steps = [log for log in final["logs"] if log["message"].startswith("Step ")]
-    assert steps and steps[-1]["message"].split()[1].split("/")[0] == steps[-1]["message"].split("/")[1].split()[0]
+    patches = [PATCH_LOG.match(log["message"]) for log in final["logs"]]
+    done, total, sampling_steps = next(m.groups() for m in reversed(patches) if m)
+    # tiny 16x at 512x512: 32x32 tokens, 16 per patch: 64 patches; FAST: 10 sampling steps each
+    assert done == total == "64" and sampling_steps == "10"
+    assert final["logs"][-1]["message"].startswith("Done: 1 image(s) ready")  # last: the image is stored
     assert all(log["source"] == "USER" and log["level"] and log["timestamp"] for log in final["logs"])
     # polling logs are cumulative: each poll's list extends the previous one
     lengths = [len(body["logs"]) for _, body in observed.statuses if body["logs"] is not None]

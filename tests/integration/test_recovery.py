@@ -11,7 +11,7 @@ def test_worker_killed_and_redis_restarted_lose_nothing(live_stack: LiveStack) -
     with live_stack.client() as client:
         running = submit(client, {"prompt": "interrupted", "seed": 5, "num_inference_steps": 20})
         poll_until(lambda: [log for log in (status(client, running["request_id"]).json()["logs"] or [])
-                            if log["message"].startswith("Step ")], timeout_s=60)  # fmt: skip
+                            if log["message"].startswith("patch ")], timeout_s=60)  # fmt: skip
         for worker in live_stack.live_workers():
             worker.kill()  # SIGKILL mid-generation
         queued = submit(client, {"prompt": "waiting", "seed": 6})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from server.queue.records import NewRequest
 from server.queue.worker_store import WorkerJobStore
 from server.settings import Settings
 from server.storage import LocalStorage
+from worker.gpu_worker import JobOutcomeLogFilter
 from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
 
@@ -74,8 +76,10 @@ def test_success_records_result_logs_and_files(settings: Settings) -> None:
     assert stored.stat().st_size == images[0]["file_size"]
     assert Image.open(stored).size == (images[0]["width"], images[0]["height"])
     logs = jobs.client.lrange(jobs.keys.logs("req-ok"), 0, -1)
-    step_logs = [line for line in logs if '"Step ' in line]
-    assert len(step_logs) == 5  # one entry per decoding step
+    patch_logs = [line for line in logs if '"patch ' in line]
+    assert len(patch_logs) == 5  # one entry per decoding step (patch)
+    assert '"patch 5/5, 10 sampling steps each' in patch_logs[-1]
+    assert '"Done: 2 image(s) ready' in logs[-1]  # the last entry comes once the images are stored
     assert record.inference_time is not None and record.inference_time >= 0
 
 
@@ -110,6 +114,13 @@ def test_cancel_while_running_stops_within_one_step(settings: Settings) -> None:
     assert record is not None and record.error is not None
     assert record.error.status_code == 499
     assert record.error.body == {"detail": "Request cancelled", "error_type": "client_cancelled"}
+    logs = jobs.client.lrange(jobs.keys.logs("req-cancel"), 0, -1)
+    assert not any('"Done' in line for line in logs)
+    # RQ's "Job OK" line (it says so for every job function that returns) names the real outcome
+    rq_line = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, "Worker %s: %s: %s (%s)",
+                                ("w", "bitdance-normal", "Job OK", "req-cancel"), None)  # fmt: skip
+    assert JobOutcomeLogFilter(runner).filter(rq_line)
+    assert rq_line.getMessage() == "Worker w: bitdance-normal: Job ended: client_cancelled (req-cancel)"
 
 
 def test_cancelled_before_start_never_runs(settings: Settings) -> None:
