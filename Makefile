@@ -17,7 +17,7 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest lint format
+.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,7 +84,7 @@ verify: install
 	@test -n "$(MODEL)" || { echo "usage: make verify MODEL=/path/to/checkpoint"; exit 2; }
 	$(PY) -m model.verify $(MODEL)
 
-bench: bench-model bench-load bench-api
+bench: bench-model bench-load bench-api bench-cli
 
 bench-model: install
 	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m model.bench
@@ -107,6 +107,10 @@ loadtest: install
 # The goals benchmark of the simulated fleet: 64 slots, 2 s profile, 500 status-stream clients.
 bench-loadtest: install redis
 	$(PY) -m loadtest.bench
+
+# bitdance-generate against a worker on the same input (generation seconds, one run)
+bench-cli: install redis
+	$(PY) -m stack.cli_bench --torch-default-threads
 
 lint: install
 	$(VENV)/bin/ruff check server worker model stack loadtest tests
