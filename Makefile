@@ -99,6 +99,7 @@ bench-load: install
 
 bench-api: install redis wrk
 	$(PY) -m stack.bench
+	$(PY) -m stack.bench_sweep
 
 # Drive a running server (make run ...) or any fal-compatible endpoint: see README, "Load testing".
 loadtest: install

@@ -1,6 +1,10 @@
-"""``GpuWorker``: an RQ ``SimpleWorker`` (jobs run in this process: no fork, CUDA state survives)
-plus a heartbeat thread that keeps this worker visible, its running requests leased, and sweeps,
-and a thread that delivers due webhooks from the outbox.
+"""``GpuWorker``: an RQ ``SimpleWorker`` (jobs run in this process: no fork, CUDA state survives) plus
+three threads: the heartbeat (this worker visible, its running requests leased), the recovery sweep,
+and the delivery of due webhooks from the outbox. The sweep has its own thread so that however long
+it takes, leases are renewed on time.
+
+Requests are taken off the RQ lists with ``WorkerJobStore.dequeue`` (``TrackedQueue``), which notes
+each one as taken in the same step: if this worker dies before starting it, the sweep puts it back.
 
 SIGTERM/SIGINT once: finish the current request, then exit (RQ's warm shutdown). Twice: exit now;
 the request's lease then expires and the recovery sweep requeues it.
@@ -10,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.exceptions import DequeueTimeout
 
 from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox
 from server.queue.worker_store import WorkerJobStore
@@ -23,9 +29,13 @@ from worker.tasks import TaskRunner
 
 logger = logging.getLogger(__name__)
 
+# An idle worker looks for a request this often (one cheap script call; a blocking pop cannot also
+# note what it took): at most this much latency before a request starts.
+DEQUEUE_POLL_S = 0.1
+
 
 class Heartbeat(threading.Thread):
-    """Every ``lease_ttl_s / 3``: worker heartbeat, leases of the running requests, recovery sweep.
+    """Every ``lease_ttl_s / 3``: worker heartbeat and the leases of the running requests.
 
     ``members`` are the (worker name, runner) pairs this process serves: one for a GPU worker, one
     per slot for a multi-slot simulated worker.
@@ -57,12 +67,8 @@ class Heartbeat(threading.Thread):
                 self.jobs.heartbeat(worker_name, self.info)
                 for rid in runner.current_requests:
                     self.jobs.refresh_lease(rid, worker_name)
-            if self.jobs.try_acquire_sweep(self.worker_name):
-                recovery.sweep(self.jobs)
         except redis.RedisError as exc:
             logger.warning("heartbeat failed: %s", exc)
-        except Exception:  # the thread must survive anything a sweep throws
-            logger.exception("heartbeat error")
 
     def stop(self) -> None:
         self.stopped.set()
@@ -89,6 +95,58 @@ class JobOutcomeLogFilter(logging.Filter):
         return True
 
 
+class Sweeper(threading.Thread):
+    """Every ``sweep_interval_s``: the recovery sweep, when this worker holds the fleet's sweep lock."""
+
+    def __init__(self, jobs: WorkerJobStore, name: str) -> None:
+        super().__init__(name=f"sweeper-{name}", daemon=True)
+        self.jobs = jobs
+        self.worker_name = name
+        self.interval_s = max(jobs.settings.sweep_interval_s, 0.1)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.sweep()
+            self.stopped.wait(self.interval_s)
+
+    def sweep(self) -> None:
+        try:
+            if self.jobs.try_acquire_sweep(self.worker_name):
+                recovery.sweep(self.jobs)
+        except redis.RedisError as exc:
+            logger.warning("recovery sweep failed: %s", exc)
+        except Exception:  # the thread must survive anything a sweep throws
+            logger.exception("recovery sweep error")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def tracked_queue_class(jobs: WorkerJobStore) -> type[Queue]:
+    """RQ's ``Queue`` whose dequeue goes through ``jobs.dequeue`` (RQ's own pops leave no trace)."""
+
+    class TrackedQueue(Queue):
+        @classmethod
+        def lpop(cls, queue_keys: Sequence[str], timeout: int | None, connection: Any = None) -> Any:
+            """RQ's contract: (list key, job id); None when empty and ``timeout`` is None, else waits up
+            to ``timeout`` seconds (polling every ``DEQUEUE_POLL_S``) and raises ``DequeueTimeout``."""
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                taken = jobs.dequeue(list(queue_keys))
+                if taken is not None or deadline is None:
+                    return taken
+                if time.monotonic() >= deadline:
+                    raise DequeueTimeout(timeout, queue_keys)
+                time.sleep(DEQUEUE_POLL_S)
+
+        @classmethod
+        def lmove(cls, connection: Any, queue_key: str, timeout: int | None) -> Any:
+            return cls.lpop([queue_key], timeout, connection)
+
+    return TrackedQueue
+
+
 class GpuWorker(SimpleWorker):
     """One worker per accelerator; serves its queues in order (normal before low)."""
 
@@ -101,16 +159,19 @@ class GpuWorker(SimpleWorker):
         info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("queue_class", tracked_queue_class(jobs))
         super().__init__(queues, **kwargs)
         self.runner = runner
         self.jobs = jobs
         self.heartbeat_thread = Heartbeat(jobs, [(self.name, runner)], self.name, info)
+        self.sweeper_thread = Sweeper(jobs, self.name)
         self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.name}")
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        self.heartbeat_thread.beat()  # visible (and swept) before the first dequeue
-        self.heartbeat_thread.start()
-        self.webhook_thread.start()
+        self.heartbeat_thread.beat()  # visible before the first dequeue
+        self.sweeper_thread.sweep()  # and requests a dead worker left are recovered first
+        for thread in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread):
+            thread.start()
         outcome_filter = JobOutcomeLogFilter(self.runner)
         self.log.addFilter(outcome_filter)
         try:
@@ -118,6 +179,7 @@ class GpuWorker(SimpleWorker):
         finally:
             self.log.removeFilter(outcome_filter)
             self.heartbeat_thread.stop()
+            self.sweeper_thread.stop()
             self.webhook_thread.stop()
             try:
                 self.jobs.remove_worker(self.name)

@@ -4,10 +4,12 @@
   once (``Settings.max_requeues``), then COMPLETED with ``runner_disconnected`` (503); a request
   whose cancel was asked for completes as cancelled instead.
 - IN_QUEUE past its ``x-fal-request-timeout`` start deadline: COMPLETED with 504 request_timeout.
-- IN_QUEUE but gone from its RQ list (a worker popped it and died before starting it): pushed back
-  after a grace period.
+- IN_QUEUE but taken off its RQ list by a worker that died before starting it: pushed back after a
+  grace period (workers dequeue with ``WorkerJobStore.dequeue``, which notes what they took).
 
-Any worker may run it; a Redis lock keeps it to one sweep per interval across the fleet.
+Its cost follows the number of running, taken or overdue requests, never the queue's length. Any
+worker may run it, on its own thread (``worker.gpu_worker.Sweeper``), apart from the heartbeat that
+renews leases; a Redis lock keeps it to one sweep per interval across the fleet.
 """
 
 from __future__ import annotations

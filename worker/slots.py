@@ -4,7 +4,8 @@ Meant for the simulated model, whose "GPU time" is a wait: one box then emulates
 Each slot is an RQ ``SimpleWorker`` with its own name and its own ``TaskRunner`` (the real one,
 bound to the slot's thread), so ``/health`` counts N workers and every request goes through the
 same start, lease, progress, cancel and complete steps as on a real worker. One heartbeat thread
-keeps every slot visible and its requests leased; one dispatcher delivers webhooks.
+keeps every slot visible and its requests leased; one sweeper thread runs the recovery sweep; one
+dispatcher delivers webhooks.
 
 The main thread owns the signals: the first SIGTERM/SIGINT lets each slot finish its current
 request and stop; a second one exits at once (the leases then expire and the sweep requeues).
@@ -22,7 +23,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox
 from server.queue.worker_store import WorkerJobStore
-from worker.gpu_worker import Heartbeat
+from worker.gpu_worker import Heartbeat, Sweeper, tracked_queue_class
 from worker.identity import slot_name
 from worker.tasks import TaskRunner, WorkerServices, bind_runner
 
@@ -88,9 +89,11 @@ class SlotPool:
             name = slot_name(self.base_name, index)
             slot_services = WorkerServices(**{**vars(services), "worker_name": name})
             runner = TaskRunner(slot_services)
-            self.workers.append(SlotWorker(queues, runner, name=name, connection=connection))
+            queue_class = tracked_queue_class(jobs)
+            self.workers.append(SlotWorker(queues, runner, name=name, connection=connection, queue_class=queue_class))
         members = [(w.name, w.runner) for w in self.workers]
         self.heartbeat_thread = Heartbeat(jobs, members, self.base_name, info)
+        self.sweeper_thread = Sweeper(jobs, self.base_name)
         self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.base_name}")
         self.stopping = threading.Event()
 
@@ -104,9 +107,10 @@ class SlotPool:
             worker.request_slot_stop()
 
     def work(self, logging_level: str = "INFO") -> None:
-        self.heartbeat_thread.beat()  # visible (and swept) before the first dequeue
-        self.heartbeat_thread.start()
-        self.webhook_thread.start()
+        self.heartbeat_thread.beat()  # visible before the first dequeue
+        self.sweeper_thread.sweep()  # and requests a dead worker left are recovered first
+        for thread in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread):
+            thread.start()
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         threads = [
@@ -120,6 +124,7 @@ class SlotPool:
                     thread.join(0.5)
         finally:
             self.heartbeat_thread.stop()
+            self.sweeper_thread.stop()
             self.webhook_thread.stop()
             for worker in self.workers:
                 try:

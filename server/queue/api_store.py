@@ -62,6 +62,8 @@ def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> l
         recorder.hset(keys.record(new.request_id), mapping=record)
         recorder.sadd(keys.queued, new.request_id)
         recorder.hincrby(keys.stats, "submitted", 1)
+        if new.start_timeout_s:
+            recorder.zadd(keys.deadlines, {new.request_id: now + new.start_timeout_s})
         Queue(queue_name, connection=conn).enqueue_call(
             TASK_FUNCTION,
             args=(new.request_id,),
@@ -81,6 +83,12 @@ def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> No
         for args, options in submit_commands(conn, settings, new):
             pipe.execute_command(*args, **options)
         pipe.execute()
+
+
+def add_request(pipe: redis.client.Pipeline, conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
+    """Queue the writes of one new request on ``pipe``, a MULTI pipeline (bulk fills: benchmarks, tests)."""
+    for args, options in submit_commands(conn, settings, new):
+        pipe.execute_command(*args, **options)
 
 
 def queue_push_index(commands: list[Command], queue_name: str) -> int:

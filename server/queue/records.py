@@ -72,6 +72,19 @@ class Keys:
         return f"{self.prefix}:active"
 
     @property
+    def dequeued(self) -> str:
+        """Requests a worker took off an RQ list and has not started yet: sorted set, id -> time taken.
+
+        The recovery sweep reads only this index (never the queue) to find requests whose worker died
+        between the two steps."""
+        return f"{self.prefix}:dequeued"
+
+    @property
+    def deadlines(self) -> str:
+        """Requests submitted with a start deadline (``x-fal-request-timeout``): sorted set, id -> deadline."""
+        return f"{self.prefix}:deadlines"
+
+    @property
     def webhook_signing_key(self) -> str:
         return f"{self.prefix}:webhook-signing-key"
 

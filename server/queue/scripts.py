@@ -18,8 +18,23 @@ end
 """
 
 
-# KEYS: rec, lease, queued, active   ARGV: rid, worker, now, lease_ms
+# Take the first request id off the first non-empty RQ list (in serving order) and note it in the
+# dequeued index, in one step: a worker that dies before START leaves it there for the sweep.
+# KEYS: dequeued, rq_list...   ARGV: now
+DEQUEUE = """
+for i = 2, #KEYS do
+  local rid = redis.call('LPOP', KEYS[i])
+  if rid then
+    redis.call('ZADD', KEYS[1], ARGV[1], rid)
+    return {KEYS[i], rid}
+  end
+end
+return false
+"""
+
+# KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms
 START = """
+redis.call('ZREM', KEYS[5], ARGV[1])
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st == 'COMPLETED' then return 'completed' end
@@ -27,7 +42,6 @@ if st == 'IN_PROGRESS' and redis.call('EXISTS', KEYS[2]) == 1 then return 'lease
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if deadline and deadline ~= '' and tonumber(ARGV[3]) > tonumber(deadline) then return 'overdue' end
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
-redis.call('HDEL', KEYS[1], 'lost_since')
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
@@ -135,30 +149,15 @@ return 'requeued'
 """
 )
 
-# A queued request whose RQ entry vanished (a worker popped it and died before starting it):
-# mark it, and push it back once it has been missing for longer than the grace period.
-# KEYS: rec, queued   ARGV: rid, now, grace_s
-RECOVER_LOST = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'IN_QUEUE' then
-  if st ~= 'IN_PROGRESS' then redis.call('SREM', KEYS[2], ARGV[1]) end
-  return 'skip'
-end
+# A request a worker took off its RQ list (DEQUEUE) longer ago than the grace period and never
+# started (the worker died in between): back to the front of its list if it is still queued.
+# KEYS: rec, dequeued, queued   ARGV: rid
+RECOVER_DEQUEUED = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'skip' end
 local queue = redis.call('HGET', KEYS[1], 'queue')
-local qkey = 'rq:queue:' .. queue
-if redis.call('LPOS', qkey, ARGV[1]) then
-  redis.call('HDEL', KEYS[1], 'lost_since')
-  return 'queued'
-end
-local since = redis.call('HGET', KEYS[1], 'lost_since')
-if not since then
-  redis.call('HSET', KEYS[1], 'lost_since', ARGV[2])
-  return 'marked'
-end
-if tonumber(ARGV[2]) - tonumber(since) < tonumber(ARGV[3]) then return 'marked' end
-redis.call('HDEL', KEYS[1], 'lost_since')
-redis.call('LPUSH', qkey, ARGV[1])
-redis.call('PUBLISH', KEYS[2] .. ':moved', ARGV[1])
+redis.call('LPUSH', 'rq:queue:' .. queue, ARGV[1])
+redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'requeued'
 """
 
@@ -174,7 +173,6 @@ local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if deadline and deadline ~= '' and tonumber(ARGV[3]) > tonumber(deadline) then return 'overdue' end
 if redis.call('LREM', KEYS[5], 1, ARGV[1]) == 0 then return 'not_queued' end
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
-redis.call('HDEL', KEYS[1], 'lost_since')
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])

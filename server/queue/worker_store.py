@@ -1,5 +1,8 @@
-"""The workers' view of request records (sync, as RQ workers are): start, claim, lease, log,
+"""The workers' view of request records (sync, as RQ workers are): dequeue, start, claim, lease, log,
 complete, metrics, heartbeats and the recovery sweeps.
+
+The sweeps read only small indexes (requests running, taken but not started, or past a start deadline),
+never the queue itself, so their cost does not grow with the number of queued requests.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from server.queue import scripts
 from server.queue.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str, cancelled_error
 from server.settings import Settings
 
+SWEEP_BATCH = 1000  # at most this many entries of each index per sweep (the rest in the next ones)
+
 
 class WorkerJobStore:
     """Sync access to request records for workers (RQ workers are sync)."""
@@ -25,12 +30,13 @@ class WorkerJobStore:
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
+        self._dequeue = client.register_script(scripts.DEQUEUE)
         self._start = client.register_script(scripts.START)
         self._claim = client.register_script(scripts.CLAIM)
         self._complete = client.register_script(scripts.COMPLETE)
         self._cancel = client.register_script(scripts.CANCEL_QUEUED)
         self._orphan = client.register_script(scripts.RECOVER_ORPHAN)
-        self._lost = client.register_script(scripts.RECOVER_LOST)
+        self._recover_dequeued = client.register_script(scripts.RECOVER_DEQUEUED)
 
     @property
     def lease_ms(self) -> int:
@@ -40,9 +46,14 @@ class WorkerJobStore:
         data = self.client.hgetall(self.keys.record(rid))
         return RequestRecord.from_hash(rid, data) if data and "status" in data else None
 
+    def dequeue(self, queue_keys: list[str]) -> tuple[str, str] | None:
+        """(RQ list, request id) taken off the first non-empty list, noted as taken; None if all are empty."""
+        taken = self._dequeue(keys=[self.keys.dequeued, *queue_keys], args=[repr(time.time())])
+        return (as_str(taken[0]), as_str(taken[1])) if taken else None
+
     def start(self, rid: str, worker: str) -> str:
         """'started', or why not: 'missing', 'completed' (cancelled/expired), 'leased', 'overdue'."""
-        keys = [self.keys.record(rid), self.keys.lease(rid), self.keys.queued, self.keys.active]
+        keys = [self.keys.record(rid), self.keys.lease(rid), self.keys.queued, self.keys.active, self.keys.dequeued]
         return str(self._start(keys=keys, args=[rid, worker, repr(time.time()), self.lease_ms]))
 
     def queued_ids(self, queue: str, limit: int) -> list[str]:
@@ -132,7 +143,9 @@ class WorkerJobStore:
         return bool(self.client.set(self.keys.sweep_lock, owner, nx=True, px=px))
 
     def recover_orphans(self) -> dict[str, str]:
-        """Requests left IN_PROGRESS by dead workers: requeue once, else COMPLETED with an error."""
+        """Requests left IN_PROGRESS by dead workers: requeue once, else COMPLETED with an error.
+
+        Reads the set of running requests (as many as the workers run), not the queue."""
         failed = json.dumps(RunnerDisconnectedError().to_stored().to_dict())
         outcomes: dict[str, str] = {}
         for rid in map(as_str, self.client.smembers(self.keys.active)):
@@ -142,25 +155,28 @@ class WorkerJobStore:
         return outcomes
 
     def recover_queued(self) -> dict[str, str]:
-        """Queued requests: expire those past their start deadline, re-push those lost in a dequeue."""
+        """Queued requests: expire those past their start deadline, push back those taken and never started.
+
+        Reads only the due entries of the deadline and dequeue indexes, never the queue."""
+        outcomes = self.expire_overdue()
+        grace = self.settings.lease_ttl_s
+        taken = self.client.zrangebyscore(self.keys.dequeued, "-inf", time.time() - grace, start=0, num=SWEEP_BATCH)
+        for rid in map(as_str, taken):
+            keys = [self.keys.record(rid), self.keys.dequeued, self.keys.queued]
+            outcomes[rid] = str(self._recover_dequeued(keys=keys, args=[rid]))
+        return outcomes
+
+    def expire_overdue(self) -> dict[str, str]:
+        """Complete queued requests whose start deadline passed with 504 request_timeout."""
         timeout_error = json.dumps(RequestTimeoutError().to_stored().to_dict())
+        now = repr(time.time())
         outcomes: dict[str, str] = {}
-        for rid in map(as_str, self.client.smembers(self.keys.queued)):
+        due = self.client.zrangebyscore(self.keys.deadlines, "-inf", now, start=0, num=SWEEP_BATCH)
+        for rid in map(as_str, due):
             keys = [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats, self.keys.webhooks]
-            now = repr(time.time())
-            args: list[str | int | float] = [
-                rid,
-                now,
-                timeout_error,
-                self.settings.record_ttl_s,
-                "expire",
-                "request_timeout",
-            ]
+            args: list[str | int] = [rid, now, timeout_error, self.settings.record_ttl_s, "expire", "request_timeout"]
             outcome = str(self._cancel(keys=keys, args=args))
-            if outcome in ("missing", "completed"):
-                self.client.srem(self.keys.queued, rid)
-            elif outcome in ("pending", "requested"):
-                grace = self.settings.lease_ttl_s
-                outcome = str(self._lost(keys=[self.keys.record(rid), self.keys.queued], args=[rid, now, grace]))
+            if outcome != "pending":  # expired now, or no longer queued: its deadline no longer matters
+                self.client.zrem(self.keys.deadlines, rid)
             outcomes[rid] = outcome
         return outcomes

@@ -65,8 +65,9 @@ def test_orphan_with_cancel_flag_completes_cancelled(make_settings: Callable[...
 def test_lost_dequeue_is_pushed_back_after_grace(make_settings: Callable[..., Settings]) -> None:
     settings, jobs = setup(make_settings)
     enqueue(settings, "r3")
-    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))  # popped, worker died before start
-    assert recovery.sweep(jobs) == {}  # first sighting only marks it
+    assert jobs.dequeue([Keys.rq_queue(settings.queue_normal)]) is not None  # taken, worker died before start
+    assert queue_ids(jobs, settings) == []
+    assert recovery.sweep(jobs) == {}  # within the grace period: its worker may be starting it
     time.sleep(0.3)
     assert recovery.sweep(jobs) == {"r3": "requeued"}
     assert queue_ids(jobs, settings) == ["r3"]
@@ -109,3 +110,48 @@ def test_killed_workers_are_forgotten(make_settings: Callable[..., Settings]) ->
 
     assert asyncio.run(alive()) == 0
     assert jobs.client.zcard(jobs.keys.workers) == 0
+
+
+def commands_processed(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def test_sweep_cost_does_not_grow_with_the_queue(make_settings: Callable[..., Settings]) -> None:
+    """One sweep over 1000 queued requests (and an overdue one) sends a handful of Redis commands: it
+    reads the small indexes (running, taken, overdue requests), not the queue."""
+    settings, jobs = setup(make_settings)
+    for i in range(1000):
+        enqueue(settings, f"q{i}")
+    enqueue(settings, "overdue", timeout_s=0.05)
+    time.sleep(0.1)
+    before = commands_processed(jobs.client)
+    assert recovery.sweep(jobs) == {"overdue": "request_timeout"}
+    assert commands_processed(jobs.client) - before < 50  # the old sweep: 2 scripts per queued request
+    assert len(queue_ids(jobs, settings)) == 1000
+
+
+def test_lease_renewal_is_not_on_the_sweeps_path(make_settings: Callable[..., Settings]) -> None:
+    """The heartbeat renews leases without sweeping: a sweep, however slow, cannot let leases expire."""
+    from worker.gpu_worker import Heartbeat
+
+    settings, jobs = setup(make_settings, sweep_interval_s=0.01)
+    swept: list[str] = []
+
+    class RecordingJobStore(WorkerJobStore):
+        def recover_orphans(self) -> dict[str, str]:
+            swept.append("orphans")
+            return super().recover_orphans()
+
+    store = RecordingJobStore(jobs.client, settings)
+    enqueue(settings, "running")
+    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))
+    assert store.start("running", "w") == "started"
+
+    class Runner:
+        current_requests = ("running",)
+
+    beat = Heartbeat(store, [("w", Runner())], "w")  # type: ignore[list-item]  # only current_requests is read
+    jobs.client.pexpire(jobs.keys.lease("running"), 50)
+    beat.beat()
+    assert jobs.client.pttl(jobs.keys.lease("running")) > 100  # renewed to a full lease
+    assert swept == []
