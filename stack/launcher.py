@@ -1,4 +1,7 @@
-"""``python -m stack``: private redis-server + N workers + the API, stopped together on Ctrl-C.
+"""``python -m stack``: private redis-server + N workers + the API, kept running until Ctrl-C.
+
+A child that dies (a worker killed or crashed, Redis, the API) is restarted with exponential backoff and
+a log line; the others keep serving. Ctrl-C or SIGTERM stops them all.
 
 The process pieces (``RedisProcess``, ``start_worker``, ``start_api``, ``wait_until_ready``,
 ``ensure_tiny_checkpoint``) are reused by the test fixtures and ``stack.bench``, so tests start
@@ -15,7 +18,9 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +33,9 @@ from stack.tls import TlsFiles, ensure_tls_files
 
 DEFAULT_TINY_PARALLEL = 64
 STOP_TIMEOUT_S = 20.0
+RESTART_BACKOFF_S = 1.0  # first restart delay; doubled for each crash in a row, up to the maximum
+RESTART_BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # a child that ran this long has its backoff reset
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -123,6 +131,13 @@ class RedisProcess:
             time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port} (see {self.log_path})")
 
+    def start_process(self) -> ManagedProcess:
+        """``start`` (on the same port and data directory), for the launcher's supervisor."""
+        self.start()
+        if self.process is None:
+            raise RuntimeError("redis-server did not start")
+        return self.process
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
@@ -135,6 +150,72 @@ class RedisProcess:
         """Stop (or after ``kill``) and start again on the same port and data directory."""
         self.stop()
         return self.start()
+
+
+@dataclass
+class Supervised:
+    """A child the launcher keeps running, and how to start it again."""
+
+    name: str
+    start: Callable[[], ManagedProcess]
+    process: ManagedProcess
+    started_at: float = field(default_factory=time.monotonic)
+    crashes_in_a_row: int = 0
+    restart_at: float | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """Restarts dead children with exponential backoff, and says so through ``report``."""
+
+    def __init__(
+        self,
+        report: Callable[[str], None],
+        backoff_s: float = RESTART_BACKOFF_S,
+        backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+        stable_after_s: float = STABLE_AFTER_S,
+    ) -> None:
+        self.report = report
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.stable_after_s = stable_after_s
+        self.children: list[Supervised] = []
+
+    def add(self, name: str, start: Callable[[], ManagedProcess], process: ManagedProcess) -> None:
+        self.children.append(Supervised(name, start, process))
+
+    def check(self) -> None:
+        """One pass: schedule the restart of each child that died, restart those whose delay passed."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.process.is_running():
+                if now - child.started_at >= self.stable_after_s:
+                    child.crashes_in_a_row = 0
+                continue
+            if child.restart_at is None:
+                delay = min(self.backoff_s * 2**child.crashes_in_a_row, self.backoff_max_s)
+                child.crashes_in_a_row += 1
+                child.restart_at = now + delay
+                code = child.process.stop()  # reaped; closes its log file
+                self.report(f"{child.name} exited with code {code}; restarting it in {delay:.0f}s")
+            elif now >= child.restart_at:
+                self.restart(child)
+
+    def restart(self, child: Supervised) -> None:
+        try:
+            child.process = child.start()
+        except (OSError, RuntimeError) as exc:  # e.g. redis-server not up in time: try again later
+            delay = min(self.backoff_s * 2**child.crashes_in_a_row, self.backoff_max_s)
+            child.crashes_in_a_row += 1
+            child.restart_at = time.monotonic() + delay
+            self.report(f"{child.name} could not be restarted ({exc}); next try in {delay:.0f}s")
+            return
+        child.started_at, child.restart_at = time.monotonic(), None
+        child.restarts += 1
+        self.report(f"{child.name} restarted (pid {child.process.pid}, restart #{child.restarts})")
+
+    def processes(self) -> list[ManagedProcess]:
+        return [child.process for child in self.children]
 
 
 def python_argv(module: str, *args: str) -> list[str]:
@@ -222,7 +303,8 @@ def worker_devices(device: str, workers: int | None = None) -> list[str]:
 
 @dataclass
 class Stack:
-    """Redis + workers + API, started in that order and stopped in reverse."""
+    """Redis + workers + API, started in that order and stopped in reverse; ``supervisor.check()``
+    restarts any of them that died."""
 
     settings: Settings
     model_path: Path
@@ -233,8 +315,13 @@ class Stack:
     log_dir: Path | None = None
     redis_server: RedisProcess | None = None
     tls_files: TlsFiles | None = None
-    processes: list[ManagedProcess] = field(default_factory=list)
     health: dict[str, Any] = field(default_factory=dict)
+    supervisor: Supervisor = field(default_factory=lambda: Supervisor(report=print_report))
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """The running children: Redis, the workers, the API."""
+        return self.supervisor.processes()
 
     @property
     def url(self) -> str:
@@ -245,7 +332,8 @@ class Stack:
 
     def start(self, ready_timeout_s: float = 300.0) -> Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_server = RedisProcess(self.data_dir / "redis", log_path=self._log("redis")).start()
+        self.redis_server = redis_server = RedisProcess(self.data_dir / "redis", log_path=self._log("redis"))
+        self.supervisor.add("redis-server", redis_server.start_process, redis_server.start_process())
         self.settings = self.settings.model_copy(
             update={"redis_url": self.redis_server.url, "storage_dir": (self.data_dir / "storage").resolve()}
         )
@@ -253,8 +341,10 @@ class Stack:
             self.tls_files = ensure_tls_files(self.data_dir / "tls")
         for index, device in enumerate(worker_devices(self.device, self.workers)):
             name = f"worker-{index}"
-            self.processes.append(start_worker(self.settings, self.model_path, device, None, self._log(name)))
-        self.processes.append(start_api(self.settings, self.tls_files, self._log("api")))
+            start = partial(start_worker, self.settings, self.model_path, device, None, self._log(name))
+            self.supervisor.add(name, start, start())
+        start = partial(start_api, self.settings, self.tls_files, self._log("api"))
+        self.supervisor.add("api", start, start())
         ca = self.tls_files.ca if self.tls_files else None
         self.health = wait_until_ready(
             self.url,
@@ -266,11 +356,10 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        """API first, then the workers, Redis last."""
         for process in reversed(self.processes):
             process.stop()
-        self.processes.clear()
-        if self.redis_server is not None:
-            self.redis_server.stop()
+        self.supervisor.children.clear()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -308,6 +397,11 @@ def model_line(health: dict[str, Any]) -> str:
     if model.get("random"):
         return f"Model: {name} is the tiny RANDOM checkpoint: images will be noise; {REAL_WEIGHTS_HINT}"
     return f"Model: {name} from {model.get('path')}"
+
+
+def print_report(line: str) -> None:
+    """The launcher's own log lines (restarts), on stderr next to its children's output."""
+    print(f"{time.strftime('%H:%M:%S')} [stack] {line}", file=sys.stderr, flush=True)
 
 
 def print_banner(stack: Stack) -> None:
@@ -357,10 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         print_banner(stack)
-        while all(p.is_running() for p in stack.processes):
+        while True:
+            stack.supervisor.check()
             time.sleep(0.5)
-        print("a process of the stack exited; stopping", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\nstopping...", file=sys.stderr)
         return 0

@@ -1,7 +1,8 @@
-"""``python -m stack`` (what ``make run`` starts): serves, then stops every child on SIGINT."""
+"""``python -m stack`` (what ``make run`` starts): serves, survives a worker crash, stops every child on SIGINT."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,16 @@ from .helpers import APP, poll_until
 def children_of(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(line) for line in found.stdout.split()]
+
+
+def worker_of(pid: int) -> int | None:
+    """The launcher's worker child (``python -m worker``), if one runs."""
+    for child in children_of(pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"-m" in argv and argv[argv.index(b"-m") + 1] == b"worker":
+                return child
+    return None
 
 
 def is_alive(pid: int) -> bool:
@@ -56,6 +67,19 @@ def test_stack_serves_and_stops_everything_on_sigint_even_started_in_the_backgro
         assert response.json()["images"][0]["width"] == 1024  # the tiny 64x default: square_hd
         children = children_of(stack.pid)
         assert len(children) >= 3  # redis-server, a worker, the API
+
+        # A worker crash is survived: the launcher restarts the worker and keeps Redis and the API up.
+        worker = worker_of(stack.pid)
+        api_and_redis = set(children) - {worker}
+        os.kill(worker, signal.SIGKILL)
+        poll_until(lambda: worker_of(stack.pid) not in (None, worker), timeout_s=60, interval_s=0.2)
+        assert stack.poll() is None
+        assert api_and_redis <= set(children_of(stack.pid))  # the same API and Redis processes
+        poll_until(ready, timeout_s=180, interval_s=0.5)
+        response = httpx.post(f"{url}/{APP}", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        assert "worker-0 exited with code -9; restarting it in 1s" in (tmp_path / "stack.log").read_text()
+        children = children_of(stack.pid)
 
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=60) == 0
