@@ -17,7 +17,7 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli lint format
+.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli chaos lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -112,6 +112,11 @@ bench-loadtest: install redis
 # bitdance-generate against a worker on the same input (generation seconds, one run)
 bench-cli: install redis
 	$(PY) -m stack.cli_bench --torch-default-threads
+
+# Crash the worker N times, restart Redis and the API under load; fails if a request is lost or stuck.
+N ?= 20
+chaos: install redis
+	$(PY) -m stack.chaos --kills $(N)
 
 lint: install
 	$(VENV)/bin/ruff check server worker model stack loadtest tests

@@ -86,7 +86,6 @@ def measure(redis_url: str, queued: int, idle_repeats: int) -> str:
     recovering_s, changed = timed_sweep(jobs)
     idle_s = statistics.median(timed_sweep(jobs)[0] for _ in range(idle_repeats))
     depth = conn.llen(Keys.rq_queue(settings.queue_normal))
-    conn.flushall()
     return (
         f"{queued:>7} queued: sweep recovering {changed} requests {recovering_s * 1000:7.1f} ms, "
         f"idle sweep {idle_s * 1000:6.2f} ms (median of {idle_repeats}; queue length {depth}; "
