@@ -109,8 +109,8 @@ class SlotPool:
     def work(self, logging_level: str = "INFO") -> None:
         self.heartbeat_thread.beat()  # visible before the first dequeue
         self.sweeper_thread.sweep()  # and requests a dead worker left are recovered first
-        for thread in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread):
-            thread.start()
+        for background in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread):
+            background.start()
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         threads = [
