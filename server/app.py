@@ -11,11 +11,17 @@ import anyio
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.auth import KeyRing
 from server.change_feed import ChangeFeed
-from server.error_handlers import fal_error_handler, redis_unavailable_handler, unexpected_error_handler
+from server.error_handlers import (
+    fal_error_handler,
+    redis_unavailable_handler,
+    unexpected_error_handler,
+    validation_error_handler,
+)
 from server.errors import FalError
 from server.health import HealthCheck
 from server.logconfig import configure_logging
@@ -39,11 +45,15 @@ API_REDIS_CONNECTIONS = 64
 API_REDIS_POOL_WAIT_S = 10.0
 
 
-async def _expire_files(storage: LocalStorage) -> None:
+async def _expire_files(storage: LocalStorage, upload_ttl_s: float) -> None:
     while True:
         removed = await anyio.to_thread.run_sync(storage.delete_expired)
         if removed:
             logger.info("removed %d expired files", removed)
+        # a staged upload or part folder untouched for longer than an upload lives was abandoned
+        abandoned = await anyio.to_thread.run_sync(storage.delete_abandoned_staging, upload_ttl_s)
+        if abandoned:
+            logger.info("removed %d abandoned uploads", abandoned)
         await anyio.sleep(FILE_JANITOR_INTERVAL_S)
 
 
@@ -62,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     dispatcher = WebhookDispatcher(build_outbox(outbox_client, settings))
     dispatcher.start()  # webhooks of requests the API completes (cancelled or expired while queued) and any due
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_expire_files, app.state.storage)
+        tasks.start_soon(_expire_files, app.state.storage, settings.upload_ttl_s)
         tasks.start_soon(app.state.change_feed.run)
         tasks.start_soon(_wake_streams_on_drain, app.state.drain, app.state.change_feed)
         try:
@@ -115,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
 
     app.add_exception_handler(FalError, fal_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(redis.ConnectionError, redis_unavailable_handler)
     app.add_exception_handler(redis.TimeoutError, redis_unavailable_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import REQUEST_ID_HEADER
+from server.queue.records import is_request_id
 from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE
 
 # Paths that are the same on every host (never rewritten to the queue API).
@@ -71,7 +72,7 @@ class RoutingMiddleware:
 
 
 class RequestIdMiddleware:
-    """Every response carries ``x-fal-request-id``: the request it is about, else a fresh id."""
+    """Every response carries ``x-fal-request-id``: the request it is about (a validated id), else a fresh one."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,7 +87,8 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == REQUEST_ID_HEADER.encode() for k, _ in headers):
-                    rid = state.get("fal_request_id") or str(uuid.uuid4())
+                    rid = state.get("fal_request_id")
+                    rid = rid if is_request_id(rid) else str(uuid.uuid4())  # never echo unvalidated input
                     headers.append((REQUEST_ID_HEADER.encode(), str(rid).encode()))
                     message = {**message, "headers": headers}
             await send(message)

@@ -11,6 +11,7 @@ shape without any hand-written validation. Chosen limits that fal does not publi
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, field_validator
@@ -20,6 +21,7 @@ PROMPT_MAX_CHARS = 10_000
 IMAGE_SIDE_MIN = 256
 IMAGE_SIDE_MAX = 2048
 SEED_MAX = 2**63 - 1
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\\ud800" escape: not text, cannot be stored
 
 ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 OutputFormat = Literal["jpeg", "png"]
@@ -37,7 +39,7 @@ class ImageSize(BaseModel):
 class BitDanceInput(BaseModel):
     """Input of ``fal-ai/bitdance`` (text to image)."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"title": "BitDanceInput"})
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, json_schema_extra={"title": "BitDanceInput"})
 
     prompt: str = Field(
         ...,
@@ -79,6 +81,8 @@ class BitDanceInput(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt must not be empty")
+        if _LONE_SURROGATE.search(value):
+            raise PydanticCustomError("string_unicode", "Input should be valid Unicode text (no lone surrogates)")
         return value
 
     @field_validator("image_size", mode="wrap")

@@ -7,6 +7,7 @@ overrides as keyword arguments. Nothing else in the project reads ``os.environ``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -44,6 +45,13 @@ class Settings(BaseSettings):
     )
     files_require_key: bool = Field(
         default=False, description="Serve /files only to the key that created them (else capability URLs)."
+    )
+    metrics_require_key: bool | None = Field(
+        default=None,
+        description=(
+            "Serve /metrics only with a valid key. Unset: not required while the API listens on a loopback "
+            "address, required when it listens anywhere else."
+        ),
     )
 
     # --- redis / queue --------------------------------------------------------------------------
@@ -122,6 +130,13 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = 2.0
     webhook_backoff_max_s: float = 1800.0
     webhook_poll_interval_s: float = Field(default=0.2, description="How often idle dispatchers look for due webhooks.")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description=(
+            "Deliver webhooks to loopback, private, link-local and multicast addresses too. Off: such URLs "
+            "are refused at submit (422) and again at delivery (after DNS resolution), against SSRF."
+        ),
+    )
 
     # --- logging --------------------------------------------------------------------------------
     log_level: str = "INFO"
@@ -140,6 +155,13 @@ class Settings(BaseSettings):
         return not self.api_keys
 
     @property
+    def is_metrics_keyed(self) -> bool:
+        """Whether ``/metrics`` asks for a key (``metrics_require_key``, else: unless bound to loopback)."""
+        if self.metrics_require_key is not None:
+            return self.metrics_require_key
+        return not is_loopback_host(self.host)
+
+    @property
     def queue_normal(self) -> str:
         return f"{self.key_prefix}-normal"
 
@@ -151,6 +173,16 @@ class Settings(BaseSettings):
     def worker_forget_after_s(self) -> float:
         """A worker without a heartbeat for this long (killed: it never unregisters) is removed from Redis."""
         return 3 * self.lease_ttl_s
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address is loopback only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def child_environment(settings: Settings, **extra: str) -> dict[str, str]:

@@ -1,8 +1,11 @@
 """Local object storage: files under unguessable names, with content type, owner and expiry.
 
 Layout: ``<root>/<token>/<file_name>`` plus ``<root>/<token>/.meta.json``; ``token`` is 128 random
-bits (URL-safe), so a file URL is a capability. Staging for uploads lives in ``<root>/.staging``.
-All methods are blocking (filesystem): the API calls them through ``anyio.to_thread``.
+bits (URL-safe), so a file URL is a capability. Staging for uploads lives in ``<root>/.staging``:
+files being received, and one ``parts-<upload token>`` folder per multipart upload (part ``n`` in
+file ``n``); whatever is left there by a failed or abandoned upload is removed by
+``delete_abandoned_staging``. All methods are blocking (filesystem): the API calls them through
+``anyio.to_thread``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,25 @@ from pathlib import Path
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 META_NAME = ".meta.json"
+PARTS_FOLDER_PREFIX = "parts-"
+INCOMING_PART_PREFIX = ".incoming-"
+COPY_CHUNK_BYTES = 1 << 20
+
+
+class MissingPartError(LookupError):
+    """A multipart completion lists a part that was never uploaded."""
+
+    def __init__(self, part_number: int) -> None:
+        super().__init__(f"Missing upload part {part_number}")
+        self.part_number = part_number
+
+
+class UploadTooLargeError(ValueError):
+    """An upload (all its parts together) is larger than allowed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"Upload larger than {max_bytes} bytes")
+        self.max_bytes = max_bytes
 
 
 def new_token() -> str:
@@ -40,6 +62,14 @@ def safe_file_name(name: str | None, content_type: str | None = None) -> str:
         return cleaned
     ext = mimetypes.guess_extension(content_type or "") or ".bin"
     return f"file{ext}"
+
+
+def _last_modified(entry: Path) -> float:
+    """mtime of a file, or the newest of a folder and its files (a part being received counts)."""
+    times = [entry.stat().st_mtime]
+    if entry.is_dir():
+        times += [child.stat().st_mtime for child in entry.iterdir()]
+    return max(times)
 
 
 @dataclass(frozen=True)
@@ -117,6 +147,81 @@ class LocalStorage:
         os.close(fd)
         return Path(tmp)
 
+    # --- multipart uploads --------------------------------------------------------------------
+
+    def parts_folder(self, upload_token: str) -> Path:
+        if not is_token(upload_token):
+            raise ValueError("invalid upload token")
+        return self.staging / f"{PARTS_FOLDER_PREFIX}{upload_token}"
+
+    def part_numbers(self, upload_token: str) -> list[int]:
+        """The numbers of the parts received so far, ascending."""
+        folder = self.parts_folder(upload_token)
+        if not folder.is_dir():
+            return []
+        return sorted(int(entry.name) for entry in folder.iterdir() if entry.name.isdigit())
+
+    def parts_size(self, upload_token: str, excluding: int | None = None) -> int:
+        """Bytes received so far for this upload (without part ``excluding``, about to be replaced)."""
+        folder = self.parts_folder(upload_token)
+        return sum((folder / str(n)).stat().st_size for n in self.part_numbers(upload_token) if n != excluding)
+
+    def new_incoming_part(self, upload_token: str) -> Path:
+        """A fresh file to receive a part into; ``keep_part`` gives it its number once complete."""
+        folder = self.parts_folder(upload_token)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=INCOMING_PART_PREFIX)
+        os.close(fd)
+        return Path(tmp)
+
+    def keep_part(self, upload_token: str, incoming: Path, part_number: int) -> None:
+        os.replace(incoming, self.parts_folder(upload_token) / str(part_number))
+
+    def assemble_parts(self, upload_token: str, part_numbers: list[int], max_bytes: int) -> Path:
+        """Concatenate the parts (streamed, never whole in memory) into a staged file; the parts go.
+
+        Raises ``MissingPartError`` or ``UploadTooLargeError`` (then nothing new is left behind).
+        """
+        folder = self.parts_folder(upload_token)
+        paths = [folder / str(n) for n in part_numbers]
+        for number, path in zip(part_numbers, paths, strict=True):
+            if not path.is_file():
+                raise MissingPartError(number)
+        if sum(path.stat().st_size for path in paths) > max_bytes:
+            raise UploadTooLargeError(max_bytes)
+        staged = self.new_staged_path()
+        try:
+            with open(staged, "wb") as out:
+                for path in paths:
+                    with open(path, "rb") as part:
+                        shutil.copyfileobj(part, out, COPY_CHUNK_BYTES)
+                    if out.tell() > max_bytes:  # a part replaced since the sizes were summed
+                        raise UploadTooLargeError(max_bytes)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        return staged
+
+    def delete_abandoned_staging(self, max_age_s: float, now: float | None = None) -> int:
+        """Remove staged files and part folders untouched for ``max_age_s`` (their upload expired)."""
+        cutoff = (now or time.time()) - max_age_s
+        removed = 0
+        for entry in self.staging.iterdir():
+            try:
+                if _last_modified(entry) >= cutoff:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError:  # removed meanwhile by the request that owned it
+                continue
+            removed += 1
+        return removed
+
+    # --- downloads ------------------------------------------------------------------------------
+
     def lookup(self, token: str, file_name: str) -> tuple[StoredFile, Path] | None:
         """Metadata and path of a live file; None when unknown, expired or the name does not match."""
         if not is_token(token):
@@ -142,22 +247,3 @@ class LocalStorage:
                 shutil.rmtree(meta_path.parent, ignore_errors=True)
                 removed += 1
         return removed
-
-
-def lifecycle_ttl_s(header_value: str | None) -> tuple[dict[str, object] | None, int | None]:
-    """Parse an ``X-Fal-Object-Lifecycle[-Preference]`` JSON header: (raw object, expiry seconds).
-
-    Malformed values are ignored (fal treats the header as a preference).
-    """
-    if not header_value:
-        return None, None
-    try:
-        value = json.loads(header_value)
-    except ValueError:
-        return None, None
-    if not isinstance(value, dict):
-        return None, None
-    seconds = value.get("expiration_duration_seconds")
-    if isinstance(seconds, int | float) and seconds > 0:
-        return value, int(seconds)
-    return value, None

@@ -19,6 +19,7 @@ from server.protocol import WebhookBody
 from server.queue.records import RequestRecord
 from server.settings import Settings
 from server.webhook_signing import WebhookSigner
+from server.webhook_targets import WebhookTargetError, webhook_targets
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class WebhookSender:
         self.settings = settings
         self._signer_source = signer
         self._signer: WebhookSigner | None = None
-        self._client = httpx.Client(timeout=settings.webhook_timeout_s, transport=transport)
+        # never follow a redirect: the receiver could point it at an address the target check refuses
+        self._client = httpx.Client(timeout=settings.webhook_timeout_s, transport=transport, follow_redirects=False)
 
     @property
     def signer(self) -> WebhookSigner:
@@ -73,14 +75,32 @@ class WebhookSender:
         return float(base * random.uniform(0.75, 1.25))
 
     def send(self, url: str, body: dict[str, Any], request_id: str, user_id: str, attempt: int = 1) -> bool:
-        """Whether the receiver accepted it. Never raises for network or HTTP errors."""
+        """Whether the receiver accepted it. Never raises for network or HTTP errors.
+
+        The URL is checked again here (``server.webhook_targets``): a host may resolve elsewhere now
+        than at submit; the POST goes to an address that passed the check.
+        """
+        try:
+            targets = webhook_targets(url, self.settings.webhook_allow_private)
+        except WebhookTargetError as exc:
+            logger.warning("webhook refused request_id=%s attempt=%d: %s", request_id, attempt, exc)
+            return False
         content = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         headers.update(self.signer.headers(request_id, user_id, str(int(time.time())), content))
-        try:
-            response = self._client.post(url, content=content, headers=headers)
-        except httpx.HTTPError as exc:
-            logger.warning("webhook failed request_id=%s attempt=%d: %s", request_id, attempt, exc)
+        response = None
+        for target in targets:  # the host's addresses in turn, until one connects
+            try:
+                response = self._client.post(
+                    target.url, content=content, headers={**headers, **target.headers}, extensions=target.extensions
+                )
+                break
+            except httpx.ConnectError as exc:
+                logger.warning("webhook failed request_id=%s attempt=%d: %s", request_id, attempt, exc)
+            except httpx.HTTPError as exc:
+                logger.warning("webhook failed request_id=%s attempt=%d: %s", request_id, attempt, exc)
+                return False
+        if response is None:
             return False
         if 200 <= response.status_code < 300:
             logger.info("webhook delivered request_id=%s attempt=%d", request_id, attempt)

@@ -53,6 +53,7 @@ def make_settings(redis_server: RedisProcess, tmp_path: Path) -> Callable[..., S
             "storage_dir": tmp_path / "storage",
             "key_prefix": f"t{uuid.uuid4().hex[:10]}",
             "api_keys": [KEY_A, KEY_B],
+            "webhook_allow_private": True,  # the tests' webhook receivers listen on 127.0.0.1
         }
         values.update(overrides)
         return Settings(**values)
@@ -126,6 +127,7 @@ def stack_settings(redis_server: RedisProcess, storage: Path, **overrides: Any) 
         "poll_interval_s": 0.02,
         "progress_interval_s": 0.0,
         "torch_threads": 1,  # OpenMP spinning makes 2 threads far slower on a busy 2-core machine
+        "webhook_allow_private": True,  # the tests' webhook receivers listen on 127.0.0.1
     }
     values.update(overrides)
     return Settings(**values)

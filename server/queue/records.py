@@ -9,6 +9,7 @@ list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scri
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,16 @@ from typing import Any
 
 from server.errors import ClientCancelledError, StoredError
 from server.protocol import JobStatus
+
+_REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_request_id(value: object) -> bool:
+    """Whether ``value`` is a request id as submit issues them: a canonical lower-case UUID.
+
+    Anything else names no request: the API answers 404 without asking Redis, and never echoes it.
+    """
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
 def as_str(value: object) -> str:
@@ -173,9 +184,9 @@ class RequestRecord:
 
     @property
     def file_ttl_s(self) -> int | None:
-        """Expiry asked for with ``x-fal-object-lifecycle-preference``, if any."""
+        """Expiry asked for with ``x-fal-object-lifecycle-preference``, if any (validated by the API)."""
         value = (self.lifecycle or {}).get("expiration_duration_seconds")
-        return int(value) if value is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
     def metrics(self) -> dict[str, Any]:
         if self.status is not JobStatus.COMPLETED:

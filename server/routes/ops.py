@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 
 from server import metrics
+from server.auth import authenticate
 from server.deps import drain_of, health_check, job_store, settings_of, webhook_signer
 from server.errors import EndpointNotFoundError
 from server.health import HealthCheck
@@ -73,8 +74,14 @@ async def webhook_jwks(signer: Annotated[WebhookSigner, Depends(webhook_signer)]
     return JSONResponse({"keys": [signer.jwk()]}, headers={"Cache-Control": "public, max-age=300"})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
-async def prometheus_metrics(jobs: Annotated[JobStore, Depends(job_store)]) -> Response:
+@router.get("/metrics", summary="Prometheus metrics (with a key when BITDANCE_METRICS_REQUIRE_KEY holds)")
+async def prometheus_metrics(
+    request: Request,
+    jobs: Annotated[JobStore, Depends(job_store)],
+    settings: Annotated[Settings, Depends(settings_of)],
+) -> Response:
+    if settings.is_metrics_keyed:
+        await authenticate(request)
     snapshot = metrics.Snapshot(
         queue_depth=await jobs.queue_depth(),
         by_status=await jobs.status_counts(),

@@ -29,9 +29,15 @@ def own_hosts(scope: Scope) -> set[str]:
 
 
 def target_path(target: str, scope: Scope) -> tuple[str, bytes] | None:
-    """(path in this app, query) for an allowed target URL, else None."""
-    parts = urlsplit(target)
-    host = (parts.hostname or "").lower()
+    """(path in this app, query) for an allowed target URL, else None (unparsable, not http(s), foreign)."""
+    try:
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError:  # e.g. "http://[::1": an unterminated IPv6 literal
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
     netloc = parts.netloc.lower()
     path = parts.path or "/"
     ours = own_hosts(scope)

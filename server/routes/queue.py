@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, NamedTuple
 
+import anyio
 import redis
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from server.auth import Caller, authenticate
 from server.change_feed import ChangeFeed
 from server.deps import change_feed, drain_of, job_store, queue_snapshot, settings_of, status_reader
-from server.error_handlers import stored_error_response
+from server.error_handlers import field_error, stored_error_response
 from server.errors import (
     REQUEST_ID_HEADER,
     EndpointNotFoundError,
@@ -32,15 +34,16 @@ from server.errors import (
     ServiceUnavailableError,
 )
 from server.json_response import FastJSONResponse, dumps
+from server.object_lifecycle import ObjectLifecycle, parse_object_lifecycle
 from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse, queue_status_body
 from server.queue.api_store import JobStore
-from server.queue.records import NewRequest, RequestRecord, StatusView
+from server.queue.records import NewRequest, RequestRecord, StatusView, is_request_id
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.shutdown import Drain
 from server.status_cache import QueueSnapshot, StatusReader
-from server.storage import lifecycle_ttl_s
 from server.urls import Urls, app_id_of, request_urls, urls_of
+from server.webhook_targets import WebhookTargetError, check_webhook_url
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
@@ -64,10 +67,13 @@ async def submit_new(
     priority: Priority = "normal",
     start_timeout_s: float | None = None,
     webhook: str | None = None,
-    lifecycle_header: str | None = None,
+    lifecycle: ObjectLifecycle | None = None,
     max_queue_length: int | None = None,
 ) -> Submitted:
-    """Store the request and enqueue it; the record is in Redis before this returns."""
+    """Store the request and enqueue it; the record is in Redis before this returns.
+
+    Every argument is already validated (the routes parse headers and the webhook URL first).
+    """
     settings: Settings = request.app.state.settings
     jobs: JobStore = request.app.state.jobs
     limit = max_queue_length if max_queue_length is not None else settings.max_queue_length
@@ -75,7 +81,6 @@ async def submit_new(
         raise QueueFullError(f"Queue is full ({limit} requests waiting)")
     rid = str(uuid.uuid4())
     request.state.fal_request_id = rid
-    lifecycle, _ = lifecycle_ttl_s(lifecycle_header)
     new = NewRequest(
         request_id=rid,
         owner=caller.key_id,
@@ -85,7 +90,7 @@ async def submit_new(
         files_base=urls_of(request).base,
         start_timeout_s=start_timeout_s,
         webhook=webhook,
-        lifecycle=lifecycle,
+        lifecycle=lifecycle.to_record() if lifecycle else None,
     )
     try:
         position = await jobs.create(new, request.app.state.sync_redis)
@@ -121,6 +126,8 @@ def parse_start_timeout(value: str | None) -> float | None:
         return None
     try:
         seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(value)
     except ValueError:
         raise RequestValidationError(
             [
@@ -132,6 +139,17 @@ def parse_start_timeout(value: str | None) -> float | None:
             ]
         ) from None
     return seconds if seconds > 0 else None
+
+
+async def checked_webhook_url(url: str | None, settings: Settings) -> str | None:
+    """The ``fal_webhook`` URL when this deployment may send to it (422 naming it otherwise)."""
+    if not url:
+        return None
+    try:
+        await anyio.to_thread.run_sync(check_webhook_url, url, settings.webhook_allow_private)
+    except WebhookTargetError as exc:
+        raise field_error(("query", "fal_webhook"), str(exc), "value_error") from None
+    return url
 
 
 @router.post("/{endpoint_id:path}", response_model=SubmitResponse, summary="Submit a request to the queue")
@@ -149,14 +167,15 @@ async def submit(
     lifecycle: Annotated[str | None, Header(alias="x-fal-object-lifecycle-preference")] = None,
 ) -> JSONResponse:
     check_endpoint(endpoint_id, settings)
+    webhook = await checked_webhook_url(fal_webhook, settings)
     submitted = await submit_new(
         request,
         payload,
         caller,
         priority=priority,
         start_timeout_s=parse_start_timeout(start_timeout),
-        webhook=fal_webhook,
-        lifecycle_header=lifecycle,
+        webhook=webhook,
+        lifecycle=parse_object_lifecycle(lifecycle),
         max_queue_length=fal_max_queue_length,
     )
     rid = submitted.request_id
@@ -175,13 +194,21 @@ async def owned_status(
 ) -> StatusView:
     """``owned_record``'s checks, reading only what a status shows (one round trip)."""
     check_endpoint(app_id, request.app.state.settings, app_only=True)
+    if not is_request_id(request_id):  # as in owned_record: 404 before Redis, never echoed
+        raise RequestNotFoundError()
     request.state.fal_request_id = request_id
     return await jobs.status_view(request_id, owner=caller.key_id, logs_from=logs_from)
 
 
 async def owned_record(app_id: str, request_id: str, request: Request, caller: Caller, jobs: JobStore) -> RequestRecord:
-    """The caller's request under this app (404 for another app, an unknown id or another owner's id)."""
+    """The caller's request under this app (404 for another app, an unknown id or another owner's id).
+
+    An id that is not one this server issues (a UUID) is a 404 before Redis is asked anything, and it
+    never reaches a response header; unknown and other owners' ids get the very same answer.
+    """
     check_endpoint(app_id, request.app.state.settings, app_only=True)
+    if not is_request_id(request_id):
+        raise RequestNotFoundError()
     request.state.fal_request_id = request_id
     return await jobs.get(request_id, owner=caller.key_id)
 
@@ -201,6 +228,8 @@ async def get_status(
     logs: bool = False,
 ) -> JSONResponse:
     check_endpoint(app_id, request.app.state.settings, app_only=True)
+    if not is_request_id(request_id):  # as in owned_record: 404 before Redis, never echoed
+        raise RequestNotFoundError()
     request.state.fal_request_id = request_id
     view = await reader.view(request_id, caller.key_id, with_logs=logs)
     code = 200 if view.status is JobStatus.COMPLETED else 202

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from server.auth import Caller, authenticate
 from server.deps import drain_of, job_store, settings_of
 from server.errors import RequestTimeoutError, ServerShuttingDownError
+from server.object_lifecycle import parse_object_lifecycle
 from server.protocol import JobStatus
 from server.queue.api_store import JobStore
 from server.queue.records import RequestRecord
@@ -62,7 +63,7 @@ async def run(
         payload,
         caller,
         start_timeout_s=parse_start_timeout(start_timeout),
-        lifecycle_header=lifecycle,
+        lifecycle=parse_object_lifecycle(lifecycle),
     )
     finished = await wait_for_completion(request, jobs, record.request_id, settings, drain)
     if finished is WaitEnd.SHUTTING_DOWN:
