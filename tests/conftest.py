@@ -152,6 +152,50 @@ def live_stack(
 
 
 @dataclass
+class HardenedApi:
+    """An API process with the production defaults that matter for hostile input (see the fixture)."""
+
+    url: str
+    settings: Settings
+    api: ManagedProcess
+
+    def client(self, key: str | None = KEY_A, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Key {key}"} if key else {}
+        headers.update(kwargs.pop("headers", {}))
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30.0, **kwargs)
+
+
+HARDENED_MAX_UPLOAD_BYTES = 1 << 20
+
+
+@pytest.fixture(scope="session")
+def hardened_api(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardenedApi]:
+    """A real uvicorn API on the session Redis for hostile-input tests, with no worker behind it.
+
+    Its own key prefix (no worker serves its queue), default webhook policy (private addresses
+    refused), a 1 MiB upload cap, and a queue limit of 0: an input that passes validation is
+    answered 429 unless the submit raises the limit (``fal_max_queue_length``), so fuzzing never
+    feeds the session's real worker.
+    """
+    root = tmp_path_factory.mktemp("hardened")
+    settings = stack_settings(
+        redis_server,
+        root / "storage",
+        key_prefix="hardened",
+        webhook_allow_private=False,
+        max_queue_length=0,
+        max_upload_bytes=HARDENED_MAX_UPLOAD_BYTES,
+    )
+    api = start_api(settings, None, root / "api.log")
+    url = base_url(settings)
+    try:
+        wait_until_ready(url, processes=(api,))
+        yield HardenedApi(url, settings, api)
+    finally:
+        api.stop()
+
+
+@dataclass
 class TlsApi:
     url: str
     ca_file: Path
