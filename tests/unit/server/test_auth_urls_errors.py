@@ -94,25 +94,27 @@ def test_unknown_endpoint_404_and_trailing_slash_without_redirect(tmp_path: Path
 
 def test_redis_down_is_503_with_request_id(tmp_path: Path) -> None:
     app = make_app(tmp_path)  # Redis is unreachable
-    response = call(app, "GET", "/queue/fal-ai/bitdance/requests/abc/status")
+    rid = "764cabcf-b745-4b3e-ae38-1200304cf45b"  # only a well-formed id gets as far as Redis
+    response = call(app, "GET", f"/queue/fal-ai/bitdance/requests/{rid}/status")
     assert response.status_code == 503
     assert response.json()["error_type"] == "runner_scheduling_failure"
-    assert response.headers["x-fal-request-id"] == "abc"
+    assert response.headers["x-fal-request-id"] == rid
 
 
 def test_unexpected_error_is_sanitized_500(tmp_path: Path) -> None:
     app = make_app(tmp_path)
+    RID = "0f0e0d0c-0b0a-4909-8807-060504030201"  # noqa: N806 - a constant of this test
 
     @app.get("/boom")
     async def boom(request: Request) -> None:
-        request.state.fal_request_id = "rid-1"
+        request.state.fal_request_id = RID
         raise KeyError("internal secret")
 
     response = call(app, "GET", "/boom")
     assert response.status_code == 500
     body = response.json()
-    assert body == {"detail": "Internal server error (request id rid-1)", "error_type": "internal_error"}
-    assert response.headers["x-fal-request-id"] == "rid-1"
+    assert body == {"detail": f"Internal server error (request id {RID})", "error_type": "internal_error"}
+    assert response.headers["x-fal-request-id"] == RID
 
 
 def test_body_limit_413(tmp_path: Path) -> None:
