@@ -1,8 +1,9 @@
 """Which content types an upload may declare, and how a stored file is served on our origin.
 
 Anyone with a key can upload, and ``/files/...`` is served from the API's own origin, so a file
-declared ``text/html`` or ``image/svg+xml`` must never render there: only raster images and
-audio/video are served inline under their own type; everything else is served as
+declared ``text/html`` or ``image/svg+xml`` must never render there: only raster images,
+audio/video, ``text/plain`` (inert under ``nosniff``) and ``application/octet-stream`` are served
+under their own type; everything else is served as
 ``application/octet-stream`` with ``Content-Disposition: attachment``. Every file carries
 ``X-Content-Type-Options: nosniff`` and a sandboxing Content-Security-Policy. A declared type must
 be a well-formed media type (``type/subtype[; param=value]``), so it can never break a header.
@@ -34,6 +35,7 @@ INLINE_IMAGE_TYPES = frozenset(
     }
 )  # raster only: image/svg+xml is a document that runs scripts
 INLINE_MEDIA_PREFIXES = ("audio/", "video/")
+INLINE_OTHER_TYPES = frozenset({OCTET_STREAM, "text/plain"})  # never executed by a browser under nosniff
 
 
 def is_valid_content_type(value: str | None) -> bool:
@@ -49,7 +51,7 @@ def base_type(content_type: str) -> str:
 def is_inline_safe(content_type: str) -> bool:
     """Whether a file of this (validated) type may render inline on our origin."""
     kind = base_type(content_type)
-    return kind in INLINE_IMAGE_TYPES or kind == OCTET_STREAM or kind.startswith(INLINE_MEDIA_PREFIXES)
+    return kind in INLINE_IMAGE_TYPES or kind in INLINE_OTHER_TYPES or kind.startswith(INLINE_MEDIA_PREFIXES)
 
 
 def download_headers(content_type: str, file_name: str) -> tuple[str, dict[str, str]]:

@@ -3,7 +3,7 @@
 The bounds live here so that FastAPI's 422 body (``{"detail": [{"loc", "msg", "type"}]}``) is fal's
 shape without any hand-written validation. Chosen limits that fal does not publish:
 
-- ``prompt``: 1 to ``PROMPT_MAX_CHARS`` (10000) characters, not only whitespace.
+- ``prompt``: 1 to ``PROMPT_MAX_CHARS`` (10000) characters, not only whitespace, no lone surrogate.
 - ``image_size`` as ``{"width", "height"}``: each 256..2048 px; the request is snapped to the nearest
   size the checkpoint supports (closest aspect ratio, then area) and the output reports the actual size.
 - ``seed``: 0..2**63-1.

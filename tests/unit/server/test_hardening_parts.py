@@ -83,6 +83,8 @@ def test_worker_side_ttl_ignores_anything_but_a_positive_integer() -> None:
         ("image/webp; q=1", "image/webp", False),
         ("video/mp4", "video/mp4", False),
         ("application/octet-stream", OCTET_STREAM, False),
+        ("text/plain; charset=utf-8", "text/plain", False),
+        ("text/csv", OCTET_STREAM, True),
         ("text/html", OCTET_STREAM, True),
         ("text/html; charset=utf-8", OCTET_STREAM, True),
         ("image/svg+xml", OCTET_STREAM, True),
