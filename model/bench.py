@@ -40,7 +40,7 @@ from model.head import DiffusionHead
 from model.llm import build_backbone
 from model.loading import LoadedModules
 from model.official import OFFICIAL_ENV, OfficialPipeline
-from model.pipeline import BitDancePipeline, GenerationRequest, default_dtype
+from model.pipeline import BitDancePipeline, BitDancePipelineOutput, GenerationRequest, default_dtype
 from model.plan import CONFIGS_DIR, build_plan, read_configs
 from model.projector import TokenProjector
 from model.prompts import PromptEncoder
@@ -125,9 +125,15 @@ def run_ours(pipe: BitDancePipeline, height: int, width: int, steps: int, batch:
     ]
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)
-    pipe.profile = True
-    seconds = timed(lambda: pipe.generate_batch(requests, height, width, steps), pipe.device)
-    times = pipe.last_times
+    outputs: list[BitDancePipelineOutput] = []
+
+    def generate() -> None:
+        outputs.append(
+            pipe.generate_batch(requests, height=height, width=width, num_inference_steps=steps, profile=True)
+        )
+
+    seconds = timed(generate, pipe.device)
+    times = outputs[0].timings
     peak = torch.cuda.max_memory_allocated(pipe.device) if pipe.device.type == "cuda" else None
     return Timing(seconds, {"llm": times.llm, "head": times.head, "decoder": times.decoder}, peak)
 

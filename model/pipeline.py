@@ -1,13 +1,17 @@
-"""BitDance text-to-image inference: prompt -> LLM -> next-patch diffusion -> binary tokens -> pixels."""
+"""BitDance text-to-image inference: prompt -> LLM -> next-patch diffusion -> binary tokens -> pixels.
+
+``BitDancePipeline.generate_batch`` is the recipe, as numbered steps; the sampling math lives in
+``model.sampler``, the networks in ``model.llm`` / ``model.head`` / ``model.autoencoder``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -23,21 +27,57 @@ from model.positions import grid_from_tokens, patch_major_embedding, sincos_tabl
 from model.prompts import PromptEncoder, image_prefix_tokens
 from model.resolutions import check_supported_size, supported_sizes
 from model.sampler import GuidanceLayout, NoiseSource, SamplerSchedule, SamplerStep, euler_maruyama, uses_guidance
+from model.seeds import check_seed, resolve_seed
 
-__all__ = ["BitDancePipeline", "GenerationRequest", "StageTimes"]
+__all__ = ["BitDancePipeline", "BitDancePipelineOutput", "GenerationRequest", "StageTimes"]
 
 ProgressCallback = Callable[[int, int], None]
+"""``progress(patch, num_patches)`` after each decoded patch (1-based)."""
 StopCheck = Callable[[], bool]
-MAX_SEED = 2**63 - 1
+Stage = Literal["llm", "head", "decoder"]
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage in the last call (filled when ``pipe.profile`` is on)."""
+    """Seconds spent per stage of one generation."""
 
     llm: float = 0.0
     head: float = 0.0
     decoder: float = 0.0
+
+
+@dataclass
+class BitDancePipelineOutput:
+    """What ``generate_batch`` returns."""
+
+    images: list[list[Image.Image]]  # one list per request, in request order
+    timings: StageTimes
+    tokens: torch.Tensor | None = None  # (images, N, 32) in decoding order, values in {-1, +1}; when asked for
+
+
+class StageTimer:
+    """Adds the wall time of each ``with timer.stage(name):`` block to ``timer.times``.
+
+    With ``synchronize`` on a CUDA device it waits for the device at both ends of a stage, so the
+    times are the device's (slower: meant for profiling, e.g. ``model.bench``).
+    """
+
+    def __init__(self, device: torch.device, synchronize: bool = False) -> None:
+        self.times = StageTimes()
+        self._sync_device = device if synchronize and device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def stage(self, name: Stage) -> Iterator[None]:
+        started = self._now()
+        try:
+            yield
+        finally:
+            setattr(self.times, name, getattr(self.times, name) + self._now() - started)
+
+    def _now(self) -> float:
+        if self._sync_device is not None:
+            torch.cuda.synchronize(self._sync_device)
+        return time.perf_counter()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -61,8 +101,6 @@ class BitDancePipeline:
         self.token_size = modules.ae_config.patch_size
         self.token_bits = modules.ae_config.z_channels
         self.position_table = sincos_table(self.llm_config.hidden_size // 2).to(device)
-        self.profile = False
-        self.last_times = StageTimes()
         self.load_stats: LoadStats | None = modules.stats
         # What the worker reports in /health; from_pretrained names the checkpoint.
         self.identity = ModelIdentity("unnamed", "", f"custom-{self.parallel_num}x", self.parallel_num)
@@ -109,7 +147,7 @@ class BitDancePipeline:
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> list[Image.Image]:
-        """Generate ``num_images`` images for one prompt.
+        """Generate ``num_images`` images for one prompt (``generate_batch`` with one request).
 
         Args:
             prompt: the text prompt.
@@ -125,35 +163,106 @@ class BitDancePipeline:
             should_stop: checked before each decoding step; ``True`` raises :class:`GenerationCancelled`.
         """
         request = GenerationRequest(prompt, seed, guidance_scale, num_images)
-        return self.generate_batch([request], height, width, num_inference_steps, progress, should_stop)[0]
+        output = self.generate_batch(
+            [request],
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        return output.images[0]
 
+    @torch.inference_mode()
     def generate_batch(
         self,
         requests: Sequence[GenerationRequest],
+        *,
         height: int,
         width: int,
         num_inference_steps: int = 25,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
-    ) -> list[list[Image.Image]]:
+        return_tokens: bool = False,
+        decode: bool = True,
+        profile: bool = False,
+    ) -> BitDancePipelineOutput:
         """Generate several requests of one size and step count in one pass through the LLM and the head.
 
         Each request keeps its own prompt, seed, guidance scale and image count, and gets exactly
-        the images it would get alone. Returns one list of images per request, in order.
+        the images it would get alone.
+
+        Args:
+            requests: the prompts with their seeds, guidance scales and image counts.
+            height, width: output size in pixels; one of :meth:`supported_sizes` (else ``ValueError``).
+            num_inference_steps: Euler–Maruyama steps of the diffusion head per patch.
+            progress: ``progress(patch, num_patches)`` after each decoded patch.
+            should_stop: checked before each patch; ``True`` raises :class:`GenerationCancelled`.
+            return_tokens: also return the binary tokens (``output.tokens``).
+            decode: ``False`` stops before step 5: no images, only the tokens (e.g. to measure sampling).
+            profile: synchronize a CUDA device around each stage, so ``output.timings`` are exact.
+
+        Returns:
+            :class:`BitDancePipelineOutput`: the images of each request in order, the seconds per
+            stage and, when asked, the tokens.
         """
         # 1. Check inputs
         self.check_inputs(requests, height, width, num_inference_steps)
-        tokens = self.sample_tokens(requests, height, width, num_inference_steps, progress, should_stop)
-        # 6. Decode the token grids to pixels, one image at a time (batch-independent results)
-        started = self._clock()
-        pixels = [self.decode(tokens[i : i + 1], height, width) for i in range(tokens.shape[0])]
-        self.last_times.decoder = self._clock() - started
+        timer = StageTimer(self.device, synchronize=profile)
+        grid_h, grid_w = height // self.token_size, width // self.token_size
+        num_patches = grid_h * grid_w // self.parallel_num
+
+        # 2. Prepare sampling: rows per request and branch, each request's noise, positions, time schedule
+        layout = GuidanceLayout.build(
+            [r.num_images for r in requests], [r.guidance_scale for r in requests], self.device
+        )
+        noise = self.prepare_noise(requests, layout)
+        positions = patch_major_embedding(self.position_table, grid_h, grid_w, self.patch)
+        schedule = SamplerSchedule.build(num_inference_steps, self.head.config.time_shift, device=self.device)
+
+        patches = []
+        with self._autocast():
+            time_features = self._time_features(schedule, layout)
+            # 3. Encode the prompts (cond, then uncond when guided, per request) and prefill the LLM
+            #    with them and the image prefix
+            with timer.stage("llm"):
+                hidden, state = self._prefill(requests, grid_h, grid_w, num_patches)
+            # 4. Decode the image patch by patch
+            for patch in range(num_patches):
+                if should_stop is not None and should_stop():
+                    raise GenerationCancelled(f"stopped before patch {patch + 1} of {num_patches}")
+                position = positions[patch * self.parallel_num : (patch + 1) * self.parallel_num]
+                with timer.stage("head"):
+                    # 4a. Condition: the LLM's hidden state at this patch's positions
+                    condition = hidden + position
+                    # 4b. Sample the patch with the diffusion head
+                    sample = self._sample_patch(condition, layout, noise, schedule, time_features)
+                    # 4c. Binarize
+                    patch_tokens = torch.sign(sample)
+                    patches.append(patch_tokens)
+                # 4d. Feed the patch back (skipped after the last one: its output would be unused)
+                if patch + 1 < num_patches:
+                    with timer.stage("llm"):
+                        rows = patch_tokens.index_select(0, layout.expand_index)
+                        fed = self.projector(rows) + position
+                        hidden = self.patch_decoder.step(fed, state)
+                if progress is not None:
+                    progress(patch + 1, num_patches)
+        tokens = torch.cat(patches, dim=1)
+        if not decode:
+            return BitDancePipelineOutput([[] for _ in requests], timer.times, tokens)
+
+        # 5. Decode the token grids to pixels, one image at a time (batch-independent results)
+        with timer.stage("decoder"):
+            pixels = [self.decode(tokens[i : i + 1], height, width) for i in range(tokens.shape[0])]
         images = [Image.fromarray(p[0].numpy()) for p in pixels]
-        out, start = [], 0
+
+        # 6. Hand each request its own images
+        per_request, start = [], 0
         for request in requests:
-            out.append(images[start : start + request.num_images])
+            per_request.append(images[start : start + request.num_images])
             start += request.num_images
-        return out
+        return BitDancePipelineOutput(per_request, timer.times, tokens if return_tokens else None)
 
     def check_inputs(
         self, requests: Sequence[GenerationRequest], height: int, width: int, num_inference_steps: int
@@ -168,63 +277,13 @@ class BitDancePipeline:
                 raise ValueError(f"prompt must be a string, got {type(request.prompt).__name__}")
             if not isinstance(request.num_images, int) or request.num_images < 1:
                 raise ValueError(f"num_images must be a positive integer, got {request.num_images!r}")
-            if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
-                raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {request.seed}")
+            check_seed(request.seed)
 
-    @torch.inference_mode()
-    def sample_tokens(
-        self,
-        requests: Sequence[GenerationRequest],
-        height: int,
-        width: int,
-        num_inference_steps: int,
-        progress: ProgressCallback | None = None,
-        should_stop: StopCheck | None = None,
-    ) -> torch.Tensor:
-        """The binary token sequences ``(images, N, 32)`` in decoding order, values in {-1, +1}."""
-        self.last_times = StageTimes()
-        grid_h, grid_w = height // self.token_size, width // self.token_size
-        num_patches = grid_h * grid_w // self.parallel_num
-        layout = GuidanceLayout.build(
-            [r.num_images for r in requests], [r.guidance_scale for r in requests], self.device
-        )
-        # Each request's generator lives on the pipeline's device, as upstream draws from that
-        # device's default generator after seeding (CPU draws on the CPU, CUDA draws on the GPU).
-        generators = [torch.Generator(device=self.device).manual_seed(self._seed(r)) for r in requests]
-        noise = NoiseSource(generators, layout.images_per_request, (self.parallel_num, self.token_bits), self.device)
-        positions = patch_major_embedding(self.position_table, grid_h, grid_w, self.patch)
-        schedule = SamplerSchedule.build(num_inference_steps, self.head.config.time_shift, device=self.device)
-        with self._autocast():
-            time_features = self._time_features(schedule, layout)
-            # 2. Prefill every row (cond, then uncond when guided, per request) with the image prefix
-            started = self._clock()
-            hidden, state = self._prefill(requests, grid_h, grid_w, num_patches)
-            self.last_times.llm += self._clock() - started
-            patches = []
-            for step in range(num_patches):
-                if should_stop is not None and should_stop():
-                    raise GenerationCancelled(f"stopped before decoding step {step + 1} of {num_patches}")
-                position = positions[step * self.parallel_num : (step + 1) * self.parallel_num]
-                # 3. Sample the next patch with the diffusion head, then binarize
-                started = self._clock()
-                sample = self._sample_patch(hidden + position, layout, noise, schedule, time_features)
-                patch_tokens = torch.sign(sample)
-                patches.append(patch_tokens)
-                self.last_times.head += self._clock() - started
-                # 4. Feed the patch back (skipped after the last one: its output would be unused)
-                if step + 1 < num_patches:
-                    started = self._clock()
-                    rows = patch_tokens.index_select(0, layout.expand_index)
-                    fed = self.projector(rows) + position
-                    hidden = self.patch_decoder.step(fed, state)
-                    self.last_times.llm += self._clock() - started
-                # 5. Report progress once per decoding step
-                if progress is not None:
-                    progress(step + 1, num_patches)
-        return torch.cat(patches, dim=1)
-
-    def _seed(self, request: GenerationRequest) -> int:
-        return request.seed if request.seed is not None else secrets.randbelow(2**31)
+    def prepare_noise(self, requests: Sequence[GenerationRequest], layout: GuidanceLayout) -> NoiseSource:
+        """Each request's own generator, on the pipeline's device (as upstream draws from that device's
+        default generator after seeding: CPU draws on the CPU, CUDA draws on the GPU)."""
+        generators = [torch.Generator(device=self.device).manual_seed(resolve_seed(r.seed)) for r in requests]
+        return NoiseSource(generators, layout.images_per_request, (self.parallel_num, self.token_bits), self.device)
 
     def _prefill(self, requests: Sequence[GenerationRequest], grid_h: int, grid_w: int, num_blocks: int):
         prefix = self.prompts.special_ids(image_prefix_tokens(grid_h, grid_w, self.parallel_num))
@@ -282,8 +341,3 @@ class BitDancePipeline:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    def _clock(self) -> float:
-        if self.profile and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()

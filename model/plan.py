@@ -328,7 +328,7 @@ class BatchPlan:
 
 
 def sampling_bytes(configs: ModelConfigs, generation: Generation, rules: DeviceRules) -> int:
-    """Peak temporaries of ``sample_tokens`` besides the weights and the KV cache.
+    """Peak temporaries of the sampling stages of ``generate_batch`` besides the weights and the KV cache.
 
     Kept throughout: the position embedding of every image token (float32), the sampled patches,
     the fed block and the LLM's hidden states of the current block. On top, the largest of the

@@ -28,10 +28,13 @@ def time_shift(t: torch.Tensor, shift: float = 1.0, sigma: float = 1.0) -> torch
 
 
 def step_sizes(
-    num_steps: int, shift: float = 1.0, last_step_size: float = LAST_STEP_SIZE, device: torch.device | str = "cpu"
+    num_inference_steps: int,
+    shift: float = 1.0,
+    last_step_size: float = LAST_STEP_SIZE,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """``dt`` of each Euler–Maruyama step, float32 ``(num_steps,)``, computed on ``device`` as upstream."""
-    t_all = torch.linspace(0, 1 - last_step_size, num_steps + 1, dtype=torch.float32, device=device)
+    """``dt`` of each Euler–Maruyama step, float32 ``(num_inference_steps,)``, computed on ``device`` as upstream."""
+    t_all = torch.linspace(0, 1 - last_step_size, num_inference_steps + 1, dtype=torch.float32, device=device)
     t_all = time_shift(t_all, shift)
     return t_all[1:] - t_all[:-1]
 
@@ -151,7 +154,7 @@ class NoiseSource:
 class SamplerStep:
     """The time-only quantities of one head evaluation, as 0-d float32 tensors on the device.
 
-    ``index`` counts the evaluations of one patch (``0 .. num_steps``); the last one is the final
+    ``index`` counts the evaluations of one patch (``0 .. num_inference_steps``); the last one is the final
     Euler step, a plain :class:`SamplerStep`; the others are :class:`StochasticStep`.
     """
 
@@ -185,15 +188,15 @@ class SamplerSchedule:
     @classmethod
     def build(
         cls,
-        num_steps: int,
+        num_inference_steps: int,
         shift: float = 1.0,
         last_step_size: float = LAST_STEP_SIZE,
         device: torch.device | str = "cpu",
     ) -> SamplerSchedule:
-        dts = step_sizes(num_steps, shift, last_step_size, device)
+        dts = step_sizes(num_inference_steps, shift, last_step_size, device)
         t = torch.tensor(0.0, dtype=torch.float32, device=device)
         steps: list[StochasticStep] = []
-        for i in range(num_steps):
+        for i in range(num_inference_steps):
             dt = dts[i]
             one_minus_t = 1 - t
             steps.append(
@@ -210,7 +213,7 @@ class SamplerSchedule:
             t = t + dt
         t_last = torch.tensor(1 - last_step_size, dtype=torch.float32, device=device)
         final = SamplerStep(
-            index=num_steps,
+            index=num_inference_steps,
             t=t_last,
             one_minus_t=1 - t_last,
             velocity_divisor=(1 - t_last).clamp_min(MIN_ONE_MINUS_T),

@@ -10,34 +10,18 @@ requeues them (``server.queue.scripts.CLAIM``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import redis
 from pydantic import ValidationError
 
-from model.resolutions import resolve_image_size
 from server.protocol import JobStatus
 from server.queue.records import RequestRecord
 from server.queue.worker_store import WorkerJobStore
-from server.schemas import BitDanceInput
+from worker.inputs import validate_input
 
 logger = logging.getLogger(__name__)
 
 SCAN_DEPTH = 64  # queued requests looked at per queue when filling a batch
-
-
-@dataclass(frozen=True)
-class BatchShape:
-    """What requests of one batch must share."""
-
-    height: int
-    width: int
-    steps: int
-
-    @classmethod
-    def of(cls, payload: BitDanceInput, parallel_num: int) -> BatchShape:
-        height, width = resolve_image_size(payload.image_size_value(), parallel_num)
-        return cls(height, width, payload.num_inference_steps)
 
 
 def claim_companions(
@@ -53,11 +37,10 @@ def claim_companions(
     claimed so far is leased to this worker and will be run.
     """
     try:
-        payload = BitDanceInput.model_validate(first.input)
-        shape = BatchShape.of(payload, parallel_num)
+        wanted = validate_input(first.input, parallel_num)
     except (ValidationError, ValueError):
         return []  # the first request fails on its own; nothing to batch with
-    images = payload.num_images
+    images = wanted.payload.num_images
     claimed: list[RequestRecord] = []
     settings = jobs.settings
     try:
@@ -69,16 +52,16 @@ def claim_companions(
                 if candidate is None or candidate.status is not JobStatus.IN_QUEUE:
                     continue
                 try:
-                    other = BitDanceInput.model_validate(candidate.input)
-                    if BatchShape.of(other, parallel_num) != shape:
-                        continue
+                    other = validate_input(candidate.input, parallel_num)
                 except (ValidationError, ValueError):
                     continue  # it gets its own error when it runs alone
-                if images + other.num_images > max_images:
+                if other.shape != wanted.shape:
+                    continue
+                if images + other.payload.num_images > max_images:
                     continue
                 if jobs.claim(rid, worker, queue) == "started":
                     claimed.append(candidate)
-                    images += other.num_images
+                    images += other.payload.num_images
     except redis.RedisError as exc:
         logger.warning("batch scan stopped: %s", exc)
     return claimed

@@ -8,7 +8,6 @@ resources are loaded before the work loop, and in-process jobs keep CUDA state a
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
-from model.resolutions import resolve_image_size
+from model.seeds import resolve_seed
 from server.errors import (
     ClientCancelledError,
     FalError,
@@ -36,14 +35,20 @@ from server.settings import Settings
 from server.storage import LocalStorage
 from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
+from worker.inputs import GenerationShape, validate_input, validation_error
 from worker.progress import ProgressTracker
 from worker.safety import SafetyChecker, redact
 
 logger = logging.getLogger(__name__)
 
-SEED_RANGE = 2**31
 RECORD_RETRY_S = 60.0
 T = TypeVar("T")
+
+
+class PipelineOutput(Protocol):
+    """What the worker reads of ``model.pipeline.BitDancePipelineOutput``."""
+
+    images: list[list[Image.Image]]
 
 
 class Pipeline(Protocol):
@@ -54,12 +59,13 @@ class Pipeline(Protocol):
     def generate_batch(
         self,
         requests: Sequence[GenerationRequest],
+        *,
         height: int,
         width: int,
         num_inference_steps: int = 25,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> list[list[Image.Image]]: ...
+    ) -> PipelineOutput: ...
 
 
 @dataclass
@@ -95,6 +101,7 @@ class BatchEntry:
 
     record: RequestRecord
     payload: BitDanceInput
+    shape: GenerationShape
     seed: int
     tracker: ProgressTracker
 
@@ -166,8 +173,8 @@ class TaskRunner:
         if not entries:
             return outcomes
         pipe = self.services.pipe
-        height, width = resolve_image_size(entries[0].payload.image_size_value(), pipe.parallel_num)
-        steps = entries[0].payload.num_inference_steps
+        shape = entries[0].shape  # batch companions were claimed for having the same
+        height, width = shape.height, shape.width
         running = list(entries)
         note = f" (batch of {len(entries)} requests)" if len(entries) > 1 else ""
         for entry in entries:
@@ -190,7 +197,14 @@ class TaskRunner:
         started = time.perf_counter()
         try:
             requests = [entry.as_generation_request() for entry in entries]
-            images = pipe.generate_batch(requests, height, width, steps, progress, should_stop)
+            output = pipe.generate_batch(
+                requests,
+                height=height,
+                width=width,
+                num_inference_steps=shape.num_inference_steps,
+                progress=progress,
+                should_stop=should_stop,
+            )
         except GenerationCancelled:
             return outcomes  # every request of the batch was cancelled and recorded
         except Exception as exc:  # task boundary: the broad catch exists to record the outcomes
@@ -200,7 +214,7 @@ class TaskRunner:
                 outcomes[entry.request_id] = "error"
             return outcomes
         inference_s = time.perf_counter() - started
-        for entry, request_images in zip(entries, images, strict=True):
+        for entry, request_images in zip(entries, output.images, strict=True):
             if entry in running:
                 outcomes[entry.request_id] = self._finish(entry, request_images, inference_s)
         return outcomes
@@ -208,22 +222,19 @@ class TaskRunner:
     def _prepare(self, record: RequestRecord, outcomes: dict[str, str]) -> BatchEntry | None:
         """Validate a request's input and pick its seed; an invalid one is completed with a 422."""
         try:
-            payload = BitDanceInput.model_validate(record.input)
-            resolve_image_size(payload.image_size_value(), self.services.pipe.parallel_num)
+            validated = validate_input(record.input, self.services.pipe.parallel_num)
         except ValidationError as exc:
-            detail = exc.errors(include_url=False, include_context=False, include_input=False)
-            body = {"detail": [{**e, "loc": ["body", *e["loc"]]} for e in detail]}
-            self._complete_error(record.request_id, StoredError(422, body))
+            self._complete_error(record.request_id, validation_error(exc))
             outcomes[record.request_id] = "validation_error"
             return None
         except Exception as exc:  # task boundary: e.g. a size the checkpoint cannot make
             self._complete_error(record.request_id, public_error(exc).to_stored())
             outcomes[record.request_id] = "error"
             return None
-        seed = payload.seed if payload.seed is not None else secrets.randbelow(SEED_RANGE)
+        seed = resolve_seed(validated.payload.seed)
         interval_s = self.services.settings.progress_interval_s
-        tracker = ProgressTracker(self.jobs, record.request_id, payload.num_inference_steps, interval_s)
-        return BatchEntry(record, payload, seed, tracker)
+        tracker = ProgressTracker(self.jobs, record.request_id, validated.payload.num_inference_steps, interval_s)
+        return BatchEntry(record, validated.payload, validated.shape, seed, tracker)
 
     def _finish(self, entry: BatchEntry, images: Sequence[Image.Image], inference_s: float) -> str:
         rid = entry.request_id

@@ -9,15 +9,16 @@ the task runner records like any failed generation (500 ``runner_server_error``)
 from __future__ import annotations
 
 import random
-import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.resolutions import check_supported_size
+from model.seeds import resolve_seed
 from model.simulated.picture import render_picture
 from model.simulated.profile import LatencyProfile, load_profile
 
@@ -26,6 +27,13 @@ NSFW_INFO_KEY = "simulated_nsfw"
 # The cancel flag is read before a step at most this often: with a GPU's ~0.2 s steps that is every
 # step, as the real pipeline does; with a fast profile's short steps it spares Redis a read per step.
 STOP_CHECK_S = 0.05
+
+
+@dataclass
+class SimulatedOutput:
+    """What ``generate_batch`` returns: each request's pictures, as ``BitDancePipelineOutput.images``."""
+
+    images: list[list[Image.Image]]
 
 
 class SimulatedFailure(RuntimeError):
@@ -66,12 +74,13 @@ class SimulatedPipeline:
     def generate_batch(
         self,
         requests: Sequence[GenerationRequest],
+        *,
         height: int,
         width: int,
         num_inference_steps: int = 25,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> list[list[Image.Image]]:
+    ) -> SimulatedOutput:
         """Draw each request's pictures, then wait out the rest of the profile's time step by step."""
         if not requests:
             raise ValueError("at least one request is needed")
@@ -83,20 +92,20 @@ class SimulatedPipeline:
         # Drawn first, inside the simulated time: the real model's time includes its decoder too.
         pictures = [self._pictures(request, height, width) for request in requests]
         last_stop_check: float | None = None
-        for step in range(total_steps):
+        for patch in range(total_steps):
             now = self._clock()
             if should_stop is not None and (last_stop_check is None or now - last_stop_check >= STOP_CHECK_S):
                 last_stop_check = now
                 if should_stop():
-                    raise GenerationCancelled(f"stopped before decoding step {step + 1} of {total_steps}")
-            if step == fail_at:
-                raise SimulatedFailure(f"simulated failure at decoding step {step + 1} of {total_steps}")
-            remaining = started + duration * (step + 1) / total_steps - self._clock()
+                    raise GenerationCancelled(f"stopped before decoding step {patch + 1} of {total_steps}")
+            if patch == fail_at:
+                raise SimulatedFailure(f"simulated failure at decoding step {patch + 1} of {total_steps}")
+            remaining = started + duration * (patch + 1) / total_steps - self._clock()
             if remaining > 0:
                 self._sleep(remaining)
             if progress is not None:
-                progress(step + 1, total_steps)
-        return pictures
+                progress(patch + 1, total_steps)
+        return SimulatedOutput(pictures)
 
     def _failure_step(self, total_steps: int) -> int | None:
         if self.failure_rate > 0 and self._rng.random() < self.failure_rate:
@@ -104,7 +113,7 @@ class SimulatedPipeline:
         return None
 
     def _pictures(self, request: GenerationRequest, height: int, width: int) -> list[Image.Image]:
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        seed = resolve_seed(request.seed)
         flagged = NSFW_WORD in request.prompt.lower()
         images = []
         for index in range(request.num_images):

@@ -55,20 +55,28 @@ def test_generates_full_size_images_deterministically(cuda_pipe: BitDancePipelin
     assert np.array_equal(pixels, np.asarray(again[0]))
 
 
+def tokens_of(pipe: BitDancePipeline, requests: list[GenerationRequest], num_inference_steps: int) -> torch.Tensor:
+    output = pipe.generate_batch(
+        requests, height=1024, width=1024, num_inference_steps=num_inference_steps, return_tokens=True
+    )
+    assert output.tokens is not None
+    return output.tokens
+
+
 def test_a_request_gets_the_same_tokens_alone_or_in_a_batch(cuda_pipe: BitDancePipeline) -> None:
     target = GenerationRequest("a lighthouse on a cliff at night", seed=21, guidance_scale=7.5)
     others = [
         GenerationRequest("cat", seed=22, guidance_scale=3.0, num_images=2),
         GenerationRequest("a much longer prompt: an owl reading a book in a quiet forest", seed=23),
     ]
-    alone = cuda_pipe.sample_tokens([target], 1024, 1024, 4)
-    batched = cuda_pipe.sample_tokens([*others, target], 1024, 1024, 4)
+    alone = tokens_of(cuda_pipe, [target], 4)
+    batched = tokens_of(cuda_pipe, [*others, target], 4)
     agreement = (batched[-1:] == alone).float().mean().item()
     assert agreement == 1.0, f"only {agreement:.4%} of the tokens agree"
 
 
 @pytest.mark.skipif(FLASH_ATTN is None, reason="flash-attn is not installed")
 def test_flash_attn_path_runs(cuda_pipe: BitDancePipeline) -> None:
-    tokens = cuda_pipe.sample_tokens([GenerationRequest("a fox", seed=1)], 1024, 1024, 2)
+    tokens = tokens_of(cuda_pipe, [GenerationRequest("a fox", seed=1)], 2)
     assert tokens.shape == (1, 4096, 32)
     assert set(tokens.unique().tolist()) <= {-1.0, 1.0}

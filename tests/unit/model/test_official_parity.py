@@ -23,7 +23,7 @@ import torch
 
 from model.official import OFFICIAL_ENV
 from model.official_runner import load_official
-from model.pipeline import BitDancePipeline
+from model.pipeline import BitDancePipeline, GenerationRequest
 
 pytestmark = [
     pytest.mark.skipif(not os.environ.get(OFFICIAL_ENV), reason=f"set {OFFICIAL_ENV} to an official BitDance checkout"),
@@ -63,16 +63,9 @@ def official_run(pipe, monkeypatch: pytest.MonkeyPatch, guidance: float, num_ima
 
 
 def our_run(pipe: BitDancePipeline, monkeypatch: pytest.MonkeyPatch, guidance: float, num_images: int, seed: int):
-    seen = {}
-    sample_tokens = pipe.sample_tokens
-
-    def recording_sample_tokens(*args, **kwargs):
-        seen["tokens"] = sample_tokens(*args, **kwargs)
-        return seen["tokens"]
-
-    monkeypatch.setattr(pipe, "sample_tokens", recording_sample_tokens)
-    images = pipe.generate(PROMPT, SIZE, SIZE, STEPS, guidance, seed=seed, num_images=num_images)
-    return seen["tokens"], [np.asarray(image) for image in images]
+    request = GenerationRequest(PROMPT, seed, guidance, num_images)
+    output = pipe.generate_batch([request], height=SIZE, width=SIZE, num_inference_steps=STEPS, return_tokens=True)
+    return output.tokens, [np.asarray(image) for image in output.images[0]]
 
 
 def test_prompt_ids_match(official16, pipe16: BitDancePipeline) -> None:

@@ -33,10 +33,11 @@ def test_a_request_gets_the_same_images_alone_or_in_a_batch(pipe16: BitDancePipe
         GenerationRequest("a much longer prompt: an owl reading a book in a quiet forest", 12, 3.0, 2),
         GenerationRequest("cat", seed=13, guidance_scale=1.0, num_images=1),
     ]
-    batched = pipe16.generate_batch(requests, *SIZE, STEPS)
+    height, width = SIZE
+    batched = pipe16.generate_batch(requests, height=height, width=width, num_inference_steps=STEPS).images
     assert [len(images) for images in batched] == [1, 2, 1]
     for request, images in zip(requests, batched, strict=True):
-        alone = pipe16.generate_batch([request], *SIZE, STEPS)[0]
+        alone = pipe16.generate_batch([request], height=height, width=width, num_inference_steps=STEPS).images[0]
         for a, b in zip(pixels(alone), pixels(images), strict=True):
             assert np.array_equal(a, b)
 
@@ -83,6 +84,10 @@ def test_64x_checkpoint_generates_1024_and_rejects_512(tiny64_dir: Path) -> None
     assert pipe.parallel_num == 64 and (512, 512) not in pipe.supported_sizes()
     with pytest.raises(ValueError):
         pipe.generate("x", 512, 512, STEPS)
-    tokens = pipe.sample_tokens([GenerationRequest("a fox", seed=2)], 1024, 1024, 2)
+    output = pipe.generate_batch(
+        [GenerationRequest("a fox", seed=2)], height=1024, width=1024, num_inference_steps=2, return_tokens=True
+    )
+    tokens = output.tokens
+    assert tokens is not None and output.images[0][0].size == (1024, 1024)
     assert tokens.shape == (1, 64 * 64, 32)
     assert set(tokens.unique().tolist()) <= {-1.0, 1.0}

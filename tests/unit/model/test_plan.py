@@ -130,12 +130,12 @@ def test_decoder_bytes_equal_the_measured_peak(ch, ch_mult, num_res_blocks, heig
 
 
 def test_sampling_bytes_match_the_measured_peak(pipe16: BitDancePipeline, tiny16_dir: Path) -> None:
-    """KV cache + the sampling stages' temporaries against the live tensors of ``sample_tokens``."""
+    """KV cache + the sampling stages' temporaries against the live tensors of ``generate_batch``'s sampling."""
     configs = read_configs(tiny16_dir)
     prompt = "a red fox sitting in a snowy forest at sunset"
     requests = [GenerationRequest(prompt, seed=i, guidance_scale=7.5) for i in range(2)]
     with LiveTensors() as live:
-        pipe16.sample_tokens(requests, 512, 512, 1)
+        pipe16.generate_batch(requests, height=512, width=512, num_inference_steps=1, decode=False)
     generation = Generation(2, True, 512, 512, len(pipe16.prompts.conditional_ids(prompt)))
     planned = kv_cache_bytes(configs, generation, CPU) + sampling_bytes(configs, generation, CPU)
     assert 0.93 <= planned / live.peak <= 1.15, (planned, live.peak)

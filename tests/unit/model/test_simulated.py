@@ -84,13 +84,15 @@ def test_pipeline_steps_progress_and_timing() -> None:
     pipe = SimulatedPipeline(load_profile("flat-2s"), sleep=clock.sleep, clock=clock)
     seen: list[tuple[int, int]] = []
     requests = [GenerationRequest("a cat", seed=3, num_images=2), GenerationRequest("a dog", seed=4)]
-    out = pipe.generate_batch(requests, 1024, 1024, 25, progress=lambda s, t: seen.append((s, t)))
+    out = pipe.generate_batch(
+        requests, height=1024, width=1024, num_inference_steps=25, progress=lambda s, t: seen.append((s, t))
+    ).images
     assert seen == [(i, 64) for i in range(1, 65)]
     assert clock.now == pytest.approx(2.0)
     assert [len(images) for images in out] == [2, 1]
     assert all(im.size == (1024, 1024) for images in out for im in images)
     with pytest.raises(ValueError, match="not supported"):
-        pipe.generate_batch(requests, 512, 512, 25)
+        pipe.generate_batch(requests, height=512, width=512, num_inference_steps=25)
 
 
 def test_pipeline_cancel_failure_and_nsfw_mark() -> None:
@@ -98,12 +100,12 @@ def test_pipeline_cancel_failure_and_nsfw_mark() -> None:
     pipe = SimulatedPipeline(load_profile("flat-2s"), sleep=clock.sleep, clock=clock)
     checks = iter([False, False, True])
     with pytest.raises(GenerationCancelled):
-        pipe.generate_batch([GenerationRequest("x", seed=1)], 1024, 1024, should_stop=lambda: next(checks))
+        pipe.generate_batch([GenerationRequest("x", seed=1)], height=1024, width=1024, should_stop=lambda: next(checks))
     assert clock.now == pytest.approx(4 * 2.0 / 64)  # steps of 31 ms: the flag is read every 50 ms at most
     failing = SimulatedPipeline(load_profile("flat-2s"), failure_rate=1.0, sleep=clock.sleep, clock=clock)
     with pytest.raises(SimulatedFailure):
-        failing.generate_batch([GenerationRequest("x", seed=1)], 1024, 1024)
-    [[image]] = pipe.generate_batch([GenerationRequest("NSFW please", seed=1)], 1024, 1024)
+        failing.generate_batch([GenerationRequest("x", seed=1)], height=1024, width=1024)
+    [[image]] = pipe.generate_batch([GenerationRequest("NSFW please", seed=1)], height=1024, width=1024).images
     assert image.info[NSFW_INFO_KEY] is True
 
 

@@ -12,6 +12,13 @@ from model.generation_request import GenerationRequest
 
 
 @dataclass
+class FakeOutput:
+    """The part of ``BitDancePipelineOutput`` the worker reads."""
+
+    images: list[list[Image.Image]]
+
+
+@dataclass
 class FakePipeline:
     """Deterministic images from (prompt, seed); ``fail_at_step`` raises, ``on_step`` hooks each step."""
 
@@ -25,12 +32,13 @@ class FakePipeline:
     def generate_batch(
         self,
         requests: Sequence[GenerationRequest],
+        *,
         height: int,
         width: int,
         num_inference_steps: int = 25,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> list[list[Image.Image]]:
+    ) -> FakeOutput:
         self.batches.append(len(requests))
         for r in requests:
             self.calls.append({"prompt": r.prompt, "height": height, "width": width, "seed": r.seed, "n": r.num_images})
@@ -43,7 +51,7 @@ class FakePipeline:
                 raise RuntimeError(f"boom at step {step}")
             if progress is not None:
                 progress(step, self.steps)
-        return [self.images(r.prompt, r.seed, r.num_images, width, height) for r in requests]
+        return FakeOutput([self.images(r.prompt, r.seed, r.num_images, width, height) for r in requests])
 
     @staticmethod
     def images(prompt: str, seed: int | None, count: int, width: int, height: int) -> list[Image.Image]:
