@@ -20,7 +20,6 @@ import argparse
 import base64
 import io
 import os
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from model.resolutions import FAL_IMAGE_SIZE_PRESETS, resolve_image_size
+from model.seeds import resolve_seed
 
 THREADS_VARIABLE = "BITDANCE_TORCH_THREADS"
 JPEG_QUALITY = 95  # the workers' default (BITDANCE_JPEG_QUALITY)
-SEED_RANGE = 2**31  # a seed drawn for a request without one, as the worker draws it
 
 
 def parse_image_size(text: str) -> str | dict[str, int]:
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    seed = request["seed"] if request["seed"] is not None else secrets.randbelow(SEED_RANGE)  # as the worker
+    seed = resolve_seed(request["seed"])  # the worker's seed policy
     progress = PatchProgress(request["num_inference_steps"], f"{width}x{height}")
     started = time.perf_counter()
     images = pipe.generate(
