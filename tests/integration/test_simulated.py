@@ -104,7 +104,7 @@ def test_simulated_flow_through_fal_client(simulated_stack: SimulatedStack) -> N
     assert result["seed"] == 7 and result["has_nsfw_concepts"] == [False]
     image = result["images"][0]
     assert (image["width"], image["height"]) == (1152, 896)  # landscape_4_3 snapped as the 64x checkpoint does
-    assert any(u.startswith("InProgress") and "Step " in u for u in report["updates"])
+    assert any(u.startswith("InProgress") and "patch " in u for u in report["updates"])
     with simulated_stack.client() as client:
         data = client.get(image["url"]).content
     assert data[:3] == b"\xff\xd8\xff" and len(data) == image["file_size"]
@@ -153,12 +153,12 @@ def test_simulated_worker_imports_no_torch(simulated_stack: SimulatedStack) -> N
 def test_simulated_cancel_and_nsfw_flag(simulated_stack: SimulatedStack) -> None:
     with simulated_stack.client() as client:
         slow = submit(client, {"prompt": "slow one", "image_size": "square_hd", "num_inference_steps": 100})
-        poll_until(lambda: any("Step" in e["message"] for e in status(client, slow["request_id"]).json()["logs"]))
+        poll_until(lambda: any("patch " in e["message"] for e in status(client, slow["request_id"]).json()["logs"]))
         assert client.put(slow["cancel_url"]).status_code == 202
         final = wait_completed(client, slow["request_id"], timeout_s=20)
         assert final["error_type"] == "client_cancelled"
-        steps = [e["message"] for e in final["logs"] if e["message"].startswith("Step ")]
-        assert steps and steps[-1] != "Step 64/64 (100%)"
+        patches = [e["message"] for e in final["logs"] if e["message"].startswith("patch ")]
+        assert patches and not patches[-1].startswith("patch 64/64")  # cancelled before the last patch
         assert client.get(slow["response_url"]).status_code == 499
 
         flagged = submit(client, {"prompt": "an nsfw test prompt", "output_format": "png"})
