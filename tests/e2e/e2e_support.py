@@ -257,7 +257,8 @@ def check_images(
     return decoded
 
 
-STEP_LOG = re.compile(r"\bstep\b", re.IGNORECASE)
+# The worker's per-patch progress entries: "patch 3/16, 10 sampling steps each" (README, "Progress logs").
+STEP_LOG = re.compile(r"\bpatch \d+/\d+\b")
 
 
 def step_log_messages(logs: list[dict[str, Any]] | None) -> list[str]:
