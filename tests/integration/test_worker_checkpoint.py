@@ -56,4 +56,5 @@ def test_worker_loads_a_sharded_diffusers_checkpoint(redis_server: RedisProcess,
     assert result.returncode == 0, result.stderr
     assert "(diffusers layout)" in result.stderr
     assert " GB of weights in " in result.stderr
-    assert "ready (parallel_num=16)" in result.stderr
+    (ready,) = [line for line in result.stderr.splitlines() if "INFO worker: worker " in line and " ready: " in line]
+    assert "16x" in ready and str(checkpoint) in ready  # the variant and the folder it loaded
