@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from server.protocol import JobStatus
 from server.queue.records import RequestRecord
+from server.queue.scripts import ClaimOutcome
 from server.queue.worker_store import WorkerJobStore
 from worker.inputs import validate_input
 
@@ -59,7 +60,7 @@ def claim_companions(
                     continue
                 if images + other.payload.num_images > max_images:
                     continue
-                if jobs.claim(rid, worker, queue) == "started":
+                if jobs.claim(rid, worker, queue) is ClaimOutcome.STARTED:
                     claimed.append(candidate)
                     images += other.payload.num_images
     except redis.RedisError as exc:

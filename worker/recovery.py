@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from server.queue.scripts import CancelOutcome, RecoverOutcome
 from server.queue.worker_store import WorkerJobStore
 
 logger = logging.getLogger(__name__)
@@ -25,11 +26,11 @@ def sweep(jobs: WorkerJobStore) -> dict[str, str]:
     """Run one sweep; returns {request_id: outcome} for the requests it changed."""
     changed: dict[str, str] = {}
     for rid, outcome in jobs.recover_orphans().items():
-        if outcome not in ("alive", "skip"):
+        if outcome not in (RecoverOutcome.ALIVE, RecoverOutcome.SKIP):
             logger.warning("recovered orphaned request request_id=%s outcome=%s", rid, outcome)
-            changed[rid] = outcome
-    for rid, outcome in jobs.recover_queued().items():
-        if outcome in ("cancelled", "requeued"):
-            logger.warning("recovered queued request request_id=%s outcome=%s", rid, outcome)
-            changed[rid] = "request_timeout" if outcome == "cancelled" else outcome
+            changed[rid] = outcome.value
+    for rid, queued_outcome in jobs.recover_queued().items():
+        if queued_outcome in (CancelOutcome.CANCELLED, RecoverOutcome.REQUEUED):
+            logger.warning("recovered queued request request_id=%s outcome=%s", rid, queued_outcome)
+            changed[rid] = "request_timeout" if queued_outcome is CancelOutcome.CANCELLED else queued_outcome.value
     return changed

@@ -29,6 +29,7 @@ from server.errors import (
     StoredError,
 )
 from server.queue.records import RequestRecord
+from server.queue.scripts import StartOutcome
 from server.queue.worker_store import WorkerJobStore
 from server.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from server.settings import Settings
@@ -140,15 +141,15 @@ class TaskRunner:
     def _run(self, request_id: str) -> str:
         name = self.services.worker_name
         started = with_redis_retry(lambda: self.jobs.start(request_id, name), "start")
-        if started == "overdue":
+        if started is StartOutcome.OVERDUE:
             self._complete_error(request_id, RequestTimeoutError().to_stored())
             return "request_timeout"
-        if started != "started":
+        if started is not StartOutcome.STARTED:
             logger.info("skipping request request_id=%s (%s)", request_id, started)
-            return started
+            return started.value
         record = self.jobs.get(request_id)
         if record is None:  # expired between the two calls
-            return "missing"
+            return StartOutcome.MISSING.value
         batch = [record]
         self.current_requests = (request_id,)
         try:

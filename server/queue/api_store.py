@@ -17,10 +17,11 @@ import redis
 import redis.asyncio as aioredis
 from rq import Queue
 
-from server.errors import RequestNotFoundError, RequestTimeoutError
+from server.errors import RequestNotFoundError
 from server.protocol import JobStatus
 from server.queue import scripts
-from server.queue.records import Keys, NewRequest, RequestRecord, StatusView, as_str, cancelled_error, decoded
+from server.queue.records import Keys, NewRequest, RequestRecord, StatusView, as_str, decoded
+from server.queue.scripts import CancelMode, CancelOutcome
 from server.settings import Settings
 
 TASK_FUNCTION = "worker.tasks.run_request"
@@ -152,8 +153,10 @@ class JobStore:
         Unknown ids and other owners' ids are both ``RequestNotFoundError``; a queued request past its
         start deadline is completed (504) first, as ``get`` does.
         """
-        keys = [self.keys.record(rid), self.keys.logs(rid), Keys.rq_queue(self.settings.queue_normal)]
-        reply = await self._status_view(keys=keys, args=[rid, -1 if logs_from is None else logs_from])
+        call = scripts.status_view_call(
+            self.keys, request_id=rid, normal_queue=self.settings.queue_normal, logs_from=logs_from
+        )
+        reply = await self._status_view(keys=call.keys, args=call.args)
         if not reply:
             raise RequestNotFoundError()
         view = StatusView.from_reply(rid, reply, logs_from is not None)
@@ -193,23 +196,19 @@ class JobStore:
         names = (self.settings.queue_normal, self.settings.queue_low)
         return {name: int(await self.client.llen(Keys.rq_queue(name))) for name in names}
 
-    async def cancel(self, rid: str) -> str:
-        """'cancelled' (was queued, now COMPLETED), 'requested' (running), 'completed', 'missing'."""
-        return str(await self._cancel(keys=self._cancel_keys(rid), args=self._cancel_args(rid, "cancel")))
+    async def cancel(self, rid: str) -> CancelOutcome:
+        """``CANCELLED`` (was queued, now COMPLETED), ``REQUESTED`` (running), ``COMPLETED``, ``MISSING``."""
+        return await self._cancel_queued(rid, CancelMode.CANCEL)
 
-    async def expire_overdue(self, rid: str) -> str:
+    async def expire_overdue(self, rid: str) -> CancelOutcome:
         """Complete a queued request whose start deadline passed with 504 request_timeout."""
-        return str(await self._cancel(keys=self._cancel_keys(rid), args=self._cancel_args(rid, "expire")))
+        return await self._cancel_queued(rid, CancelMode.EXPIRE)
 
-    def _cancel_keys(self, rid: str) -> list[str]:
-        return [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats, self.keys.webhooks]
-
-    def _cancel_args(self, rid: str, mode: str) -> list[str]:
-        if mode == "cancel":
-            error, outcome = cancelled_error(), "client_cancelled"
-        else:
-            error, outcome = json.dumps(RequestTimeoutError().to_stored().to_dict()), "request_timeout"
-        return [rid, repr(time.time()), error, str(self.settings.record_ttl_s), mode, outcome]
+    async def _cancel_queued(self, rid: str, mode: CancelMode) -> CancelOutcome:
+        call = scripts.cancel_queued_call(
+            self.keys, request_id=rid, mode=mode, now=time.time(), ttl_s=self.settings.record_ttl_s
+        )
+        return CancelOutcome(as_str(await self._cancel(keys=call.keys, args=call.args)))
 
     async def stats(self) -> dict[str, str]:
         return decoded(await self.client.hgetall(self.keys.stats))

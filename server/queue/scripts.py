@@ -1,9 +1,36 @@
 """Lua scripts for the request state machine: each transition is one atomic Redis call.
 
-KEYS/ARGV layouts are documented per script; ``server.queue.api_store`` and ``server.queue.worker_store`` are the only
-callers. The RQ job id of a request is the request id, and the RQ queue list is ``rq:queue:<queue>``
-(RQ's own naming).
+Each script comes with the one function that builds its KEYS/ARGV from named arguments (``*_call``,
+returning a ``ScriptCall``) and, when it answers with a word, the ``StrEnum`` of its answers: the
+stores turn a reply into that enum with its constructor, so an unknown reply raises instead of being
+compared as a string. ``server.queue.api_store``, ``server.queue.worker_store`` and
+``server.queue.webhook_outbox`` are the only callers. The RQ job id of a request is the request id,
+and the RQ queue list is ``rq:queue:<queue>`` (RQ's own naming).
 """
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import NamedTuple
+
+from rq.job import Job
+
+from server.errors import RequestTimeoutError, RunnerDisconnectedError
+from server.queue.records import Keys, cancelled_error
+
+
+class ScriptCall(NamedTuple):
+    """The KEYS and ARGV of one script call (``script(keys=call.keys, args=call.args)``)."""
+
+    keys: list[str]
+    args: list[str | int]
+
+
+def _time(seconds: float) -> str:
+    """A timestamp as the scripts get it (exact: ``repr``)."""
+    return repr(seconds)
 
 
 def _schedule_webhook(key_index: int) -> str:
@@ -20,7 +47,6 @@ end
 
 # Take the first request id off the first non-empty RQ list (in serving order) and note it in the
 # dequeued index, in one step: a worker that dies before START leaves it there for the sweep.
-# KEYS: dequeued, rq_list...   ARGV: now
 DEQUEUE = """
 for i = 2, #KEYS do
   local rid = redis.call('LPOP', KEYS[i])
@@ -32,7 +58,14 @@ end
 return false
 """
 
-# KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms
+
+def dequeue_call(keys: Keys, *, queue_lists: Sequence[str], now: float) -> ScriptCall:
+    """KEYS: dequeued, rq_list...   ARGV: now"""
+    return ScriptCall([keys.dequeued, *queue_lists], [_time(now)])
+
+
+# Start a request its worker took (DEQUEUE): IN_PROGRESS and leased to that worker, unless it is gone,
+# completed (cancelled, expired), leased to another worker or past its start deadline.
 START = """
 redis.call('ZREM', KEYS[5], ARGV[1])
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -50,8 +83,26 @@ redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'started'
 """
 
-# KEYS: rec, logs, lease, queued, active, stats, webhooks
-# ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome
+
+class StartOutcome(StrEnum):
+    """START's answer: started, or why not."""
+
+    STARTED = "started"
+    MISSING = "missing"
+    COMPLETED = "completed"  # cancelled or expired before it started
+    LEASED = "leased"  # another worker runs it
+    OVERDUE = "overdue"  # its start deadline passed
+
+
+def start_call(keys: Keys, *, request_id: str, worker: str, now: float, lease_ms: int) -> ScriptCall:
+    """KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms"""
+    rid = request_id
+    return ScriptCall(
+        [keys.record(rid), keys.lease(rid), keys.queued, keys.active, keys.dequeued],
+        [rid, worker, _time(now), lease_ms],
+    )
+
+
 COMPLETE = (
     """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -74,8 +125,33 @@ return 1
 """
 )
 
+
+def _running_keys(keys: Keys, rid: str) -> list[str]:
+    """KEYS of the scripts that end a running request (COMPLETE, RECOVER_ORPHAN)."""
+    return [keys.record(rid), keys.logs(rid), keys.lease(rid), keys.queued, keys.active, keys.stats, keys.webhooks]
+
+
+def complete_call(
+    keys: Keys,
+    *,
+    request_id: str,
+    now: float,
+    result_json: str,
+    error_json: str,
+    inference_time: float | None,
+    ttl_s: int,
+    outcome: str,
+) -> ScriptCall:
+    """KEYS: rec, logs, lease, queued, active, stats, webhooks
+    ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome (the stats counter's name)
+
+    COMPLETE answers 1 when it completed the request, 0 when it was gone or already COMPLETED."""
+    timing = repr(inference_time) if inference_time is not None else ""
+    args: list[str | int] = [request_id, _time(now), result_json, error_json, timing, ttl_s, outcome]
+    return ScriptCall(_running_keys(keys, request_id), args)
+
+
 # Cancel (mode 'cancel') or expire a queued request past its start deadline (mode 'expire').
-# KEYS: rec, logs, queued, stats, webhooks   ARGV: rid, now, error_json, ttl_s, mode, outcome
 CANCEL_QUEUED = (
     """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -107,9 +183,40 @@ return 'cancelled'
 """
 )
 
+
+class CancelMode(StrEnum):
+    """What CANCEL_QUEUED does to a queued request: a client's cancel, or the end of its start deadline."""
+
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+
+
+class CancelOutcome(StrEnum):
+    """CANCEL_QUEUED's answer."""
+
+    CANCELLED = "cancelled"  # was queued, now COMPLETED (cancelled or expired)
+    REQUESTED = "requested"  # running: its worker stops at the next patch (mode cancel)
+    PENDING = "pending"  # queued and its start deadline has not passed (mode expire)
+    COMPLETED = "completed"  # already COMPLETED
+    MISSING = "missing"
+
+
+def cancel_queued_call(keys: Keys, *, request_id: str, mode: CancelMode, now: float, ttl_s: int) -> ScriptCall:
+    """KEYS: rec, logs, queued, stats, webhooks   ARGV: rid, now, error_json, ttl_s, mode, outcome
+
+    The stored error and the stats counter follow the mode: 499 client_cancelled, 504 request_timeout."""
+    if mode is CancelMode.CANCEL:
+        error, outcome = cancelled_error(), "client_cancelled"
+    else:
+        error, outcome = json.dumps(RequestTimeoutError().to_stored().to_dict()), "request_timeout"
+    rid = request_id
+    return ScriptCall(
+        [keys.record(rid), keys.logs(rid), keys.queued, keys.stats, keys.webhooks],
+        [rid, _time(now), error, ttl_s, mode.value, outcome],
+    )
+
+
 # A request left IN_PROGRESS by a worker whose lease expired: requeue at the front once, else fail.
-# KEYS: rec, logs, lease, queued, active, stats, webhooks
-# ARGV: rid, now, max_requeues, failed_error_json, cancelled_error_json, ttl_s
 RECOVER_ORPHAN = (
     """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -149,9 +256,27 @@ return 'requeued'
 """
 )
 
+
+class RecoverOutcome(StrEnum):
+    """The answers of the recovery scripts (RECOVER_DEQUEUED: ``REQUEUED`` or ``SKIP`` only)."""
+
+    REQUEUED = "requeued"  # back at the front of its queue
+    CLIENT_CANCELLED = "client_cancelled"  # its cancel was asked for: COMPLETED as cancelled
+    RUNNER_DISCONNECTED = "runner_disconnected"  # requeued too often already: COMPLETED with 503
+    ALIVE = "alive"  # its worker's lease still holds
+    SKIP = "skip"  # not in the state the script recovers (any more)
+
+
+def recover_orphan_call(keys: Keys, *, request_id: str, now: float, max_requeues: int, ttl_s: int) -> ScriptCall:
+    """KEYS: rec, logs, lease, queued, active, stats, webhooks
+    ARGV: rid, now, max_requeues, failed_error_json, cancelled_error_json, ttl_s"""
+    failed = json.dumps(RunnerDisconnectedError().to_stored().to_dict())
+    args: list[str | int] = [request_id, _time(now), max_requeues, failed, cancelled_error(), ttl_s]
+    return ScriptCall(_running_keys(keys, request_id), args)
+
+
 # A request a worker took off its RQ list (DEQUEUE) longer ago than the grace period and never
 # started (the worker died in between): back to the front of its list if it is still queued.
-# KEYS: rec, dequeued, queued   ARGV: rid
 RECOVER_DEQUEUED = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'skip' end
@@ -161,11 +286,16 @@ redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'requeued'
 """
 
+
+def recover_dequeued_call(keys: Keys, *, request_id: str) -> ScriptCall:
+    """KEYS: rec, dequeued, queued   ARGV: rid"""
+    return ScriptCall([keys.record(request_id), keys.dequeued, keys.queued], [request_id])
+
+
 # Claim a queued request into a batch that a worker is starting: START's writes, plus taking the
 # request's id out of its RQ list (no other worker will pop it). Its RQ job hash is kept, with a TTL,
 # so that a requeue after this worker dies still finds it. Only IN_QUEUE requests still in their
 # list are claimed; anything else is left to the normal path.
-# KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s
 CLAIM = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'not_queued' end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'not_queued' end
@@ -182,9 +312,29 @@ redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'started'
 """
 
+
+class ClaimOutcome(StrEnum):
+    """CLAIM's answer."""
+
+    STARTED = "started"  # now IN_PROGRESS, leased to this worker, out of its RQ list
+    NOT_QUEUED = "not_queued"  # not queued (any more), cancel asked for, or not in this list
+    OVERDUE = "overdue"  # its start deadline passed (left for the normal path to expire)
+
+
+def claim_call(
+    keys: Keys, *, request_id: str, worker: str, queue: str, now: float, lease_ms: int, job_ttl_s: int
+) -> ScriptCall:
+    """KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s"""
+    rid = request_id
+    return ScriptCall(
+        [keys.record(rid), keys.lease(rid), keys.queued, keys.active, Keys.rq_queue(queue), str(Job.key_for(rid))],
+        [rid, worker, _time(now), lease_ms, job_ttl_s],
+    )
+
+
 # Take a due webhook for one delivery attempt: push its due time out by the lease, so that no other
 # dispatcher sends it meanwhile and a dispatcher that dies mid-attempt leaves it due again later.
-# KEYS: webhooks   ARGV: rid, now, lease_until
+# Answers 1 when taken, 0 when it is not due (any more).
 LEASE_WEBHOOK = """
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if (not due) or tonumber(due) > tonumber(ARGV[2]) then return 0 end
@@ -193,10 +343,15 @@ return 1
 """
 
 
+def lease_webhook_call(keys: Keys, *, request_id: str, now: float, lease_until: float) -> ScriptCall:
+    """KEYS: webhooks   ARGV: rid, now, lease_until"""
+    return ScriptCall([keys.webhooks], [request_id, _time(now), _time(lease_until)])
+
+
 # What a status call shows, in one read: the record's fields, the queue position while queued
 # (requests ahead of it: the normal queue is served before the low one; 0 when it is not in its
-# list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2].
-# KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs)
+# list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2];
+# false for an unknown request.
 STATUS_VIEW = """
 local fields = redis.call('HMGET', KEYS[1], 'status', 'owner', 'endpoint', 'queue', 'deadline', 'error',
   'inference_time')
@@ -217,3 +372,10 @@ local logs = {}
 if tonumber(ARGV[2]) >= 0 then logs = redis.call('LRANGE', KEYS[2], ARGV[2], -1) end
 return {fields, position, logs}
 """
+
+
+def status_view_call(keys: Keys, *, request_id: str, normal_queue: str, logs_from: int | None) -> ScriptCall:
+    """KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs)"""
+    rid = request_id
+    logs_arg = -1 if logs_from is None else logs_from
+    return ScriptCall([keys.record(rid), keys.logs(rid), Keys.rq_queue(normal_queue)], [rid, logs_arg])

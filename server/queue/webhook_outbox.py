@@ -61,7 +61,8 @@ class WebhookOutbox:
         due = self.client.zrangebyscore(self.keys.webhooks, "-inf", repr(now), start=0, num=limit)
         attempted = 0
         for rid in map(as_str, due):
-            taken = self._lease(keys=[self.keys.webhooks], args=[rid, repr(now), repr(now + self.lease_s)])
+            call = scripts.lease_webhook_call(self.keys, request_id=rid, now=now, lease_until=now + self.lease_s)
+            taken = self._lease(keys=call.keys, args=call.args)
             if taken:
                 self._attempt(rid)
                 attempted += 1

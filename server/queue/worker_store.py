@@ -12,12 +12,12 @@ import time
 from typing import Any
 
 import redis
-from rq.job import Job
 
-from server.errors import RequestTimeoutError, RunnerDisconnectedError, StoredError
+from server.errors import StoredError
 from server.protocol import LogEntry
 from server.queue import scripts
-from server.queue.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str, cancelled_error
+from server.queue.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str
+from server.queue.scripts import CancelMode, CancelOutcome, ClaimOutcome, RecoverOutcome, StartOutcome
 from server.settings import Settings
 
 SWEEP_BATCH = 1000  # at most this many entries of each index per sweep (the rest in the next ones)
@@ -48,30 +48,31 @@ class WorkerJobStore:
 
     def dequeue(self, queue_keys: list[str]) -> tuple[str, str] | None:
         """(RQ list, request id) taken off the first non-empty list, noted as taken; None if all are empty."""
-        taken = self._dequeue(keys=[self.keys.dequeued, *queue_keys], args=[repr(time.time())])
+        call = scripts.dequeue_call(self.keys, queue_lists=queue_keys, now=time.time())
+        taken = self._dequeue(keys=call.keys, args=call.args)
         return (as_str(taken[0]), as_str(taken[1])) if taken else None
 
-    def start(self, rid: str, worker: str) -> str:
-        """'started', or why not: 'missing', 'completed' (cancelled/expired), 'leased', 'overdue'."""
-        keys = [self.keys.record(rid), self.keys.lease(rid), self.keys.queued, self.keys.active, self.keys.dequeued]
-        return str(self._start(keys=keys, args=[rid, worker, repr(time.time()), self.lease_ms]))
+    def start(self, rid: str, worker: str) -> StartOutcome:
+        """``STARTED``, or why not (``StartOutcome``)."""
+        call = scripts.start_call(self.keys, request_id=rid, worker=worker, now=time.time(), lease_ms=self.lease_ms)
+        return StartOutcome(as_str(self._start(keys=call.keys, args=call.args)))
 
     def queued_ids(self, queue: str, limit: int) -> list[str]:
         """The first ``limit`` request ids waiting in an RQ queue, in serving order."""
         return [str(rid) for rid in self.client.lrange(Keys.rq_queue(queue), 0, limit - 1)]
 
-    def claim(self, rid: str, worker: str, queue: str) -> str:
-        """Start a still-queued request as part of a batch: 'started', 'not_queued' or 'overdue'."""
-        keys = [
-            self.keys.record(rid),
-            self.keys.lease(rid),
-            self.keys.queued,
-            self.keys.active,
-            Keys.rq_queue(queue),
-            str(Job.key_for(rid)),
-        ]
-        args: list[str | int] = [rid, worker, repr(time.time()), self.lease_ms, self.settings.record_ttl_s]
-        return str(self._claim(keys=keys, args=args))
+    def claim(self, rid: str, worker: str, queue: str) -> ClaimOutcome:
+        """Start a still-queued request as part of a batch (``ClaimOutcome``)."""
+        call = scripts.claim_call(
+            self.keys,
+            request_id=rid,
+            worker=worker,
+            queue=queue,
+            now=time.time(),
+            lease_ms=self.lease_ms,
+            job_ttl_s=self.settings.record_ttl_s,
+        )
+        return ClaimOutcome(as_str(self._claim(keys=call.keys, args=call.args)))
 
     def refresh_lease(self, rid: str, worker: str) -> None:
         self.client.set(self.keys.lease(rid), worker, px=self.lease_ms)
@@ -93,16 +94,18 @@ class WorkerJobStore:
         outcome = error.error_type or f"http_{error.status_code}"
         return self._finish(rid, "", json.dumps(error.to_dict()), inference_time, outcome)
 
-    def _running_keys(self, rid: str) -> list[str]:
-        """KEYS of the scripts that end a running request (COMPLETE, RECOVER_ORPHAN)."""
-        keys = self.keys
-        return [keys.record(rid), keys.logs(rid), keys.lease(rid), keys.queued, keys.active, keys.stats, keys.webhooks]
-
     def _finish(self, rid: str, result: str, error: str, seconds: float | None, outcome: str) -> bool:
-        keys = self._running_keys(rid)
-        timing = repr(seconds) if seconds is not None else ""
-        args: list[str | int] = [rid, repr(time.time()), result, error, timing, self.settings.record_ttl_s, outcome]
-        return bool(self._complete(keys=keys, args=args))
+        call = scripts.complete_call(
+            self.keys,
+            request_id=rid,
+            now=time.time(),
+            result_json=result,
+            error_json=error,
+            inference_time=seconds,
+            ttl_s=self.settings.record_ttl_s,
+            outcome=outcome,
+        )
+        return bool(self._complete(keys=call.keys, args=call.args))
 
     def record_inference(self, seconds: float, images: int) -> None:
         """Metrics of one finished request: its inference seconds (histogram) and images made."""
@@ -142,41 +145,45 @@ class WorkerJobStore:
         px = max(int(self.settings.sweep_interval_s * 1000), 1)
         return bool(self.client.set(self.keys.sweep_lock, owner, nx=True, px=px))
 
-    def recover_orphans(self) -> dict[str, str]:
+    def recover_orphans(self) -> dict[str, RecoverOutcome]:
         """Requests left IN_PROGRESS by dead workers: requeue once, else COMPLETED with an error.
 
         Reads the set of running requests (as many as the workers run), not the queue."""
-        failed = json.dumps(RunnerDisconnectedError().to_stored().to_dict())
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, RecoverOutcome] = {}
         for rid in map(as_str, self.client.smembers(self.keys.active)):
-            keys = self._running_keys(rid)
-            args: list[str | int] = [rid, repr(time.time()), self.settings.max_requeues, failed, cancelled_error()]
-            outcomes[rid] = str(self._orphan(keys=keys, args=[*args, self.settings.record_ttl_s]))
+            call = scripts.recover_orphan_call(
+                self.keys,
+                request_id=rid,
+                now=time.time(),
+                max_requeues=self.settings.max_requeues,
+                ttl_s=self.settings.record_ttl_s,
+            )
+            outcomes[rid] = RecoverOutcome(as_str(self._orphan(keys=call.keys, args=call.args)))
         return outcomes
 
-    def recover_queued(self) -> dict[str, str]:
+    def recover_queued(self) -> dict[str, CancelOutcome | RecoverOutcome]:
         """Queued requests: expire those past their start deadline, push back those taken and never started.
 
         Reads only the due entries of the deadline and dequeue indexes, never the queue."""
-        outcomes = self.expire_overdue()
+        outcomes: dict[str, CancelOutcome | RecoverOutcome] = {**self.expire_overdue()}
         grace = self.settings.lease_ttl_s
         taken = self.client.zrangebyscore(self.keys.dequeued, "-inf", time.time() - grace, start=0, num=SWEEP_BATCH)
         for rid in map(as_str, taken):
-            keys = [self.keys.record(rid), self.keys.dequeued, self.keys.queued]
-            outcomes[rid] = str(self._recover_dequeued(keys=keys, args=[rid]))
+            call = scripts.recover_dequeued_call(self.keys, request_id=rid)
+            outcomes[rid] = RecoverOutcome(as_str(self._recover_dequeued(keys=call.keys, args=call.args)))
         return outcomes
 
-    def expire_overdue(self) -> dict[str, str]:
+    def expire_overdue(self) -> dict[str, CancelOutcome]:
         """Complete queued requests whose start deadline passed with 504 request_timeout."""
-        timeout_error = json.dumps(RequestTimeoutError().to_stored().to_dict())
-        now = repr(time.time())
-        outcomes: dict[str, str] = {}
-        due = self.client.zrangebyscore(self.keys.deadlines, "-inf", now, start=0, num=SWEEP_BATCH)
+        now = time.time()
+        outcomes: dict[str, CancelOutcome] = {}
+        due = self.client.zrangebyscore(self.keys.deadlines, "-inf", repr(now), start=0, num=SWEEP_BATCH)
         for rid in map(as_str, due):
-            keys = [self.keys.record(rid), self.keys.logs(rid), self.keys.queued, self.keys.stats, self.keys.webhooks]
-            args: list[str | int] = [rid, now, timeout_error, self.settings.record_ttl_s, "expire", "request_timeout"]
-            outcome = str(self._cancel(keys=keys, args=args))
-            if outcome != "pending":  # expired now, or no longer queued: its deadline no longer matters
+            call = scripts.cancel_queued_call(
+                self.keys, request_id=rid, mode=CancelMode.EXPIRE, now=now, ttl_s=self.settings.record_ttl_s
+            )
+            outcome = CancelOutcome(as_str(self._cancel(keys=call.keys, args=call.args)))
+            if outcome is not CancelOutcome.PENDING:  # expired now, or no longer queued: its deadline no longer matters
                 self.client.zrem(self.keys.deadlines, rid)
             outcomes[rid] = outcome
         return outcomes

@@ -38,6 +38,7 @@ from server.object_lifecycle import ObjectLifecycle, parse_object_lifecycle
 from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse, queue_status_body
 from server.queue.api_store import JobStore
 from server.queue.records import NewRequest, RequestRecord, StatusView, is_request_id
+from server.queue.scripts import CancelOutcome
 from server.schemas import BitDanceInput, BitDanceOutput
 from server.settings import Settings
 from server.shutdown import Drain
@@ -371,8 +372,8 @@ async def cancel(
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     outcome = await jobs.cancel(request_id)
     reader.request_changed(request_id)  # this process's next poll reads it, whatever the feed says
-    if outcome in ("cancelled", "requested"):
+    if outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED):
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
-    if outcome == "completed":
+    if outcome is CancelOutcome.COMPLETED:
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
     return JSONResponse({"status": "NOT_FOUND"}, status_code=404)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from server.errors import RunnerServerError
 from server.protocol import JobStatus
+from server.queue import scripts
 from server.queue.api_store import create_request
 from server.queue.records import NewRequest
 from server.queue.worker_store import WorkerJobStore
@@ -127,16 +128,10 @@ def test_cancelled_before_start_never_runs(settings: Settings) -> None:
     pipe = FakePipeline()
     runner, jobs = make_runner(settings, pipe)
     submit(settings, "req-early")
-    jobs._cancel(
-        keys=[
-            jobs.keys.record("req-early"),
-            jobs.keys.logs("req-early"),
-            jobs.keys.queued,
-            jobs.keys.stats,
-            jobs.keys.webhooks,
-        ],
-        args=["req-early", repr(time.time()), "{}", 60, "cancel", "client_cancelled"],
+    call = scripts.cancel_queued_call(
+        jobs.keys, request_id="req-early", mode=scripts.CancelMode.CANCEL, now=time.time(), ttl_s=60
     )
+    assert jobs._cancel(keys=call.keys, args=call.args) == scripts.CancelOutcome.CANCELLED
     assert runner.run("req-early") == "completed"
     assert pipe.calls == []
 
