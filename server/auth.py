@@ -66,7 +66,12 @@ class KeyRing:
         raise AuthenticationError("No user found for Key ID and Secret")
 
 
-async def authenticate(request: Request) -> Caller:
-    """FastAPI dependency: the caller, or 401 ``{"detail": ...}``."""
+def caller_of(request: Request) -> Caller:
+    """The caller of this request, or 401 ``{"detail": ...}``."""
     keyring: KeyRing = request.app.state.keyring
     return keyring.authenticate(request.headers.get("authorization"))
+
+
+async def authenticate(request: Request) -> Caller:
+    """FastAPI dependency: ``caller_of`` (async: FastAPI would run a plain function in a thread)."""
+    return caller_of(request)
