@@ -30,12 +30,15 @@ from server.queue.api_store import JobStore
 from server.queue.records import Keys
 from server.queue.redis_options import async_redis_options, redis_client_options
 from server.queue.webhook_outbox import WebhookDispatcher, build_outbox
+from server.requests_service import RequestService
 from server.routes import docs, files, ops, playground, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.settings import Settings
 from server.shutdown import Drain
 from server.status_cache import QueueSnapshot, StatusReader
+from server.status_stream import StatusStream
 from server.storage import LocalStorage
+from server.uploads import UploadService
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.status_reader = StatusReader(app.state.jobs, app.state.change_feed)
     app.state.queue_snapshot = QueueSnapshot(app.state.jobs, app.state.change_feed)
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
+    # The services the routes call (fetched through server.deps).
+    app.state.requests = RequestService(
+        settings, app.state.jobs, app.state.status_reader, app.state.drain, app.state.sync_redis
+    )
+    app.state.status_stream = StatusStream(
+        app.state.jobs, app.state.change_feed, app.state.queue_snapshot, app.state.drain, settings
+    )
+    app.state.uploads = UploadService(app.state.redis, app.state.storage, settings)
 
     app.add_exception_handler(FalError, fal_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

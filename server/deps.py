@@ -1,21 +1,23 @@
 """FastAPI dependencies that fetch the per-app service objects from ``app.state``.
 
 They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, and
-that hop cost more than everything else a status call does.
+that hop cost more than everything else a status call does. The two hottest routes (status poll,
+submit) resolve none at all: they read ``app.state`` themselves.
 """
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from server.change_feed import ChangeFeed
 from server.health import HealthCheck
 from server.queue.api_store import JobStore
 from server.queue.records import Keys
+from server.requests_service import RequestService
 from server.settings import Settings
 from server.shutdown import Drain
-from server.status_cache import QueueSnapshot, StatusReader
+from server.status_stream import StatusStream
 from server.storage import LocalStorage
+from server.uploads import UploadService
 from server.webhook_signing import WebhookSigner
 
 
@@ -34,24 +36,24 @@ async def drain_of(request: Request) -> Drain:
     return drain
 
 
-async def change_feed(request: Request) -> ChangeFeed:
-    feed: ChangeFeed = request.app.state.change_feed
-    return feed
-
-
 async def health_check(request: Request) -> HealthCheck:
     check: HealthCheck = request.app.state.health
     return check
 
 
-async def status_reader(request: Request) -> StatusReader:
-    reader: StatusReader = request.app.state.status_reader
-    return reader
+async def request_service(request: Request) -> RequestService:
+    service: RequestService = request.app.state.requests
+    return service
 
 
-async def queue_snapshot(request: Request) -> QueueSnapshot:
-    snapshot: QueueSnapshot = request.app.state.queue_snapshot
-    return snapshot
+async def status_stream(request: Request) -> StatusStream:
+    streams: StatusStream = request.app.state.status_stream
+    return streams
+
+
+async def upload_service(request: Request) -> UploadService:
+    uploads: UploadService = request.app.state.uploads
+    return uploads
 
 
 async def storage_of(request: Request) -> LocalStorage:

@@ -108,10 +108,19 @@ def queue_status_body(
     return body
 
 
+CancelStatus = Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+CANCEL_STATUS_CODES: dict[str, int] = {"CANCELLATION_REQUESTED": 202, "ALREADY_COMPLETED": 400, "NOT_FOUND": 404}
+
+
 class CancelResponse(BaseModel):
     """Answer to a cancel: the code carries the outcome (202/400/404)."""
 
-    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+    status: CancelStatus
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status code that carries this outcome."""
+        return CANCEL_STATUS_CODES[self.status]
 
 
 class ErrorBody(BaseModel):

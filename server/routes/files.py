@@ -1,4 +1,5 @@
-"""Object storage over HTTP: ``GET /files/...`` and the clients' upload flow (``/storage/upload/...``).
+"""Object storage over HTTP: ``GET /files/...`` and the clients' upload flow (``/storage/upload/...``),
+whose sessions are ``server.uploads.UploadService``'s.
 
 ``initiate`` returns an ``upload_url`` carrying its own unguessable token (the JS client PUTs to it
 with no Authorization) and the final ``file_url``. Multipart: PUT ``{upload_url}/{n}`` per part,
@@ -7,10 +8,7 @@ then POST ``{upload_url}/complete``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Request
@@ -19,20 +17,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
 from server.auth import Caller, authenticate
-from server.deps import settings_of, storage_of
-from server.errors import FileNotFoundError_, PayloadTooLargeError
+from server.deps import settings_of, storage_of, upload_service
+from server.errors import FileNotFoundError_
 from server.file_types import MAX_CONTENT_TYPE_CHARS, OCTET_STREAM, download_headers, is_valid_content_type
 from server.object_lifecycle import LIFECYCLE_PREFERENCE_HEADER, UPLOAD_LIFECYCLE_HEADER, parse_object_lifecycle
-from server.queue.records import Keys
 from server.settings import Settings
-from server.storage import (
-    LocalStorage,
-    MissingPartError,
-    UploadTooLargeError,
-    is_token,
-    new_token,
-    safe_file_name,
-)
+from server.storage import LocalStorage, StoredFile
+from server.uploads import UploadService
 from server.urls import public_base
 
 router = APIRouter(tags=["storage"])
@@ -96,125 +87,62 @@ async def get_file(
     return FileResponse(path, media_type=media_type, headers=headers)
 
 
-async def _initiate(request: Request, body: UploadInitiate, caller: Caller, multipart: bool) -> UploadTarget:
-    settings: Settings = request.app.state.settings
+def _lifecycle_ttl_s(request: Request) -> int | None:
+    """The stored file's lifetime from fal's upload lifecycle header (or the general preference header)."""
     header = UPLOAD_LIFECYCLE_HEADER if UPLOAD_LIFECYCLE_HEADER in request.headers else LIFECYCLE_PREFERENCE_HEADER
     lifecycle = parse_object_lifecycle(request.headers.get(header), header)
-    ttl_s = lifecycle.expiration_duration_seconds if lifecycle else None
-    upload_token, file_token = new_token(), new_token()
-    name = safe_file_name(body.file_name, body.content_type)
-    pending = {
-        "file_token": file_token,
-        "file_name": name,
-        "content_type": body.content_type,
-        "owner": caller.key_id,
-        "ttl_s": ttl_s,
-        "multipart": multipart,
-    }
-    key = Keys(settings.key_prefix).upload(upload_token)
-    await request.app.state.redis.set(key, json.dumps(pending), ex=settings.upload_ttl_s)
-    base = public_base(request, settings.public_base_url)
+    return lifecycle.expiration_duration_seconds if lifecycle else None
+
+
+async def _initiate(
+    request: Request, body: UploadInitiate, caller: Caller, uploads: UploadService, *, multipart: bool
+) -> UploadTarget:
+    initiated = await uploads.initiate(
+        owner=caller.key_id,
+        content_type=body.content_type,
+        file_name=body.file_name,
+        ttl_s=_lifecycle_ttl_s(request),
+        multipart=multipart,
+    )
+    base = public_base(request, uploads.settings.public_base_url)
     return UploadTarget(
-        upload_url=f"{base}/storage/upload/{upload_token}",
-        file_url=f"{base}/files/{file_token}/{name}",
+        upload_url=f"{base}/storage/upload/{initiated.upload_token}",
+        file_url=f"{base}/files/{initiated.file_token}/{initiated.file_name}",
     )
 
 
 @router.post("/storage/upload/initiate", response_model=UploadTarget, summary="Start an upload")
 async def initiate_upload(
-    body: UploadInitiate, request: Request, caller: Annotated[Caller, Depends(authenticate)]
+    body: UploadInitiate,
+    request: Request,
+    caller: Annotated[Caller, Depends(authenticate)],
+    uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> UploadTarget:
-    return await _initiate(request, body, caller, multipart=False)
+    return await _initiate(request, body, caller, uploads, multipart=False)
 
 
 @router.post("/storage/upload/initiate-multipart", response_model=UploadTarget, summary="Start a multipart upload")
 async def initiate_multipart(
-    body: UploadInitiate, request: Request, caller: Annotated[Caller, Depends(authenticate)]
+    body: UploadInitiate,
+    request: Request,
+    caller: Annotated[Caller, Depends(authenticate)],
+    uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> UploadTarget:
-    return await _initiate(request, body, caller, multipart=True)
+    return await _initiate(request, body, caller, uploads, multipart=True)
 
 
-async def _pending(request: Request, upload_token: str) -> dict[str, Any]:
-    settings: Settings = request.app.state.settings
-    raw = (
-        await request.app.state.redis.get(Keys(settings.key_prefix).upload(upload_token))
-        if is_token(upload_token)
-        else None
-    )
-    if raw is None:
-        raise FileNotFoundError_("Upload not found or expired")
-    pending: dict[str, Any] = json.loads(raw)
-    return pending
-
-
-async def _receive_to(request: Request, path: Path, limit: int, max_upload_bytes: int) -> str:
-    """Stream the request body to ``path`` (at most ``limit`` bytes); returns its MD5 hex (the part etag)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    size = 0
-    async with await anyio.open_file(path, "wb") as handle:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"Upload larger than {max_upload_bytes} bytes")
-            digest.update(chunk)
-            await handle.write(chunk)
-    return digest.hexdigest()
+def _stored(request: Request, meta: StoredFile) -> JSONResponse:
+    return JSONResponse({"file_url": public_base(request) + meta.url_path, "size": meta.size})
 
 
 @router.put("/storage/upload/{upload_token}", summary="Upload target (the upload_url)")
 async def put_upload(
     upload_token: str,
     request: Request,
-    storage: Annotated[LocalStorage, Depends(storage_of)],
+    uploads: Annotated[UploadService, Depends(upload_service)],
     content_type: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    pending = await _pending(request, upload_token)
-    staged = await anyio.to_thread.run_sync(storage.new_staged_path)
-    try:
-        max_bytes = request.app.state.settings.max_upload_bytes
-        await _receive_to(request, staged, max_bytes, max_bytes)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    meta = await _commit(request, storage, staged, pending, content_type, upload_token)
-    return JSONResponse({"file_url": public_base(request) + meta.url_path, "size": meta.size})
-
-
-async def _commit(
-    request: Request,
-    storage: LocalStorage,
-    staged: Path,
-    pending: dict[str, Any],
-    content_type: str | None,
-    upload_token: str,
-) -> Any:
-    settings: Settings = request.app.state.settings
-
-    def commit() -> Any:
-        return storage.commit(
-            staged,
-            file_name=pending["file_name"],
-            content_type=_declared_type(pending["content_type"], content_type),
-            owner=pending["owner"],
-            ttl_s=pending.get("ttl_s"),
-            token=pending["file_token"],
-        )
-
-    try:
-        meta = await anyio.to_thread.run_sync(commit)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    await request.app.state.redis.delete(Keys(settings.key_prefix).upload(upload_token))
-    return meta
-
-
-def _declared_type(initiated: str | None, header: str | None) -> str:
-    """The type given at initiate, else the PUT's Content-Type; only well-formed types are kept."""
-    for candidate in (initiated, header):
-        if candidate and is_valid_content_type(candidate):
-            return candidate
-    return OCTET_STREAM
+    return _stored(request, await uploads.receive_file(upload_token, request.stream(), content_type))
 
 
 @router.put("/storage/upload/{upload_token}/{part_number}", response_model=UploadPart, summary="Upload one part")
@@ -222,19 +150,10 @@ async def put_part(
     upload_token: str,
     part_number: Annotated[int, PathParam(ge=1, le=MAX_UPLOAD_PARTS)],
     request: Request,
-    storage: Annotated[LocalStorage, Depends(storage_of)],
+    uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> UploadPart:
     """Parts of one upload together stay within ``max_upload_bytes``; a part replaces its earlier copy."""
-    await _pending(request, upload_token)
-    max_bytes: int = request.app.state.settings.max_upload_bytes
-    received = await anyio.to_thread.run_sync(storage.parts_size, upload_token, part_number)
-    incoming = await anyio.to_thread.run_sync(storage.new_incoming_part, upload_token)
-    try:
-        etag = await _receive_to(request, incoming, max_bytes - received, max_bytes)
-        await anyio.to_thread.run_sync(storage.keep_part, upload_token, incoming, part_number)
-    except BaseException:
-        incoming.unlink(missing_ok=True)
-        raise
+    etag = await uploads.receive_part(upload_token, part_number, request.stream())
     return UploadPart(partNumber=part_number, etag=etag)
 
 
@@ -243,16 +162,7 @@ async def complete_multipart(
     upload_token: str,
     body: UploadComplete,
     request: Request,
-    storage: Annotated[LocalStorage, Depends(storage_of)],
+    uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> JSONResponse:
-    pending = await _pending(request, upload_token)
-    max_bytes: int = request.app.state.settings.max_upload_bytes
-    numbers = [p.partNumber for p in body.parts] or await anyio.to_thread.run_sync(storage.part_numbers, upload_token)
-    try:
-        staged = await anyio.to_thread.run_sync(storage.assemble_parts, upload_token, numbers, max_bytes)
-    except MissingPartError as exc:
-        raise FileNotFoundError_(str(exc)) from exc
-    except UploadTooLargeError as exc:
-        raise PayloadTooLargeError(str(exc)) from exc
-    meta = await _commit(request, storage, staged, pending, None, upload_token)
-    return JSONResponse({"file_url": public_base(request) + meta.url_path, "size": meta.size})
+    meta = await uploads.complete(upload_token, [part.partNumber for part in body.parts])
+    return _stored(request, meta)
