@@ -92,6 +92,14 @@ def add_request(pipe: redis.client.Pipeline, conn: redis.Redis, settings: Settin
         pipe.execute_command(*args, **options)
 
 
+def touched_keys(commands: list[Command]) -> list[str]:
+    """The keys a submit's commands write: each one's first argument (none of them takes two keys)."""
+    for args, options in commands:
+        if options:
+            raise RuntimeError(f"unexpected options on a submit command: {args[0]} {options}")
+    return list(dict.fromkeys(str(args[1]) for args, _ in commands))
+
+
 def queue_push_index(commands: list[Command], queue_name: str) -> int:
     """Where RQ's push of the job id is among the commands (its reply is the queue's new length)."""
     list_key = Keys.rq_queue(queue_name)
@@ -110,10 +118,11 @@ class JobStore:
         self.keys = Keys(settings.key_prefix)
         self._cancel = client.register_script(scripts.CANCEL_QUEUED)
         self._status_view = client.register_script(scripts.STATUS_VIEW)
+        self._apply_batch = client.register_script(scripts.APPLY_BATCH)
         self._rq_probed = False
 
     async def create(self, new: NewRequest, rq_connection: redis.Redis) -> int:
-        """Store and enqueue the request in one MULTI from the event loop; its queue position.
+        """Store and enqueue the request in one atomic script call from the event loop; its queue position.
 
         ``rq_connection`` (sync) only lets RQ build its writes: nothing is sent on it but RQ's
         one-time server version probe (cached on the connection), made in a thread on the first call.
@@ -124,11 +133,10 @@ class JobStore:
             commands = await anyio.to_thread.run_sync(submit_commands, rq_connection, self.settings, new)
             self._rq_probed = True
         queue_name = queue_name_of(self.settings, new.priority)
-        async with self.client.pipeline(transaction=True) as pipe:
-            for args, options in commands:
-                pipe.execute_command(*args, **options)
-            pipe.llen(Keys.rq_queue(self.settings.queue_normal))
-            replies = await pipe.execute()
+        normal_list = Keys.rq_queue(self.settings.queue_normal)
+        batch = [args for args, _ in commands] + [("LLEN", normal_list)]
+        call = scripts.apply_batch_call(batch, keys=[*touched_keys(commands), normal_list])
+        replies = await self._apply_batch(keys=call.keys, args=call.args)
         position = int(replies[queue_push_index(commands, queue_name)]) - 1
         if queue_name != self.settings.queue_normal:
             position += int(replies[-1])

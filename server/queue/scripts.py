@@ -25,7 +25,7 @@ class ScriptCall(NamedTuple):
     """The KEYS and ARGV of one script call (``script(keys=call.keys, args=call.args)``)."""
 
     keys: list[str]
-    args: list[str | int]
+    args: Sequence[str | int | bytes]
 
 
 def _time(seconds: float) -> str:
@@ -43,6 +43,34 @@ if hook and hook ~= '' then
   redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
 end
 """
+
+
+# A batch of commands run as one atomic step with one reply (their replies, in order): a submit's
+# writes, ours and those RQ records for its enqueue. MULTI/EXEC does the same with a reply per
+# command, whose parsing was the largest part of a submit's time in the API (issue 9).
+# KEYS: every key the commands touch (declared, as Redis asks of scripts)
+# ARGV: the commands, each as its argument count followed by its arguments (name first)
+APPLY_BATCH = """
+local a, replies = 1, {}
+while a <= #ARGV do
+  local argc = tonumber(ARGV[a])
+  replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  a = a + 1 + argc
+end
+return replies
+"""
+
+
+def apply_batch_call(commands: Sequence[Sequence[str | int | float | bytes]], keys: Sequence[str]) -> ScriptCall:
+    """KEYS: ``keys``   ARGV: each command's argument count, then its arguments (name first; a float
+    as redis-py sends it, ``repr``; bytes, such as RQ's pickled job data, as they are)."""
+    args: list[str | int | bytes] = []
+    for command in commands:
+        if not command:
+            raise ValueError("an empty command")
+        args.append(len(command))
+        args.extend(repr(a) if isinstance(a, float) else a for a in command)
+    return ScriptCall(list(keys), args)
 
 
 # Take the first request id off the first non-empty RQ list (in serving order) and note it in the

@@ -128,3 +128,61 @@ def test_an_unknown_reply_raises(make_settings: Callable[..., Settings]) -> None
     jobs._start = jobs.client.register_script("return 'launched'")  # a word START never answers
     with pytest.raises(ValueError, match="launched"):
         jobs.start("r", "w")
+
+
+def test_apply_batch_lays_out_each_command_as_its_count_then_its_arguments() -> None:
+    call = scripts.apply_batch_call([("HSET", "k", "f", 1.5), ("RPUSH", "l", b"\x00\x9c")], keys=["k", "l"])
+    assert call.keys == ["k", "l"]
+    assert call.args == [4, "HSET", "k", "f", "1.5", 3, "RPUSH", "l", b"\x00\x9c"]
+    with pytest.raises(ValueError):
+        scripts.apply_batch_call([()], keys=[])
+
+
+def test_a_submit_through_the_batch_script_writes_what_a_multi_writes(make_settings: Callable[..., Settings]) -> None:
+    """``JobStore.create`` (one script call) against ``create_request`` (MULTI/EXEC): the same keys,
+    the same fields, the same lists, RQ's pickled job data included; only RQ's timestamps differ."""
+    import asyncio
+    import pickle
+    import zlib
+
+    import redis.asyncio as aioredis
+
+    from server.queue.api_store import JobStore, create_request
+    from server.queue.records import NewRequest
+    from server.queue.redis_options import async_redis_options
+
+    settings = make_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def new(rid: str) -> NewRequest:
+        return NewRequest(
+            request_id=rid, owner="o", endpoint=settings.endpoint_id, input={"prompt": "un renard \u00e9"},
+            priority="normal", files_base="http://h", start_timeout_s=30.0, webhook=None, lifecycle=None,
+        )  # fmt: skip
+
+    create_request(client, settings, new("multi"))
+
+    async def through_script() -> int:
+        async_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
+        try:
+            return await JobStore(async_client, settings).create(new("script"), client)
+        finally:
+            await async_client.aclose()
+
+    assert asyncio.run(through_script()) == 1  # behind the first one
+    keys = Keys(settings.key_prefix)
+
+    def written(rid: str) -> dict[str, object]:
+        record = {k: v for k, v in client.hgetall(keys.record(rid)).items() if k not in (b"created_at", b"deadline")}
+        job = {k: v for k, v in client.hgetall(f"rq:job:{rid}").items() if k not in (b"created_at", b"enqueued_at")}
+        job[b"description"] = job[b"description"].replace(rid.encode(), b"<id>")
+        function, instance, args, kwargs = pickle.loads(zlib.decompress(job[b"data"]))  # RQ's job data
+        assert args == (rid,)
+        job[b"data"] = repr((function, instance, kwargs)).encode()
+        record[b"gateway_request_id"] = b"<id>"
+        return {"record": record, "job": job, "deadline": client.zscore(keys.deadlines, rid) is not None}
+
+    assert written("multi") == written("script")
+    assert client.lrange(f"rq:queue:{settings.queue_normal}", 0, -1) == [b"multi", b"script"]
+    assert client.smembers(keys.queued) == {b"multi", b"script"}
+    assert client.hget(keys.stats, "submitted") == b"2"
