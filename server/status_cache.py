@@ -6,6 +6,11 @@ on the change feed (``server.change_feed``), so it keeps the last ``StatusView``
 and drops it when its request changes, when the queue moves (for queued ones), and wholesale when the
 feed loses Redis. A view is at most ``max_age_s`` old in any case, and a read that overlapped a
 change is not kept (the feed's ``epoch`` moved meanwhile).
+
+Polls that miss together share one read: a change (or a view's age) makes every poller of a request
+miss at the same moment, and 50 pollers of one request then cost one Redis call, not 50 queued on the
+connection pool (the tail of issue 9's 200-pollers benchmark). A change drops the read in flight for
+its request, so a poll never joins a read that began before the last change it could have seen.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections import OrderedDict
 
 from server.change_feed import ChangeFeed
+from server.errors import RequestNotFoundError
 from server.protocol import JobStatus
 from server.queue.api_store import JobStore
 from server.queue.records import StatusView
@@ -67,31 +73,60 @@ class StatusReader:
         self.jobs = jobs
         self.feed = feed
         self.cache = cache or StatusCache()
+        self._reads: dict[tuple[str, bool], asyncio.Future[StatusView]] = {}
         feed.add_listener(self)
 
     async def view(self, rid: str, owner: str, with_logs: bool) -> StatusView:
         """The caller's request (``RequestNotFoundError`` for unknown ids and other owners' ids)."""
         live = self.feed.connected.is_set()
-        if live:
-            cached = self.cache.get(rid, with_logs)
-            if cached is not None and cached.owner == owner:
-                return cached
+        view = self.cache.get(rid, with_logs) if live else None
+        if view is None:
+            view = await self._shared_read(rid, with_logs, live)
+        if view.owner != owner:
+            raise RequestNotFoundError()
+        return view
+
+    async def _shared_read(self, rid: str, with_logs: bool, live: bool) -> StatusView:
+        key = (rid, with_logs)
+        reading = self._reads.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(rid, with_logs, live))
+            reading.add_done_callback(_retrieve_outcome)
+            self._reads[key] = reading
+            reading.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(reading)  # one poller's disconnect does not cancel the others' read
+
+    async def _read(self, rid: str, with_logs: bool, live: bool) -> StatusView:
         epoch = self.feed.epoch
-        view = await self.jobs.status_view(rid, owner=owner, logs_from=0 if with_logs else None)
+        view = await self.jobs.status_view(rid, logs_from=0 if with_logs else None)
         if live and self.feed.epoch == epoch and view.status is not JobStatus.COMPLETED:
             self.cache.put(view, with_logs)  # COMPLETED ones are polled once more at most
         return view
+
+    def _forget(self, key: tuple[str, bool], done: asyncio.Future[StatusView]) -> None:
+        if self._reads.get(key) is done:
+            del self._reads[key]
 
     # --- what the change feed calls -----------------------------------------------------------------
 
     def request_changed(self, rid: str) -> None:
         self.cache.drop(rid)
+        self._reads.pop((rid, False), None)
+        self._reads.pop((rid, True), None)
 
     def queue_moved(self) -> None:
         self.cache.drop_queued()
+        self._reads.clear()  # a read in flight may be of a queued request, whose position just changed
 
     def feed_reset(self) -> None:
         self.cache.clear()
+        self._reads.clear()
+
+
+def _retrieve_outcome(done: asyncio.Future[StatusView]) -> None:
+    """Marks a shared read's error as seen (its pollers may all have gone: no "never retrieved" warning)."""
+    if not done.cancelled():
+        done.exception()
 
 
 class QueueSnapshot:

@@ -26,6 +26,7 @@ WRK_TOTAL = re.compile(r"^\s+(\d+) requests in", re.MULTILINE)
 WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 WRK_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 TO_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+DELAY_JITTER = 0.2  # a poller waits 0.8x to 1.2x its interval (see lua_script)
 
 
 def wrk_binary() -> str:
@@ -70,7 +71,11 @@ def lua_script(
     paths: Sequence[str] = (),
     delay_ms: int = 0,
 ) -> str:
-    """A wrk script: method, body and headers; requests spread over ``paths``; ``delay_ms`` between requests."""
+    """A wrk script: method, body and headers; requests spread over ``paths``; ``delay_ms`` between requests.
+
+    The delay is drawn between 0.8x and 1.2x ``delay_ms`` (mean ``delay_ms``): wrk opens every
+    connection in the same instant, and with a fixed delay its pollers would poll in lockstep for the
+    whole run (a burst of all of them every interval), which independent clients never do."""
     lines = [f"wrk.method = {json.dumps(method)}"]
     if body is not None:
         lines.append(f"wrk.body = {json.dumps(body)}")
@@ -79,7 +84,8 @@ def lua_script(
         lines.append("paths = {" + ", ".join(json.dumps(p) for p in paths) + "}")
         lines.append("request = function() return wrk.format(nil, paths[math.random(#paths)]) end")
     if delay_ms:
-        lines.append(f"delay = function() return {int(delay_ms)} end")
+        lo, hi = round(delay_ms * (1 - DELAY_JITTER)), round(delay_ms * (1 + DELAY_JITTER))
+        lines.append(f"delay = function() return math.random({lo}, {hi}) end")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from server.change_feed import ChangeFeed
-from server.errors import RequestTimeoutError
+from server.errors import RequestNotFoundError, RequestTimeoutError
 from server.protocol import JobStatus, QueueStatus, queue_status_body
 from server.queue.records import Keys, StatusView
 from server.status_cache import StatusCache, StatusReader
@@ -120,7 +120,7 @@ def test_reader_serves_repeat_polls_from_memory_only_while_the_feed_is_live() ->
         reader.request_changed("r1")  # what the feed calls on the request's channel
         await reader.view("r1", "o", with_logs=False)
         assert store.reads == 4
-        with pytest.raises(RequestTimeoutError):  # another owner never gets the cached view
+        with pytest.raises(RequestNotFoundError):  # another owner never gets the cached view: a 404
             await reader.view("r1", "someone-else", with_logs=False)
         store.result = view("r2")  # a change arrives while a read is in flight: that read is not kept
 
@@ -132,6 +132,62 @@ def test_reader_serves_repeat_polls_from_memory_only_while_the_feed_is_live() ->
         store.during_read = None
         await reader.view("r2", "o", with_logs=False)
         await reader.view("r2", "o", with_logs=False)
-        assert store.reads == 7  # the raced read, then one read that was kept
+        assert store.reads == 6  # the raced read, then one read that was kept (the other owner's 404 read nothing)
+
+    asyncio.run(scenario())
+
+
+class SlowStore(CountingStore):
+    """A read that waits for ``release``: polls arriving meanwhile find it in flight."""
+
+    def __init__(self, result: StatusView) -> None:
+        super().__init__(result)
+        self.release = asyncio.Event()
+
+    async def status_view(self, rid: str, owner: str | None = None, logs_from: int | None = None) -> StatusView:
+        self.reads += 1
+        await self.release.wait()
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_polls_that_miss_together_share_one_read_until_their_request_changes() -> None:
+    async def scenario() -> None:
+        feed = ChangeFeed(client=None, keys=Keys("p"))  # type: ignore[arg-type]  # never run here
+        feed.connected.set()
+        store = SlowStore(view("r1"))
+        reader = StatusReader(store, feed)  # type: ignore[arg-type]
+        first = [asyncio.ensure_future(reader.view("r1", "o", with_logs=False)) for _ in range(50)]
+        other_owner = asyncio.ensure_future(reader.view("r1", "someone-else", with_logs=False))
+        with_logs = asyncio.ensure_future(reader.view("r1", "o", with_logs=True))
+        await settle()
+        assert store.reads == 2  # one read per (request, logs or not), however many pollers
+        reader.request_changed("r1")  # a change: later polls must not join the read begun before it
+        later = asyncio.ensure_future(reader.view("r1", "o", with_logs=False))
+        await settle()
+        assert store.reads == 3
+        first[0].cancel()  # a poller that goes away does not cancel the read the others wait on
+        store.release.set()
+        views = await asyncio.gather(*first[1:], later, with_logs)
+        assert all(v.request_id == "r1" for v in views)
+        with pytest.raises(RequestNotFoundError):
+            await other_owner
+        store.release.clear()
+        store.result = RequestTimeoutError()  # type: ignore[assignment]  # a failed read fails all who share it
+        reader.request_changed("r1")
+        failing = [asyncio.ensure_future(reader.view("r1", "o", with_logs=False)) for _ in range(3)]
+        await settle()
+        store.release.set()
+        outcomes = await asyncio.gather(*failing, return_exceptions=True)
+        assert store.reads == 4 and all(isinstance(o, RequestTimeoutError) for o in outcomes)
+        store.result = view("r1")
+        await reader.view("r1", "o", with_logs=False)  # and is not kept: the next poll reads again
+        assert store.reads == 5
 
     asyncio.run(scenario())
