@@ -26,12 +26,9 @@ from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox
 from server.queue.worker_store import WorkerJobStore
 from worker import recovery
 from worker.tasks import TaskRunner
+from worker.wakeup import QueueWakeup
 
 logger = logging.getLogger(__name__)
-
-# An idle worker looks for a request this often (one cheap script call; a blocking pop cannot also
-# note what it took): at most this much latency before a request starts.
-DEQUEUE_POLL_S = 0.1
 
 
 class Heartbeat(threading.Thread):
@@ -123,22 +120,25 @@ class Sweeper(threading.Thread):
         self.stopped.set()
 
 
-def tracked_queue_class(jobs: WorkerJobStore) -> type[Queue]:
-    """RQ's ``Queue`` whose dequeue goes through ``jobs.dequeue`` (RQ's own pops leave no trace)."""
+def tracked_queue_class(jobs: WorkerJobStore, wakeup: QueueWakeup) -> type[Queue]:
+    """RQ's ``Queue`` whose dequeue goes through ``jobs.dequeue`` (RQ's own pops leave no trace; a
+    blocking pop cannot also note what it took), waiting for ``wakeup`` while the queues are empty."""
 
     class TrackedQueue(Queue):
         @classmethod
         def lpop(cls, queue_keys: Sequence[str], timeout: int | None, connection: Any = None) -> Any:
             """RQ's contract: (list key, job id); None when empty and ``timeout`` is None, else waits up
-            to ``timeout`` seconds (polling every ``DEQUEUE_POLL_S``) and raises ``DequeueTimeout``."""
+            to ``timeout`` seconds (woken by submits) and raises ``DequeueTimeout``."""
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
+                seen = wakeup.heard  # before looking: a submit heard after this wakes the wait below
                 taken = jobs.dequeue(list(queue_keys))
                 if taken is not None or deadline is None:
                     return taken
-                if time.monotonic() >= deadline:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
                     raise DequeueTimeout(timeout, queue_keys)
-                time.sleep(DEQUEUE_POLL_S)
+                wakeup.wait_after(seen, min(left_s, wakeup.fallback_s))
 
         @classmethod
         def lmove(cls, connection: Any, queue_key: str, timeout: int | None) -> Any:
@@ -159,7 +159,8 @@ class GpuWorker(SimpleWorker):
         info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("queue_class", tracked_queue_class(jobs))
+        self.wakeup = QueueWakeup(jobs.client, jobs.keys)
+        kwargs.setdefault("queue_class", tracked_queue_class(jobs, self.wakeup))
         super().__init__(queues, **kwargs)
         self.runner = runner
         self.jobs = jobs
@@ -170,7 +171,7 @@ class GpuWorker(SimpleWorker):
     def work(self, *args: Any, **kwargs: Any) -> bool:
         self.heartbeat_thread.beat()  # visible before the first dequeue
         self.sweeper_thread.sweep()  # and requests a dead worker left are recovered first
-        for thread in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread):
+        for thread in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread, self.wakeup):
             thread.start()
         outcome_filter = JobOutcomeLogFilter(self.runner)
         self.log.addFilter(outcome_filter)
@@ -181,6 +182,7 @@ class GpuWorker(SimpleWorker):
             self.heartbeat_thread.stop()
             self.sweeper_thread.stop()
             self.webhook_thread.stop()
+            self.wakeup.stop()
             try:
                 self.jobs.remove_worker(self.name)
             except redis.RedisError:

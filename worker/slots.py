@@ -26,6 +26,7 @@ from server.queue.worker_store import WorkerJobStore
 from worker.gpu_worker import Heartbeat, Sweeper, tracked_queue_class
 from worker.identity import slot_name
 from worker.tasks import TaskRunner, WorkerServices, bind_runner
+from worker.wakeup import QueueWakeup
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,12 @@ class SlotPool:
         self.base_name = services.worker_name
         self.jobs = jobs
         self.workers: list[SlotWorker] = []
+        self.wakeup = QueueWakeup(jobs.client, jobs.keys, name=f"queue-wakeup-{self.base_name}")  # one for all slots
         for index in range(slots):
             name = slot_name(self.base_name, index)
             slot_services = WorkerServices(**{**vars(services), "worker_name": name})
             runner = TaskRunner(slot_services)
-            queue_class = tracked_queue_class(jobs)
+            queue_class = tracked_queue_class(jobs, self.wakeup)
             self.workers.append(SlotWorker(queues, runner, name=name, connection=connection, queue_class=queue_class))
         members = [(w.name, w.runner) for w in self.workers]
         self.heartbeat_thread = Heartbeat(jobs, members, self.base_name, info)
@@ -109,7 +111,7 @@ class SlotPool:
     def work(self, logging_level: str = "INFO") -> None:
         self.heartbeat_thread.beat()  # visible before the first dequeue
         self.sweeper_thread.sweep()  # and requests a dead worker left are recovered first
-        for background in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread):
+        for background in (self.heartbeat_thread, self.sweeper_thread, self.webhook_thread, self.wakeup):
             background.start()
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -126,6 +128,7 @@ class SlotPool:
             self.heartbeat_thread.stop()
             self.sweeper_thread.stop()
             self.webhook_thread.stop()
+            self.wakeup.stop()
             for worker in self.workers:
                 try:
                     self.jobs.remove_worker(worker.name)

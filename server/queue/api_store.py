@@ -75,6 +75,7 @@ def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> l
             description=f"bitdance request {new.request_id}",
             pipeline=recorder,
         )
+        recorder.publish(keys.queue_grew, queue_name)  # after the push: a worker it wakes finds the request
         return [(tuple(args), dict(options)) for args, options in recorder.command_stack]
 
 
@@ -93,11 +94,12 @@ def add_request(pipe: redis.client.Pipeline, conn: redis.Redis, settings: Settin
 
 
 def touched_keys(commands: list[Command]) -> list[str]:
-    """The keys a submit's commands write: each one's first argument (none of them takes two keys)."""
+    """The keys a submit's commands write: each one's first argument (none of them takes two keys),
+    except a PUBLISH's (a channel)."""
     for args, options in commands:
         if options:
             raise RuntimeError(f"unexpected options on a submit command: {args[0]} {options}")
-    return list(dict.fromkeys(str(args[1]) for args, _ in commands))
+    return list(dict.fromkeys(str(args[1]) for args, _ in commands if str(args[0]).upper() != "PUBLISH"))
 
 
 def queue_push_index(commands: list[Command], queue_name: str) -> int:

@@ -70,8 +70,8 @@ class Keys:
         return f"{self.prefix}:queued:moved"
 
     @property
-    def normal_queue_grew(self) -> str:
-        """Channel published on when a normal-priority request is submitted (low-priority positions grow)."""
+    def queue_grew(self) -> str:
+        """Channel published on (with the queue's name) when a request is submitted: idle workers wake."""
         return f"{self.prefix}:queued:grew"
 
     @property

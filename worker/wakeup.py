@@ -1,0 +1,91 @@
+"""``QueueWakeup``: idle workers wake when a request is submitted, instead of on their next poll.
+
+Submits publish on ``Keys.queue_grew`` (in the same atomic step that enqueues). One thread per
+worker process listens there and wakes one idle dequeuer per message, so a request starts within a
+Redis round trip of its submit rather than up to ``DEQUEUE_POLL_S`` later, and 64 idle slots of a
+simulated worker do not each poll Redis ten times a second. Polling stays as the fallback: every
+``IDLE_RECHECK_S`` while the subscription is live (requests requeued by the recovery sweep publish
+nothing here), every ``DEQUEUE_POLL_S`` while it is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from server.queue.records import Keys
+
+logger = logging.getLogger(__name__)
+
+DEQUEUE_POLL_S = 0.1  # without the subscription: as often as an idle worker looked before
+IDLE_RECHECK_S = 1.0  # with it: a look now and then, for requests no submit announced
+RECONNECT_S = 1.0
+LISTEN_TIMEOUT_S = 1.0
+
+
+class QueueWakeup(threading.Thread):
+    """Counts the submits heard; ``wait_after(seen, timeout)`` returns once one more was heard."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, name: str = "queue-wakeup", idle_recheck_s: float = IDLE_RECHECK_S
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.idle_recheck_s = idle_recheck_s
+        self.client = client
+        self.channel = keys.queue_grew
+        self.connected = threading.Event()
+        self.stopped = threading.Event()
+        self._heard = 0
+        self._changed = threading.Condition()
+
+    @property
+    def heard(self) -> int:
+        """How many submits were heard so far (read before looking at the queue, then passed to ``wait_after``)."""
+        return self._heard
+
+    @property
+    def fallback_s(self) -> float:
+        """How long an idle dequeuer waits before looking anyway."""
+        return self.idle_recheck_s if self.connected.is_set() else DEQUEUE_POLL_S
+
+    def wait_after(self, seen: int, timeout_s: float) -> None:
+        """Sleep until a submit after ``seen`` is heard, or ``timeout_s`` passes."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._heard != seen or self.stopped.is_set(), timeout_s)
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self._listen()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("queue wakeup: lost the subscription (%s); polling until it is back", exc)
+            self.connected.clear()
+            self._wake(everyone=True)  # whatever was announced meanwhile is found by looking
+            self.stopped.wait(RECONNECT_S)
+
+    def _listen(self) -> None:
+        pubsub: Any = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            self.connected.set()
+            while not self.stopped.is_set():
+                message = pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
+                if message is not None and message.get("type") == "message":
+                    self._wake(everyone=False)
+        finally:
+            pubsub.close()
+
+    def _wake(self, everyone: bool) -> None:
+        with self._changed:
+            self._heard += 1
+            if everyone:
+                self._changed.notify_all()
+            else:
+                self._changed.notify(1)  # one request: one idle dequeuer looks (not all 64 slots)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._wake(everyone=True)
