@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio as aioredis
 
-from server.queue.records import Keys
+from server.queue.records import LOGS_CHANGED, Keys
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ RECONNECT_DELAY_S = 0.5
 class FeedListener(Protocol):
     """Told about every change the feed hears (``server.status_cache`` keeps views until then)."""
 
-    def request_changed(self, rid: str) -> None: ...
+    def request_changed(self, rid: str, logs_only: bool = False) -> None: ...
 
     def queue_moved(self) -> None: ...
 
@@ -40,10 +40,11 @@ class FeedListener(Protocol):
 class Watch:
     """What one stream waits on: its request's changes, and queue moves while ``follow_queue`` is on."""
 
-    def __init__(self, feed: ChangeFeed, request_id: str) -> None:
+    def __init__(self, feed: ChangeFeed, request_id: str, with_logs: bool = True) -> None:
         self._feed = feed
         self._event = asyncio.Event()
         self.request_id = request_id
+        self.with_logs = with_logs  # False: log entries alone do not wake it (a stream without logs)
         self.follows_queue = False
         self.own_change = False  # a wake came from the request itself (not only from a queue move)
 
@@ -97,8 +98,8 @@ class ChangeFeed:
     def add_listener(self, listener: FeedListener) -> None:
         self._listeners.append(listener)
 
-    def watch(self, request_id: str) -> Watch:
-        watch = Watch(self, request_id)
+    def watch(self, request_id: str, with_logs: bool = True) -> Watch:
+        watch = Watch(self, request_id, with_logs)
         self._watches.setdefault(request_id, set()).add(watch)
         return watch
 
@@ -146,10 +147,13 @@ class ChangeFeed:
                     watch.notify(own_change=False)
             elif channel.startswith(self._prefix) and channel.endswith(self._suffix):
                 rid = channel[len(self._prefix) : len(channel) - len(self._suffix)]
+                # a worker logs every decoding step: streams and views without logs need not read then
+                logs_only = message["data"] in (LOGS_CHANGED, LOGS_CHANGED.encode())
                 for listener in self._listeners:
-                    listener.request_changed(rid)
+                    listener.request_changed(rid, logs_only)
                 for watch in tuple(self._watches.get(rid, ())):
-                    watch.notify(own_change=True)
+                    if watch.with_logs or not logs_only:
+                        watch.notify(own_change=True)
 
     def _reset(self) -> None:
         self.epoch += 1

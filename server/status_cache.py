@@ -54,8 +54,10 @@ class StatusCache:
         while len(self._views) > self.max_entries:
             self._views.popitem(last=False)
 
-    def drop(self, rid: str) -> None:
-        self._views.pop((rid, False), None)
+    def drop(self, rid: str, logs_only: bool = False) -> None:
+        """Forget the request's views (only the one with logs when only its logs changed)."""
+        if not logs_only:
+            self._views.pop((rid, False), None)
         self._views.pop((rid, True), None)
 
     def drop_queued(self) -> None:
@@ -109,9 +111,10 @@ class StatusReader:
 
     # --- what the change feed calls -----------------------------------------------------------------
 
-    def request_changed(self, rid: str) -> None:
-        self.cache.drop(rid)
-        self._reads.pop((rid, False), None)
+    def request_changed(self, rid: str, logs_only: bool = False) -> None:
+        self.cache.drop(rid, logs_only)
+        if not logs_only:
+            self._reads.pop((rid, False), None)
         self._reads.pop((rid, True), None)
 
     def queue_moved(self) -> None:

@@ -72,7 +72,7 @@ class StatusStream:
         move alone only changes positions: those come from one ``QueueSnapshot`` shared by all streams.
         """
         feed, settings, drain = self.feed, self.settings, self.drain
-        watch = feed.watch(request_id)  # before the first read: no change can fall in between
+        watch = feed.watch(request_id, with_logs=include_logs)  # before the first read: no change can fall in between
         try:
             if not feed.connected.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -42,6 +42,9 @@ OUTCOME_OK = "ok"
 INFERENCE_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)  # seconds, for /metrics
 
 
+LOGS_CHANGED = "log"  # what a worker publishes on ``Keys.changed`` when it only appended log entries
+
+
 @dataclass(frozen=True)
 class Keys:
     """Redis key names under one prefix."""
@@ -61,7 +64,8 @@ class Keys:
     # the keys they get: ``<record>:changed`` and ``<queued>:moved``.
 
     def changed(self, rid: str) -> str:
-        """Channel published on whenever the request's record or logs change."""
+        """Channel published on whenever the request's record or logs change (``LOGS_CHANGED`` when
+        only its logs grew, the transition's word otherwise)."""
         return f"{self.prefix}:req:{rid}:changed"
 
     @property

@@ -16,7 +16,7 @@ import redis
 from server.errors import StoredError
 from server.protocol import LogEntry
 from server.queue import scripts
-from server.queue.records import INFERENCE_BUCKETS_S, OUTCOME_OK, Keys, RequestRecord, as_str
+from server.queue.records import INFERENCE_BUCKETS_S, LOGS_CHANGED, OUTCOME_OK, Keys, RequestRecord, as_str
 from server.queue.scripts import CancelMode, CancelOutcome, ClaimOutcome, RecoverOutcome, StartOutcome
 from server.settings import Settings
 
@@ -81,7 +81,7 @@ class WorkerJobStore:
         """Append a log entry and tell the request's status streams (one round trip)."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.rpush(self.keys.logs(rid), entry.model_dump_json())
-            pipe.publish(self.keys.changed(rid), "log")
+            pipe.publish(self.keys.changed(rid), LOGS_CHANGED)
             pipe.execute()
 
     def is_cancel_requested(self, rid: str) -> bool:

@@ -86,3 +86,50 @@ def test_streams_and_polls_follow_pushed_changes(redis_server: RedisProcess, tmp
             assert next_event(events) is None  # the stream ends right after COMPLETED
     finally:
         api.stop()
+
+
+def test_log_entries_alone_wake_only_what_shows_logs(redis_server: RedisProcess) -> None:
+    """A worker publishes on every decoding step; streams and cached views without logs ignore those."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from server.change_feed import ChangeFeed
+    from server.queue.records import LOGS_CHANGED, Keys
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.changes: list[tuple[str, bool]] = []
+
+        def request_changed(self, rid: str, logs_only: bool = False) -> None:
+            self.changes.append((rid, logs_only))
+
+        def queue_moved(self) -> None:
+            pass
+
+        def feed_reset(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        keys = Keys("logs-only")
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        feed, recorder = ChangeFeed(client, keys), Recorder()
+        feed.add_listener(recorder)
+        running = asyncio.ensure_future(feed.run())
+        try:
+            await asyncio.wait_for(feed.connected.wait(), 10)
+            plain, with_logs = feed.watch("r", with_logs=False), feed.watch("r", with_logs=True)
+            publisher = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+            await publisher.publish(keys.changed("r"), LOGS_CHANGED)
+            assert await with_logs.wait(5.0)
+            assert not await plain.wait(0.3)
+            await publisher.publish(keys.changed("r"), "completed")
+            assert await plain.wait(5.0) and await with_logs.wait(5.0)
+            assert recorder.changes == [("r", True), ("r", False)]
+            await publisher.aclose()
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await client.aclose()
+
+    asyncio.run(scenario())

@@ -191,3 +191,13 @@ def test_polls_that_miss_together_share_one_read_until_their_request_changes() -
         assert store.reads == 5
 
     asyncio.run(scenario())
+
+
+def test_log_entries_alone_keep_the_view_without_logs() -> None:
+    cache = StatusCache()
+    cache.put(view("r"), False)
+    cache.put(view("r"), True)
+    cache.drop("r", logs_only=True)
+    assert cache.get("r", False) is not None and cache.get("r", True) is None
+    cache.drop("r")
+    assert cache.get("r", False) is None
