@@ -149,7 +149,9 @@ def test_drained_run_result_is_fetched_after_the_restart(live_stack: LiveStack) 
     try:
         wait_until_ready(base_url(settings), min_workers=1, processes=(draining,))
         with httpx.Client(base_url=base_url(settings), headers=HEADERS, timeout=120) as client:
-            body = {**FAST, "prompt": "drained then fetched", "seed": 21}
+            # long enough to be still running when the 0.5 s grace ends (FAST alone takes ~1.4 s on an
+            # idle machine, now that the worker starts it the moment it is submitted)
+            body = {**FAST, "num_inference_steps": 60, "prompt": "drained then fetched", "seed": 21}
             thread = in_background(results, "run", lambda: client.post(f"/{APP}", json=body))
             time.sleep(1.0)
             draining.popen.send_signal(signal.SIGTERM)
