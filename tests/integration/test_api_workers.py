@@ -11,7 +11,7 @@ from server.settings import Settings
 from stack.launcher import RedisProcess, base_url, start_api, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 
-from .helpers import APP, status, submit
+from .helpers import APP, poll_until, status, submit
 
 
 def children_of(pid: int) -> list[int]:
@@ -34,7 +34,8 @@ def test_two_api_processes_serve_one_port(redis_server: RedisProcess, tmp_path: 
                     answer = status(fresh, rid)
                     assert answer.status_code == 202 and answer.json()["status"] == "IN_QUEUE"
             assert client.put(f"/queue/{APP}/requests/{ids[0]}/cancel").status_code == 202
-        log = (tmp_path / "api.log").read_text()
-        assert log.count("Application startup complete") == 2
+        # both processes start (the first one answering is enough for wait_until_ready: wait for the other)
+        log_path = tmp_path / "api.log"
+        poll_until(lambda: log_path.read_text().count("Application startup complete") == 2, timeout_s=60)
     finally:
         assert api.stop() == 0
