@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 
 from server.app import create_app
-from server.logconfig import configure_logging
+from server.logconfig import configure_api_logging
 from server.serving import DrainingServer, serve_processes
 from server.settings import Settings
 from server.shutdown import ANSWER_MARGIN_S
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = cli_overrides(args)
     settings = Settings(**overrides)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_api_logging(settings.log_level, settings.log_format, settings.log_status_polls)
     host = settings.host
     if settings.is_open:
         if not is_loopback(host):

@@ -24,7 +24,7 @@ from server.error_handlers import (
 )
 from server.errors import FalError
 from server.health import HealthCheck
-from server.logconfig import configure_logging
+from server.logconfig import configure_api_logging
 from server.middleware import BodyLimitMiddleware, RequestIdMiddleware, RoutingMiddleware
 from server.queue.api_store import JobStore
 from server.queue.records import Keys
@@ -176,7 +176,7 @@ def app_from_environment() -> FastAPI:
     environment (the parent exported its command-line flags there), logging configured here."""
     global _environment_app
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_api_logging(settings.log_level, settings.log_format, settings.log_status_polls)
     _environment_app = create_app(settings)
     return _environment_app
 

@@ -141,6 +141,14 @@ class Settings(BaseSettings):
     # --- logging --------------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    log_status_polls: bool = Field(
+        default=False,
+        description=(
+            "Write an access-log line for every answered status poll too. Off: fal clients poll each request "
+            "every 100-500 ms, so these lines were most of the log and a fifth of a poll's CPU; polls that fail "
+            "(4xx/5xx), status streams and every other route are logged either way."
+        ),
+    )
 
     @field_validator("api_keys", "cors_allow_origins", mode="before")
     @classmethod

@@ -6,7 +6,9 @@ redis-server, the API, and a one-route FastAPI app served by the same uvicorn wi
 
 1. requests/s and latency percentiles of hello-world, status, health and submit under ``wrk``
    (same connections and duration for each; hello-world measured before and after, its mean is the
-   baseline of the ratios);
+   baseline of the ratios). The API leaves answered status polls out of its access log by default
+   (``BITDANCE_LOG_STATUS_POLLS``) while hello-world logs every request: status is also measured on
+   an API that logs its polls, for the like-for-like ratio;
 2. status latency with N pollers (fal's Python client polls every 100 ms) while a worker generates;
 3. N open status streams: the API's CPU while nothing changes, and how long a change (a worker's
    log entry, a cancel) takes to reach its stream;
@@ -192,6 +194,8 @@ def measure_rates(bench: Bench, hello_url: str, model: Path) -> None:
     auth = dict(AUTH)
     hello_before = bench.wrk(HELLO_PATH, url=hello_url, headers={})
     status = bench.wrk(status_path(rid), headers=auth)
+    with api_process(bench, "api-polls-logged", log_status_polls=True) as (logged_url, _):
+        status_logged = bench.wrk(status_path(rid), url=logged_url, headers=auth)
     bench.redis().flushall()
     worker = start_worker(bench.settings, model, log_path=bench.root / "worker-idle.log")
     try:
@@ -209,6 +213,7 @@ def measure_rates(bench: Bench, hello_url: str, model: Path) -> None:
     print(row("hello-world FastAPI app (before)", hello_before, baseline))
     print(row("hello-world FastAPI app (after)", hello_after, baseline))
     print(row("GET .../requests/{id}/status", status, baseline))
+    print(row("  the same, polls access-logged", status_logged, baseline))
     print(row("GET /health (an idle worker alive)", health, baseline))
     print(row("POST /queue/fal-ai/bitdance", submit, baseline))
     print("  goals: status >= 0.50x hello-world, health >= 0.50x, submit >= 1000 req/s")
