@@ -4,8 +4,9 @@ fal clients poll a request's status every 100-500 ms, and most polls find nothin
 request waits, a running one logs a step now and then). The API process already hears every change
 on the change feed (``server.change_feed``), so it keeps the last ``StatusView`` it read per request
 and drops it when its request changes, when the queue moves (for queued ones), and wholesale when the
-feed loses Redis. A view is at most ``max_age_s`` old in any case, and a read that overlapped a
-change is not kept (the feed's ``epoch`` moved meanwhile).
+feed loses Redis. A view older than ``max_age_s`` (a safety net: pub/sub messages are not
+acknowledged) is refreshed by one background read while polls keep getting it, for at most
+``stale_s`` more; a read that overlapped a change is not kept (the feed's ``epoch`` moved meanwhile).
 
 Polls that miss together share one read: a change (or a view's age) makes every poller of a request
 miss at the same moment, and 50 pollers of one request then cost one Redis call, not 50 queued on the
@@ -26,26 +27,37 @@ from server.queue.api_store import JobStore
 from server.queue.records import StatusView
 
 STATUS_CACHE_MAX_AGE_S = 1.0
+# An aged view (no change heard, older than the max age) is still answered for this long while one
+# read refreshes it in the background: a poll then never waits on Redis unless its request changed.
+STATUS_CACHE_STALE_S = 4.0
 STATUS_CACHE_MAX_ENTRIES = 50_000
 
 
 class StatusCache:
     """Views by (request id, with logs), oldest first; the change feed drops them."""
 
-    def __init__(self, max_age_s: float = STATUS_CACHE_MAX_AGE_S, max_entries: int = STATUS_CACHE_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_age_s: float = STATUS_CACHE_MAX_AGE_S,
+        max_entries: int = STATUS_CACHE_MAX_ENTRIES,
+        stale_s: float = STATUS_CACHE_STALE_S,
+    ) -> None:
         self.max_age_s = max_age_s
+        self.stale_s = stale_s
         self.max_entries = max_entries
         self._views: OrderedDict[tuple[str, bool], tuple[float, StatusView]] = OrderedDict()
 
-    def get(self, rid: str, with_logs: bool) -> StatusView | None:
+    def get(self, rid: str, with_logs: bool) -> tuple[StatusView, bool] | None:
+        """(the view, whether it is fresh), or None: never kept, dropped, overdue, or aged past the stale window."""
         found = self._views.get((rid, with_logs))
         if found is None:
             return None
         stored_at, view = found
-        if time.monotonic() - stored_at > self.max_age_s or view.is_overdue:
+        age_s = time.monotonic() - stored_at
+        if age_s > self.max_age_s + self.stale_s or view.is_overdue:
             del self._views[(rid, with_logs)]
             return None
-        return view
+        return view, age_s <= self.max_age_s
 
     def put(self, view: StatusView, with_logs: bool) -> None:
         key = (view.request_id, with_logs)
@@ -81,14 +93,20 @@ class StatusReader:
     async def view(self, rid: str, owner: str, with_logs: bool) -> StatusView:
         """The caller's request (``RequestNotFoundError`` for unknown ids and other owners' ids)."""
         live = self.feed.connected.is_set()
-        view = self.cache.get(rid, with_logs) if live else None
-        if view is None:
-            view = await self._shared_read(rid, with_logs, live)
+        cached = self.cache.get(rid, with_logs) if live else None
+        if cached is None:
+            view = await asyncio.shield(self._shared_read(rid, with_logs, live))
+        else:
+            view, fresh = cached
+            if not fresh:  # aged, not changed: answer it, and let one read refresh it meanwhile
+                self._shared_read(rid, with_logs, live)
         if view.owner != owner:
             raise RequestNotFoundError()
         return view
 
-    async def _shared_read(self, rid: str, with_logs: bool, live: bool) -> StatusView:
+    def _shared_read(self, rid: str, with_logs: bool, live: bool) -> asyncio.Future[StatusView]:
+        """The read of this view in flight, started when there is none (await it through ``shield``:
+        one poller's disconnect must not cancel the others' read)."""
         key = (rid, with_logs)
         reading = self._reads.get(key)
         if reading is None:
@@ -96,7 +114,7 @@ class StatusReader:
             reading.add_done_callback(_retrieve_outcome)
             self._reads[key] = reading
             reading.add_done_callback(lambda done: self._forget(key, done))
-        return await asyncio.shield(reading)  # one poller's disconnect does not cancel the others' read
+        return reading
 
     async def _read(self, rid: str, with_logs: bool, live: bool) -> StatusView:
         epoch = self.feed.epoch

@@ -78,7 +78,7 @@ def test_cache_forgets_on_change_queue_move_age_and_deadline() -> None:
     assert cache.get("a", False) is None and cache.get("b", True) is not None
     cache.put(view("c", deadline=time.time() - 1), False)  # overdue: must be expired by a real read
     assert cache.get("c", False) is None
-    stale = StatusCache(max_age_s=0.0)
+    stale = StatusCache(max_age_s=0.0, stale_s=0.0)
     stale.put(view("d"), False)
     time.sleep(0.001)
     assert stale.get("d", False) is None
@@ -201,3 +201,27 @@ def test_log_entries_alone_keep_the_view_without_logs() -> None:
     assert cache.get("r", False) is not None and cache.get("r", True) is None
     cache.drop("r")
     assert cache.get("r", False) is None
+
+
+def test_an_aged_view_is_answered_while_one_read_refreshes_it() -> None:
+    async def scenario() -> None:
+        feed = ChangeFeed(client=None, keys=Keys("p"))  # type: ignore[arg-type]  # never run here
+        feed.connected.set()
+        store = SlowStore(view("r1", JobStatus.IN_PROGRESS))
+        reader = StatusReader(store, feed, StatusCache(max_age_s=0.0, stale_s=60.0))  # type: ignore[arg-type]
+        store.release.set()
+        first = await reader.view("r1", "o", with_logs=False)
+        assert store.reads == 1 and first.status is JobStatus.IN_PROGRESS
+        store.release.clear()  # the refreshing read now hangs, as on a Redis stall
+        store.result = view("r1", JobStatus.COMPLETED)
+        polls = await asyncio.wait_for(asyncio.gather(*(reader.view("r1", "o", False) for _ in range(20))), 1.0)
+        assert all(v.status is JobStatus.IN_PROGRESS for v in polls)  # answered at once, from the aged view
+        assert store.reads == 2  # and one read refreshes it for all of them
+        with pytest.raises(RequestNotFoundError):  # the aged view keeps its owner check
+            await reader.view("r1", "someone-else", with_logs=False)
+        store.release.set()
+        await settle()
+        reader.request_changed("r1")  # a change: the next poll waits for a read, never the old view
+        assert (await reader.view("r1", "o", with_logs=False)).status is JobStatus.COMPLETED
+
+    asyncio.run(scenario())
