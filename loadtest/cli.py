@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shape.add_argument("--requests", type=int, help="stop after this many requests")
     shape.add_argument("--duration", type=float, help="stop starting requests after this many seconds")
     shape.add_argument("--spawn-rate", type=float, help="users started per second (default: all within 1 s)")
+    shape.add_argument("--start-jitter", type=float, default=0.0, metavar="S",
+                       help="closed loop: each user waits a random 0 to S seconds before its first request, so "
+                       "that users started together do not send their requests in lockstep")  # fmt: skip
     shape.add_argument("--sweep", help="comma-separated rates: one open-loop run each, then a chart")
     out = p.add_argument_group("report")
     out.add_argument("--slo-s", type=float, help="goodput: requests ok within this many seconds end to end")
@@ -69,6 +72,7 @@ def build_config(args: argparse.Namespace) -> LoadConfig:
         client=args.client,
         poll_interval_s=args.poll_interval,
         concurrency=args.concurrency,
+        start_jitter_s=args.start_jitter,
         rate=args.rate,
         requests=args.requests,
         duration_s=args.duration,

@@ -22,6 +22,7 @@ class LoadConfig:
     client: Literal["http", "fal-client"] = "http"
     poll_interval_s: float = 0.1  # fal-client's DEFAULT_QUEUE_POLL_INTERVAL
     concurrency: int | None = None  # closed loop: this many users, each one request at a time
+    start_jitter_s: float = 0.0  # closed loop: each user waits a random 0..this before its first request
     rate: float | None = None  # open loop: Poisson arrivals per second
     requests: int | None = None
     duration_s: float | None = None

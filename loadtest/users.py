@@ -45,7 +45,17 @@ class EndpointUser(FastHttpUser):
 
 
 class ClosedLoopUser(EndpointUser):
-    """One request at a time, the next right after the previous one ends (``--concurrency N`` users)."""
+    """One request at a time, the next right after the previous one ends (``--concurrency N`` users).
+
+    Locust starts users in batches (``--spawn-rate`` of them at once, every second); with equal service
+    times a batch's requests would then stay in step for the whole run. ``--start-jitter S`` spreads
+    each user's first request over S seconds, as independent clients are."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        jitter_s = self.state.config.start_jitter_s
+        if jitter_s > 0:
+            gevent.sleep(random.uniform(0.0, jitter_s))
 
     @task
     def one_request(self) -> None:

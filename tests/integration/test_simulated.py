@@ -6,6 +6,7 @@ second worker process with failure injection for the failure test.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -233,7 +234,7 @@ def test_loadtest_report_agrees_with_server_metrics(simulated_stack: SimulatedSt
     seconds equal the deltas of the server's /metrics."""
     report = run_loadtest(
         simulated_stack, tmp_path, "--concurrency", "4", "--requests", "12", "--status", "stream",
-        "--slo-s", "30", "--csv", str(tmp_path / "run"),
+        "--slo-s", "30", "--csv", str(tmp_path / "run"), "--start-jitter", "1.5",
     )  # fmt: skip
     assert report["requests"] == {"sent": 12, "ok": 12, "errors": 0, "lost": 0, "completed_by_endpoint": 12}
     assert set(report["phases"]) == {"submit", "queue_wait", "inference", "result", "download", "e2e"}
@@ -243,6 +244,10 @@ def test_loadtest_report_agrees_with_server_metrics(simulated_stack: SimulatedSt
     assert agreement["completed"]["kit"] == agreement["completed"]["server"] == 12
     assert abs(agreement["inference_s_reported"]["relative_difference"]) < 1e-6
     assert report["locust"]["GET status_stream"]["requests"] >= 12
+    assert report["config"]["start_jitter_s"] == 1.5
+    with (tmp_path / "run_requests.csv").open() as handle:
+        starts = sorted(float(row["started_at"]) for row in csv.DictReader(handle))
+    assert starts[3] - starts[0] > 0.05  # the 4 users' first requests spread over the jitter, not in one instant
     phases_csv = (tmp_path / "run_phases.csv").read_text().splitlines()
     assert (
         phases_csv[0].startswith("phase,count,p50_s")
