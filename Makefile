@@ -119,10 +119,10 @@ chaos: install redis
 	$(PY) -m stack.chaos --kills $(N)
 
 lint: install
-	$(VENV)/bin/ruff check server worker model stack loadtest tests
-	$(VENV)/bin/ruff format --check server worker model stack loadtest tests
+	$(VENV)/bin/ruff check core server worker model stack loadtest tests
+	$(VENV)/bin/ruff format --check core server worker model stack loadtest tests
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format server worker model stack loadtest tests
-	$(VENV)/bin/ruff check --fix server worker model stack loadtest tests
+	$(VENV)/bin/ruff format core server worker model stack loadtest tests
+	$(VENV)/bin/ruff check --fix core server worker model stack loadtest tests

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.settings import Settings
 from loadtest.report import summarize
-from server.settings import Settings
 from stack.launcher import Stack, free_port
 
 PROFILE = "flat-2s"

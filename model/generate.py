@@ -107,7 +107,7 @@ def endpoint_input(args: argparse.Namespace) -> dict[str, Any]:
     """The request as the endpoint would receive it, validated by the endpoint's schema."""
     from pydantic import ValidationError
 
-    from server.schemas import BitDanceInput  # torch-free: the same bounds and defaults as the API
+    from core.schemas import BitDanceInput  # torch-free: the same bounds and defaults as the API
 
     output_format = args.output_format or ("png" if args.out and args.out.suffix.lower() == ".png" else "jpeg")
     values = {

@@ -20,10 +20,10 @@ from typing import Any
 
 import uvicorn
 
+from core.logconfig import configure_api_logging
+from core.settings import Settings
 from server.app import create_app
-from server.logconfig import configure_api_logging
 from server.serving import DrainingServer, serve_processes
-from server.settings import Settings
 from server.shutdown import ANSWER_MARGIN_S
 
 logger = logging.getLogger("server")

@@ -14,6 +14,14 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
+from core.errors import FalError
+from core.logconfig import configure_api_logging
+from core.redis_options import async_redis_options, redis_client_options
+from core.requests.api_store import JobStore
+from core.requests.records import Keys
+from core.settings import Settings
+from core.storage import LocalStorage
+from core.webhooks.outbox import WebhookDispatcher, build_outbox
 from server.auth import KeyRing
 from server.change_feed import ChangeFeed
 from server.error_handlers import (
@@ -22,22 +30,14 @@ from server.error_handlers import (
     unexpected_error_handler,
     validation_error_handler,
 )
-from server.errors import FalError
 from server.health import HealthCheck
-from server.logconfig import configure_api_logging
 from server.middleware import BodyLimitMiddleware, RequestIdMiddleware, RoutingMiddleware
-from server.queue.api_store import JobStore
-from server.queue.records import Keys
-from server.queue.redis_options import async_redis_options, redis_client_options
-from server.queue.webhook_outbox import WebhookDispatcher, build_outbox
 from server.requests_service import RequestService
 from server.routes import docs, files, ops, playground, queue, run
 from server.routes.proxy import PROXY_PATH, ProxyDispatcher
-from server.settings import Settings
 from server.shutdown import Drain
 from server.status_cache import QueueSnapshot, StatusReader
 from server.status_stream import StatusStream
-from server.storage import LocalStorage
 from server.uploads import UploadService
 
 logger = logging.getLogger(__name__)

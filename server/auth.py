@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from server.errors import AuthenticationError
+from core.errors import AuthenticationError
 
 ANONYMOUS = "anonymous"
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio as aioredis
 
-from server.queue.records import LOGS_CHANGED, Keys
+from core.requests.records import LOGS_CHANGED, Keys
 
 logger = logging.getLogger(__name__)
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from core.requests.api_store import JobStore
+from core.requests.records import Keys
+from core.settings import Settings
+from core.storage import LocalStorage
+from core.webhooks.signing import WebhookSigner
 from server.health import HealthCheck
-from server.queue.api_store import JobStore
-from server.queue.records import Keys
 from server.requests_service import RequestService
-from server.settings import Settings
 from server.shutdown import Drain
 from server.status_stream import StatusStream
-from server.storage import LocalStorage
 from server.uploads import UploadService
-from server.webhook_signing import WebhookSigner
 
 
 async def settings_of(request: Request) -> Settings:

@@ -1,7 +1,7 @@
 """The one place that renders errors as fal does: ``FalError`` subclasses, validation errors (fal's
 422), Redis outages, anything else.
 
-Registered on the app by ``server.app.create_app``; routes raise ``server.errors`` classes.
+Registered on the app by ``server.app.create_app``; routes raise ``core.errors`` classes.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from server.errors import REQUEST_ID_HEADER, FalError, ServiceUnavailableError, StoredError
-from server.queue.records import is_request_id
+from core.errors import REQUEST_ID_HEADER, FalError, ServiceUnavailableError, StoredError
+from core.requests.records import is_request_id
 
 logger = logging.getLogger(__name__)
 

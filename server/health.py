@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from server.queue.api_store import JobStore
+from core.requests.api_store import JobStore
 
 HEALTH_MAX_AGE_S = 1.0
 

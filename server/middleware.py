@@ -11,8 +11,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import REQUEST_ID_HEADER
-from server.queue.records import is_request_id
+from core.errors import REQUEST_ID_HEADER
+from core.requests.records import is_request_id
 from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE
 
 # Paths that are the same on every host (never rewritten to the queue API).

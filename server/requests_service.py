@@ -3,7 +3,7 @@ result, cancel, and a run's wait for its result.
 
 Built once per app (``server.app.create_app``) and fetched by the routes through ``server.deps``;
 the routes (``server.routes.queue``, ``server.routes.run``) only turn HTTP into these calls and
-their answers into responses. Failures are ``server.errors`` classes, rendered by the error handlers.
+their answers into responses. Failures are ``core.errors`` classes, rendered by the error handlers.
 The status and submit answers are plain tuples and records, not pydantic models: those two are the
 API's hot paths, and their routes build the wire body directly.
 """
@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 import anyio
 import redis
 
-from server.errors import (
+from core.errors import (
     EndpointNotFoundError,
     QueueFullError,
     RequestInProgressError,
@@ -29,13 +29,13 @@ from server.errors import (
     ServerShuttingDownError,
     ServiceUnavailableError,
 )
+from core.protocol import CancelResponse, JobStatus
+from core.requests.api_store import JobStore
+from core.requests.records import NewRequest, RequestRecord, StatusView, is_request_id
+from core.requests.scripts import CancelOutcome
+from core.schemas import BitDanceInput
+from core.settings import Settings
 from server.object_lifecycle import ObjectLifecycle
-from server.protocol import CancelResponse, JobStatus
-from server.queue.api_store import JobStore
-from server.queue.records import NewRequest, RequestRecord, StatusView, is_request_id
-from server.queue.scripts import CancelOutcome
-from server.schemas import BitDanceInput
-from server.settings import Settings
 from server.shutdown import Drain
 from server.status_cache import StatusReader
 from server.urls import app_id_of

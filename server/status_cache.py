@@ -20,11 +20,11 @@ import asyncio
 import time
 from collections import OrderedDict
 
+from core.errors import RequestNotFoundError
+from core.protocol import JobStatus
+from core.requests.api_store import JobStore
+from core.requests.records import StatusView
 from server.change_feed import ChangeFeed
-from server.errors import RequestNotFoundError
-from server.protocol import JobStatus
-from server.queue.api_store import JobStore
-from server.queue.records import StatusView
 
 STATUS_CACHE_MAX_AGE_S = 1.0
 # An aged view (no change heard, older than the max age) is still answered for this long while one

@@ -13,12 +13,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.protocol import JobStatus, queue_status_body
+from core.requests.api_store import JobStore
+from core.requests.records import StatusView
+from core.settings import Settings
 from server.change_feed import ChangeFeed
 from server.json_response import dumps
-from server.protocol import JobStatus, queue_status_body
-from server.queue.api_store import JobStore
-from server.queue.records import StatusView
-from server.settings import Settings
 from server.shutdown import Drain
 from server.status_cache import QueueSnapshot
 from server.urls import Urls, app_id_of

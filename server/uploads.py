@@ -19,11 +19,10 @@ from typing import Any, NamedTuple
 import anyio
 import redis.asyncio as aioredis
 
-from server.errors import FileNotFoundError_, PayloadTooLargeError
-from server.file_types import OCTET_STREAM, is_valid_content_type
-from server.queue.records import Keys
-from server.settings import Settings
-from server.storage import (
+from core.errors import FileNotFoundError_, PayloadTooLargeError
+from core.requests.records import Keys
+from core.settings import Settings
+from core.storage import (
     LocalStorage,
     MissingPartError,
     StoredFile,
@@ -32,6 +31,7 @@ from server.storage import (
     new_token,
     safe_file_name,
 )
+from server.file_types import OCTET_STREAM, is_valid_content_type
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from server.protocol import RequestUrls
+from core.protocol import RequestUrls
 
 QUEUE_PREFIX = "/queue"
 QUEUE_PREFIX_STATE = "queue_prefix"

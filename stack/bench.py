@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import redis
 
-from server.settings import Settings
+from core.settings import Settings
 from stack.launcher import (
     ManagedProcess,
     RedisProcess,
@@ -76,8 +76,8 @@ def serve_hello(port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
+    from core.logconfig import configure_logging
     from server.__main__ import uvicorn_options
-    from server.logconfig import configure_logging
 
     settings = Settings(_env_file=None, port=port)  # type: ignore[call-arg]  # pydantic-settings' init-only arg
     configure_logging(settings.log_level, settings.log_format)
@@ -268,8 +268,8 @@ async def hold_streams(bench: Bench, ids: list[str], idle_s: float, changes: int
     busy = (cpu_seconds(api_pids) - cpu_before) / (time.perf_counter() - wall_before)
     print(f"  API CPU while nothing changes: {100 * busy:.1f}% of a core over {idle_s:.0f}s (goal < 5%)")
 
-    from server.protocol import LogEntry
-    from server.queue.worker_store import WorkerJobStore
+    from core.protocol import LogEntry
+    from core.requests.worker_store import WorkerJobStore
 
     store = WorkerJobStore(redis.Redis.from_url(bench.redis_server.url), bench.settings)
     latencies = []

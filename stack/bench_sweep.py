@@ -19,10 +19,10 @@ from pathlib import Path
 
 import redis
 
-from server.queue.api_store import add_request, create_request
-from server.queue.records import Keys, NewRequest
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.requests.api_store import add_request, create_request
+from core.requests.records import Keys, NewRequest
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 from stack.launcher import RedisProcess
 from worker import recovery
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import redis
 
-from server.queue.records import Keys
+from core.requests.records import Keys
 from stack.launcher import ensure_tiny_checkpoint, free_port, python_argv
 
 APP = "fal-ai/bitdance"

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from server.settings import Settings
+from core.settings import Settings
 from stack.launcher import Stack, ensure_tiny_checkpoint, free_port, python_argv
 
 APP = "fal-ai/bitdance"

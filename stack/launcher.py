@@ -27,8 +27,8 @@ from typing import IO, Any
 import httpx
 import redis
 
+from core.settings import Settings, child_environment, is_simulated_model
 from model.identity import TINY_MARKER  # torch-free
-from server.settings import Settings, child_environment, is_simulated_model
 from stack.tls import TlsFiles, ensure_tls_files
 
 DEFAULT_TINY_PARALLEL = 64

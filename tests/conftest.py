@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from server.settings import Settings
+from core.settings import Settings
 from stack.launcher import (
     ManagedProcess,
     RedisProcess,

@@ -14,13 +14,13 @@ from typing import Any
 
 import redis
 
+from core.logconfig import configure_logging
+from core.redis_options import redis_client_options
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings, is_simulated_model
+from core.storage import LocalStorage
+from core.webhooks.outbox import build_outbox
 from model.identity import ModelIdentity
-from server.logconfig import configure_logging
-from server.queue.redis_options import redis_client_options
-from server.queue.webhook_outbox import build_outbox
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings, is_simulated_model
-from server.storage import LocalStorage
 from worker.gpu_worker import GpuWorker
 from worker.identity import default_worker_name
 from worker.safety import build_safety_checker

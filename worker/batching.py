@@ -4,7 +4,7 @@ Requests are compatible when they resolve to the same image size and step count 
 guidance scales and image counts may differ: ``generate_batch`` keeps each request's own images).
 Companions are claimed with an atomic script that also takes them out of their RQ list, so exactly
 one worker runs each; they are leased like any running request, and if this worker dies the sweep
-requeues them (``server.queue.scripts.CLAIM``).
+requeues them (``core.requests.scripts.CLAIM``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import logging
 import redis
 from pydantic import ValidationError
 
-from server.protocol import JobStatus
-from server.queue.records import RequestRecord
-from server.queue.scripts import ClaimOutcome
-from server.queue.worker_store import WorkerJobStore
+from core.protocol import JobStatus
+from core.requests.records import RequestRecord
+from core.requests.scripts import ClaimOutcome
+from core.requests.worker_store import WorkerJobStore
 from worker.inputs import validate_input
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout
 
-from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox
-from server.queue.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerJobStore
+from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox
 from worker import recovery
 from worker.tasks import TaskRunner
 from worker.wakeup import QueueWakeup

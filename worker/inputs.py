@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.errors import StoredError
+from core.schemas import BitDanceInput
 from model.resolutions import resolve_image_size
-from server.errors import StoredError
-from server.schemas import BitDanceInput
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import sys
 
 import redis
 
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 from worker.identity import is_default_name_of_host, is_name_or_slot_of
 
 PROBE_TIMEOUT_S = 3.0

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import redis
 
-from server.protocol import LogEntry, LogLevel
-from server.queue.worker_store import WorkerJobStore
+from core.protocol import LogEntry, LogLevel
+from core.requests.worker_store import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

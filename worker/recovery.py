@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 
-from server.queue.scripts import CancelOutcome, RecoverOutcome
-from server.queue.worker_store import WorkerJobStore
+from core.requests.scripts import CancelOutcome, RecoverOutcome
+from core.requests.worker_store import WorkerJobStore
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from server.settings import Settings, is_simulated_model
+from core.settings import Settings, is_simulated_model
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
-from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox
-from server.queue.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerJobStore
+from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox
 from worker.gpu_worker import Heartbeat, Sweeper, tracked_queue_class
 from worker.identity import slot_name
 from worker.tasks import TaskRunner, WorkerServices, bind_runner

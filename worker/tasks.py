@@ -18,22 +18,22 @@ import redis
 from PIL import Image
 from pydantic import ValidationError
 
-from model.errors import GenerationCancelled
-from model.generation_request import GenerationRequest
-from model.seeds import resolve_seed
-from server.errors import (
+from core.errors import (
     ClientCancelledError,
     FalError,
     RequestTimeoutError,
     RunnerServerError,
     StoredError,
 )
-from server.queue.records import RequestRecord
-from server.queue.scripts import StartOutcome
-from server.queue.worker_store import WorkerJobStore
-from server.schemas import BitDanceInput, BitDanceOutput, ImageFile
-from server.settings import Settings
-from server.storage import LocalStorage
+from core.requests.records import RequestRecord
+from core.requests.scripts import StartOutcome
+from core.requests.worker_store import WorkerJobStore
+from core.schemas import BitDanceInput, BitDanceOutput, ImageFile
+from core.settings import Settings
+from core.storage import LocalStorage
+from model.errors import GenerationCancelled
+from model.generation_request import GenerationRequest
+from model.seeds import resolve_seed
 from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
 from worker.inputs import GenerationShape, validate_input, validation_error

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from server.queue.records import Keys
+from core.requests.records import Keys
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
+from core.errors import FileNotFoundError_
+from core.settings import Settings
+from core.storage import LocalStorage, StoredFile
 from server.auth import Caller, authenticate
 from server.deps import settings_of, storage_of, upload_service
-from server.errors import FileNotFoundError_
 from server.file_types import MAX_CONTENT_TYPE_CHARS, OCTET_STREAM, download_headers, is_valid_content_type
 from server.object_lifecycle import LIFECYCLE_PREFERENCE_HEADER, UPLOAD_LIFECYCLE_HEADER, parse_object_lifecycle
-from server.settings import Settings
-from server.storage import LocalStorage, StoredFile
 from server.uploads import UploadService
 from server.urls import public_base
 

@@ -9,19 +9,19 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 
+from core.errors import EndpointNotFoundError
+from core.protocol import QueueStatus
+from core.requests.api_store import JobStore
+from core.schemas import BitDanceInput, BitDanceOutput
+from core.settings import Settings
+from core.webhooks.signing import WebhookSigner
 from server import metrics
 from server.auth import authenticate
 from server.deps import drain_of, health_check, job_store, settings_of, webhook_signer
-from server.errors import EndpointNotFoundError
 from server.health import HealthCheck
 from server.json_response import FastJSONResponse
-from server.protocol import QueueStatus
-from server.queue.api_store import JobStore
-from server.schemas import BitDanceInput, BitDanceOutput
-from server.settings import Settings
 from server.shutdown import Drain
 from server.urls import Urls, request_urls
-from server.webhook_signing import WebhookSigner
 
 router = APIRouter(tags=["ops"])
 

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from core.settings import Settings
 from server.deps import settings_of
-from server.settings import Settings
 
 PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
 ASSETS_PATH = "/playground/assets"

@@ -14,16 +14,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from core.errors import REQUEST_ID_HEADER
+from core.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse
+from core.requests.records import is_request_id
+from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate, caller_of
 from server.deps import request_service, status_stream
-from server.errors import REQUEST_ID_HEADER
 from server.json_response import FastJSONResponse
 from server.object_lifecycle import parse_object_lifecycle
-from server.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse
-from server.queue.records import is_request_id
 from server.requests_service import Priority, RequestService
 from server.routes.request_http import checked_webhook_url, parse_start_timeout, result_response
-from server.schemas import BitDanceInput, BitDanceOutput
 from server.status_stream import StatusStream, build_status
 from server.urls import Urls, request_urls, urls_of
 

@@ -9,10 +9,10 @@ import anyio
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from core.errors import REQUEST_ID_HEADER
+from core.requests.records import RequestRecord
+from core.webhooks.targets import WebhookTargetError, check_webhook_url
 from server.error_handlers import field_error, stored_error_response
-from server.errors import REQUEST_ID_HEADER
-from server.queue.records import RequestRecord
-from server.webhook_targets import WebhookTargetError, check_webhook_url
 
 
 def parse_start_timeout(value: str | None) -> float | None:

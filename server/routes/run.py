@@ -16,12 +16,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
+from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate
 from server.deps import request_service
 from server.object_lifecycle import parse_object_lifecycle
 from server.requests_service import RequestService
 from server.routes.request_http import parse_start_timeout, result_response
-from server.schemas import BitDanceInput, BitDanceOutput
 from server.urls import urls_of
 
 router = APIRouter(tags=["run"])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from server.settings import Settings
+from core.settings import Settings
 
 from .conftest import DOCKER, tool
 

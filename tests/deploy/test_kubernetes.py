@@ -14,7 +14,7 @@ import pytest
 import yaml
 from rq.queue import Queue
 
-from server.settings import Settings
+from core.settings import Settings
 
 from .conftest import DEPLOY, tool
 
@@ -110,7 +110,7 @@ def test_settings_are_real_settings(objects: list[dict[str, Any]]) -> None:
     config = by_kind(objects, "ConfigMap")["bitdance-config"]["data"]
     env_names = {e["name"] for d in ("bitdance-api", "bitdance-worker") for e in container(objects, d).get("env", [])}
     unknown = (set(config) | env_names) - fields
-    assert not unknown, f"not settings of server/settings.py: {sorted(unknown)}"
+    assert not unknown, f"not settings of core/settings.py: {sorted(unknown)}"
 
 
 def test_probes_point_at_what_the_services_serve(objects: list[dict[str, Any]]) -> None:

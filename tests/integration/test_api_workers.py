@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from server.settings import Settings
+from core.settings import Settings
 from stack.launcher import RedisProcess, base_url, start_api, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 

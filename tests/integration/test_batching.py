@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.settings import Settings
+from core.settings import Settings
 from stack.launcher import RedisProcess, base_url, start_api, start_worker, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 

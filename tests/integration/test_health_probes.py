@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from server.settings import child_environment
+from core.settings import child_environment
 from stack.launcher import start_api, wait_until_ready
 from tests.conftest import LiveStack, stack_settings
 from tests.integration.helpers import poll_until

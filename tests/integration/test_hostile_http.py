@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
-from server.queue.records import Keys
-from server.storage import META_NAME, new_token
+from core.requests.records import Keys
+from core.storage import META_NAME, new_token
 from tests.conftest import HARDENED_MAX_UPLOAD_BYTES, KEY_B, HardenedApi
 from tests.integration.helpers import APP, FAST, WebhookListener
 

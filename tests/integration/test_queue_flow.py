@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from server.webhook_signing import verify
+from core.webhooks.signing import verify
 from tests.conftest import KEY_B, LiveStack
 
 from .helpers import APP, FAST, PATCH_LOG, WebhookListener, status, submit

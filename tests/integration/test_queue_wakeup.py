@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import redis
 
-from server.queue.api_store import create_request
-from server.queue.records import Keys, NewRequest
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.requests.api_store import create_request
+from core.requests.records import Keys, NewRequest
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 from worker.gpu_worker import tracked_queue_class
 from worker.wakeup import QueueWakeup
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from server.queue.records import Keys
+from core.requests.records import Keys
 from stack.launcher import base_url, free_port, start_api, wait_until_ready
 from tests.conftest import KEY_A, LiveStack
 

@@ -24,9 +24,9 @@ import pytest
 import redis
 from PIL import Image
 
-from server.queue.api_store import create_request
-from server.queue.records import NewRequest
-from server.settings import Settings, child_environment
+from core.requests.api_store import create_request
+from core.requests.records import NewRequest
+from core.settings import Settings, child_environment
 from stack.launcher import ManagedProcess, RedisProcess, base_url, free_port, start_api, start_worker, wait_until_ready
 from stack.tls import ensure_tls_files
 from tests.conftest import KEY_A, stack_settings

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import redis
 
-from server.errors import ClientCancelledError
-from server.protocol import LogEntry
-from server.queue.worker_store import WorkerJobStore
+from core.errors import ClientCancelledError
+from core.protocol import LogEntry
+from core.requests.worker_store import WorkerJobStore
 from stack.launcher import RedisProcess, base_url, start_api, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 
@@ -94,8 +94,8 @@ def test_log_entries_alone_wake_only_what_shows_logs(redis_server: RedisProcess)
 
     import redis.asyncio as aioredis
 
+    from core.requests.records import LOGS_CHANGED, Keys
     from server.change_feed import ChangeFeed
-    from server.queue.records import LOGS_CHANGED, Keys
 
     class Recorder:
         def __init__(self) -> None:

@@ -9,8 +9,8 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
+from core.settings import Settings
 from server.app import create_app
-from server.settings import Settings
 
 KEY = "unit-key"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.logconfig import ACCESS_LOGGER, AnsweredStatusPolls, configure_api_logging
+from core.logconfig import ACCESS_LOGGER, AnsweredStatusPolls, configure_api_logging
 
 RID = "cdb120a7-2ee7-4933-872b-6c56cf05580a"
 

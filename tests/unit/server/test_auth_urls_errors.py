@@ -8,13 +8,13 @@ import pytest
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from server.auth import ANONYMOUS, KeyRing, key_id_for, parse_authorization
-from server.errors import (
+from core.errors import (
     AuthenticationError,
     ClientCancelledError,
     RequestNotFoundError,
     RequestTimeoutError,
 )
+from server.auth import ANONYMOUS, KeyRing, key_id_for, parse_authorization
 from server.routes.proxy import target_path
 from server.urls import Urls, app_id_of, public_base
 

@@ -13,19 +13,19 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from server.error_handlers import json_safe, validation_items
-from server.file_types import OCTET_STREAM, download_headers, is_valid_content_type
-from server.object_lifecycle import parse_object_lifecycle
-from server.queue.records import RequestRecord, is_request_id
-from server.settings import Settings
-from server.storage import LocalStorage, MissingPartError, UploadTooLargeError, new_token
-from server.webhook_targets import (
+from core.requests.records import RequestRecord, is_request_id
+from core.settings import Settings
+from core.storage import LocalStorage, MissingPartError, UploadTooLargeError, new_token
+from core.webhooks.targets import (
     WebhookTargetError,
     check_webhook_url,
     is_public_address,
     pinned_target,
     webhook_targets,
 )
+from server.error_handlers import json_safe, validation_items
+from server.file_types import OCTET_STREAM, download_headers, is_valid_content_type
+from server.object_lifecycle import parse_object_lifecycle
 
 
 def test_json_safe_makes_any_validation_item_strict_json() -> None:

@@ -11,10 +11,10 @@ from enum import StrEnum
 import pytest
 import redis
 
-from server.errors import RequestTimeoutError
-from server.queue import scripts
-from server.queue.records import Keys, cancelled_error
-from server.queue.scripts import (
+from core.errors import RequestTimeoutError
+from core.requests import scripts
+from core.requests.records import Keys, cancelled_error
+from core.requests.scripts import (
     CancelMode,
     CancelOutcome,
     ClaimOutcome,
@@ -22,8 +22,8 @@ from server.queue.scripts import (
     ScriptCall,
     StartOutcome,
 )
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 
 KEYS = Keys("p")
 
@@ -147,9 +147,9 @@ def test_a_submit_through_the_batch_script_writes_what_a_multi_writes(make_setti
 
     import redis.asyncio as aioredis
 
-    from server.queue.api_store import JobStore, create_request
-    from server.queue.records import NewRequest
-    from server.queue.redis_options import async_redis_options
+    from core.redis_options import async_redis_options
+    from core.requests.api_store import JobStore, create_request
+    from core.requests.records import NewRequest
 
     settings = make_settings()
     client = redis.Redis.from_url(settings.redis_url)

@@ -8,7 +8,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from server.queue.redis_options import HiredisPackingConnection, async_redis_options
+from core.redis_options import HiredisPackingConnection, async_redis_options
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("SET", "key", "value"),

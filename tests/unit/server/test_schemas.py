@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from server.schemas import BitDanceInput, BitDanceOutput
+from core.schemas import BitDanceInput, BitDanceOutput
 
 from .asgi import call, make_app
 

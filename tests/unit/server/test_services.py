@@ -11,17 +11,17 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from core.errors import EndpointNotFoundError, FileNotFoundError_, PayloadTooLargeError, RequestNotFoundError
+from core.protocol import CancelResponse
+from core.requests.api_store import JobStore
+from core.requests.records import Keys
+from core.schemas import BitDanceInput
+from core.settings import Settings
+from core.storage import LocalStorage
 from server.change_feed import ChangeFeed
-from server.errors import EndpointNotFoundError, FileNotFoundError_, PayloadTooLargeError, RequestNotFoundError
-from server.protocol import CancelResponse
-from server.queue.api_store import JobStore
-from server.queue.records import Keys
 from server.requests_service import RequestService
-from server.schemas import BitDanceInput
-from server.settings import Settings
 from server.shutdown import Drain
 from server.status_cache import StatusReader
-from server.storage import LocalStorage
 from server.uploads import UploadService
 
 RID = "764cabcf-b745-4b3e-ae38-1200304cf45b"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from core.errors import RequestNotFoundError, RequestTimeoutError
+from core.protocol import JobStatus, QueueStatus, queue_status_body
+from core.requests.records import Keys, StatusView
 from server.change_feed import ChangeFeed
-from server.errors import RequestNotFoundError, RequestTimeoutError
-from server.protocol import JobStatus, QueueStatus, queue_status_body
-from server.queue.records import Keys, StatusView
 from server.status_cache import StatusCache, StatusReader
 from server.urls import Urls
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 from rq.job import Job
 
-from server.protocol import JobStatus
-from server.queue.records import Keys
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.protocol import JobStatus
+from core.requests.records import Keys
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 from worker import recovery
 
 from .fakes import FakePipeline

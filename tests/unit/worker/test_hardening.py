@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from server.queue.api_store import create_request
-from server.queue.records import NewRequest
-from server.settings import Settings
-from server.webhook_signing import WebhookSigner
-from server.webhooks import WebhookSender
+from core.requests.api_store import create_request
+from core.requests.records import NewRequest
+from core.settings import Settings
+from core.webhooks.delivery import WebhookSender
+from core.webhooks.signing import WebhookSigner
 from tests.integration.helpers import WebhookListener
 
 from .fakes import FakePipeline

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from core.schemas import SEED_MAX
 from model.seeds import MAX_SEED, RANDOM_SEED_RANGE, check_seed, resolve_seed
-from server.schemas import SEED_MAX
 from worker.inputs import GenerationShape, validate_input, validation_error
 
 

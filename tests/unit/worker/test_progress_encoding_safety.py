@@ -9,8 +9,8 @@ import pytest
 import redis
 from PIL import Image
 
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 from worker.encoding import data_uri, encode_image
 from worker.progress import ProgressTracker
 from worker.safety import NoSafetyChecker, OpenNsfwChecker, build_safety_checker, redact

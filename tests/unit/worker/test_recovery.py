@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import redis
 
-from server.protocol import JobStatus
-from server.queue.api_store import create_request
-from server.queue.records import Keys, NewRequest
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
+from core.protocol import JobStatus
+from core.requests.api_store import create_request
+from core.requests.records import Keys, NewRequest
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
 from worker import recovery
 
 
@@ -89,7 +89,7 @@ def test_killed_workers_are_forgotten(make_settings: Callable[..., Settings]) ->
 
     import redis.asyncio as aioredis
 
-    from server.queue.api_store import JobStore
+    from core.requests.api_store import JobStore
 
     settings, jobs = setup(make_settings)  # lease 0.2 s: forgotten after 3 leases without a heartbeat
     jobs.heartbeat("killed-1")
@@ -119,7 +119,7 @@ def commands_processed(client: redis.Redis) -> int:
 def test_sweep_cost_does_not_grow_with_the_queue(make_settings: Callable[..., Settings]) -> None:
     """One sweep over 1000 queued requests (and an overdue one) sends a handful of Redis commands: it
     reads the small indexes (running, taken, overdue requests), not the queue."""
-    from server.queue.api_store import add_request
+    from core.requests.api_store import add_request
 
     settings, jobs = setup(make_settings)
     conn = redis.Redis.from_url(settings.redis_url)

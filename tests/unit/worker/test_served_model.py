@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.settings import Settings
 from model.simulated.pipeline import SimulatedPipeline
-from server.settings import Settings
 from worker.__main__ import served_model
 
 

@@ -14,14 +14,14 @@ import pytest
 import redis
 from PIL import Image
 
-from server.errors import RunnerServerError
-from server.protocol import JobStatus
-from server.queue import scripts
-from server.queue.api_store import create_request
-from server.queue.records import NewRequest
-from server.queue.worker_store import WorkerJobStore
-from server.settings import Settings
-from server.storage import LocalStorage
+from core.errors import RunnerServerError
+from core.protocol import JobStatus
+from core.requests import scripts
+from core.requests.api_store import create_request
+from core.requests.records import NewRequest
+from core.requests.worker_store import WorkerJobStore
+from core.settings import Settings
+from core.storage import LocalStorage
 from worker.gpu_worker import JobOutcomeLogFilter
 from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error

@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from server.errors import RequestTimeoutError
-from server.queue.webhook_outbox import WebhookDispatcher, WebhookOutbox, build_outbox
-from server.settings import Settings
-from server.webhook_signing import WebhookSigner, verify
-from server.webhooks import WebhookSender
+from core.errors import RequestTimeoutError
+from core.settings import Settings
+from core.webhooks.delivery import WebhookSender
+from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox, build_outbox
+from core.webhooks.signing import WebhookSigner, verify
 from tests.integration.helpers import WebhookListener
 
 from .fakes import FakePipeline

@@ -2,8 +2,8 @@
 
 A request is a hash ``<prefix>:req:<id>`` (status, owner, input, result or error, timestamps) plus a
 list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scripts
-(``server.queue.scripts``) run through ``server.queue.api_store.JobStore`` (API) and
-``server.queue.worker_store.WorkerJobStore`` (workers).
+(``core.requests.scripts``) run through ``core.requests.api_store.JobStore`` (API) and
+``core.requests.worker_store.WorkerJobStore`` (workers).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import ClientCancelledError, StoredError
-from server.protocol import JobStatus
+from core.errors import ClientCancelledError, StoredError
+from core.protocol import JobStatus
 
 _REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -1,7 +1,7 @@
 """Webhook requests (``fal_webhook``): fal's body shape and one signed delivery attempt.
 
 Delivery never changes a request's outcome. Which webhooks are due, the retries and their backoff
-live in the Redis outbox (``server.queue.webhook_outbox``).
+live in the Redis outbox (``core.webhooks.outbox``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 
-from server.protocol import WebhookBody
-from server.queue.records import RequestRecord
-from server.settings import Settings
-from server.webhook_signing import WebhookSigner
-from server.webhook_targets import WebhookTargetError, webhook_targets
+from core.protocol import WebhookBody
+from core.requests.records import RequestRecord
+from core.settings import Settings
+from core.webhooks.signing import WebhookSigner
+from core.webhooks.targets import WebhookTargetError, webhook_targets
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class WebhookSender:
     def send(self, url: str, body: dict[str, Any], request_id: str, user_id: str, attempt: int = 1) -> bool:
         """Whether the receiver accepted it. Never raises for network or HTTP errors.
 
-        The URL is checked again here (``server.webhook_targets``): a host may resolve elsewhere now
+        The URL is checked again here (``core.webhooks.targets``): a host may resolve elsewhere now
         than at submit; the POST goes to an address that passed the check.
         """
         try:

@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 
-from server.errors import StoredError
-from server.protocol import LogEntry
-from server.queue import scripts
-from server.queue.records import INFERENCE_BUCKETS_S, LOGS_CHANGED, OUTCOME_OK, Keys, RequestRecord, as_str
-from server.queue.scripts import CancelMode, CancelOutcome, ClaimOutcome, RecoverOutcome, StartOutcome
-from server.settings import Settings
+from core.errors import StoredError
+from core.protocol import LogEntry
+from core.requests import scripts
+from core.requests.records import INFERENCE_BUCKETS_S, LOGS_CHANGED, OUTCOME_OK, Keys, RequestRecord, as_str
+from core.requests.scripts import CancelMode, CancelOutcome, ClaimOutcome, RecoverOutcome, StartOutcome
+from core.settings import Settings
 
 SWEEP_BATCH = 1000  # at most this many entries of each index per sweep (the rest in the next ones)
 

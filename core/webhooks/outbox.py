@@ -1,7 +1,7 @@
 """Durable webhook delivery: an outbox in Redis that the API and every worker drain.
 
 A request that completes with a ``fal_webhook`` enters the outbox (a sorted set of request ids by
-next attempt time) in the same Lua step that completes it (``server.queue.scripts``). Dispatchers, a
+next attempt time) in the same Lua step that completes it (``core.requests.scripts``). Dispatchers, a
 thread in each API and worker process, take due entries one attempt at a time under a lease. So a
 webhook survives the death of the process that completed its request or of the one delivering it,
 and Redis restarts (append-only file); it is delivered at least once, retried with exponential
@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import redis
 
-from server.protocol import JobStatus
-from server.queue import scripts
-from server.queue.records import Keys, RequestRecord, as_str, decoded
-from server.settings import Settings
-from server.webhook_signing import WebhookSigner
-from server.webhooks import WebhookSender, webhook_body
+from core.protocol import JobStatus
+from core.requests import scripts
+from core.requests.records import Keys, RequestRecord, as_str, decoded
+from core.settings import Settings
+from core.webhooks.delivery import WebhookSender, webhook_body
+from core.webhooks.signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 Each script comes with the one function that builds its KEYS/ARGV from named arguments (``*_call``,
 returning a ``ScriptCall``) and, when it answers with a word, the ``StrEnum`` of its answers: the
 stores turn a reply into that enum with its constructor, so an unknown reply raises instead of being
-compared as a string. ``server.queue.api_store``, ``server.queue.worker_store`` and
-``server.queue.webhook_outbox`` are the only callers. The RQ job id of a request is the request id,
+compared as a string. ``core.requests.api_store``, ``core.requests.worker_store`` and
+``core.webhooks.outbox`` are the only callers. The RQ job id of a request is the request id,
 and the RQ queue list is ``rq:queue:<queue>`` (RQ's own naming).
 """
 
@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from rq.job import Job
 
-from server.errors import RequestTimeoutError, RunnerDisconnectedError
-from server.queue.records import Keys, cancelled_error
+from core.errors import RequestTimeoutError, RunnerDisconnectedError
+from core.requests.records import Keys, cancelled_error
 
 
 class ScriptCall(NamedTuple):

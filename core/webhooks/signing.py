@@ -20,7 +20,7 @@ import redis
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from server.queue.records import Keys, as_str
+from core.requests.records import Keys, as_str
 
 
 def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:

@@ -2,8 +2,8 @@
 
 The record is written in the same MULTI as the RQ job that carries ``worker.tasks.run_request(id)``,
 sent from the event loop in one round trip, before submit answers. Transitions are Lua scripts
-(``server.queue.scripts``), so the API and any number of workers can race safely. ``JobStore`` is
-the async face used by the API; workers use ``server.queue.worker_store.WorkerJobStore``.
+(``core.requests.scripts``), so the API and any number of workers can race safely. ``JobStore`` is
+the async face used by the API; workers use ``core.requests.worker_store.WorkerJobStore``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import redis
 import redis.asyncio as aioredis
 from rq import Queue
 
-from server.errors import RequestNotFoundError
-from server.protocol import JobStatus
-from server.queue import scripts
-from server.queue.records import Keys, NewRequest, RequestRecord, StatusView, as_str, decoded
-from server.queue.scripts import CancelMode, CancelOutcome
-from server.settings import Settings
+from core.errors import RequestNotFoundError
+from core.protocol import JobStatus
+from core.requests import scripts
+from core.requests.records import Keys, NewRequest, RequestRecord, StatusView, as_str, decoded
+from core.requests.scripts import CancelMode, CancelOutcome
+from core.settings import Settings
 
 TASK_FUNCTION = "worker.tasks.run_request"
 
