@@ -72,6 +72,11 @@ def _last_modified(entry: Path) -> float:
     return max(times)
 
 
+def file_url_path(token: str, file_name: str) -> str:
+    """Where ``GET /files/...`` serves a stored file (the API and the workers build its URL from this)."""
+    return f"/files/{token}/{file_name}"
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """Metadata of one stored object."""
@@ -86,7 +91,7 @@ class StoredFile:
 
     @property
     def url_path(self) -> str:
-        return f"/files/{self.token}/{self.file_name}"
+        return file_url_path(self.token, self.file_name)
 
     def is_expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at

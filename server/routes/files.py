@@ -18,13 +18,13 @@ from pydantic import BaseModel, Field, field_validator
 
 from core.errors import FileNotFoundError_
 from core.settings import Settings
-from core.storage import LocalStorage, StoredFile
+from core.storage import LocalStorage, StoredFile, file_url_path
 from server.auth import Caller, authenticate
 from server.deps import settings_of, storage_of, upload_service
 from server.file_types import MAX_CONTENT_TYPE_CHARS, OCTET_STREAM, download_headers, is_valid_content_type
 from server.object_lifecycle import LIFECYCLE_PREFERENCE_HEADER, UPLOAD_LIFECYCLE_HEADER, parse_object_lifecycle
 from server.uploads import UploadService
-from server.urls import public_base
+from server.urls import urls_of
 
 router = APIRouter(tags=["storage"])
 
@@ -104,10 +104,10 @@ async def _initiate(
         ttl_s=_lifecycle_ttl_s(request),
         multipart=multipart,
     )
-    base = public_base(request, uploads.settings.public_base_url)
+    urls = urls_of(request)
     return UploadTarget(
-        upload_url=f"{base}/storage/upload/{initiated.upload_token}",
-        file_url=f"{base}/files/{initiated.file_token}/{initiated.file_name}",
+        upload_url=urls.absolute(f"/storage/upload/{initiated.upload_token}"),
+        file_url=urls.absolute(file_url_path(initiated.file_token, initiated.file_name)),
     )
 
 
@@ -132,7 +132,8 @@ async def initiate_multipart(
 
 
 def _stored(request: Request, meta: StoredFile) -> JSONResponse:
-    return JSONResponse({"file_url": public_base(request) + meta.url_path, "size": meta.size})
+    """A finished upload's answer: its file's URL, on the same public base as initiate's answer."""
+    return JSONResponse({"file_url": urls_of(request).absolute(meta.url_path), "size": meta.size})
 
 
 @router.put("/storage/upload/{upload_token}", summary="Upload target (the upload_url)")
