@@ -4,26 +4,21 @@ SIGTERM or Ctrl-C drains (``server.shutdown``): no new connections, in-flight sy
 streams get ``BITDANCE_SHUTDOWN_GRACE_S`` to finish. A second Ctrl-C exits at once.
 
 ``--workers N`` (``BITDANCE_API_WORKERS``) runs N API processes on the one port (uvicorn's workers: the
-parent binds the socket, each child builds the app from the same settings and drains on its own);
+parent binds the socket, each child builds the app from the parent's ``Settings`` and drains on its own);
 they share nothing but Redis and the storage directory, like replicas behind a proxy.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import math
-import os
 import sys
 from typing import Any
 
-import uvicorn
-
-from core.logconfig import configure_api_logging
-from core.settings import Settings
-from server.app import create_app
-from server.serving import DrainingServer, serve_processes
+from core.settings import Settings, is_loopback_host
+from server.access_log import configure_api_logging
+from server.serving import serve_app, serve_processes
 from server.shutdown import ANSWER_MARGIN_S
 
 logger = logging.getLogger("server")
@@ -33,21 +28,6 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags the user gave (not None) win over the environment."""
     names = ("host", "port", "api_workers", "redis_url", "storage_dir", "tls_cert_file", "tls_key_file", "log_level")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def export_to_workers(overrides: dict[str, Any]) -> None:
-    """Command-line overrides as BITDANCE_* variables, so that worker processes build the same Settings."""
-    for name, value in overrides.items():
-        os.environ[f"BITDANCE_{name.upper()}"] = str(value)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,25 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key-file")
     parser.add_argument("--log-level")
     args = parser.parse_args(argv)
-    overrides = cli_overrides(args)
-    settings = Settings(**overrides)
+    settings = Settings(**cli_overrides(args))
     configure_api_logging(settings.log_level, settings.log_format, settings.log_status_polls)
     host = settings.host
     if settings.is_open:
-        if not is_loopback(host):
+        if not is_loopback_host(host):
             logger.warning("no API keys configured: refusing to listen on %s, using 127.0.0.1", host)
             host = "127.0.0.1"
         logger.warning("no API keys configured (BITDANCE_API_KEYS): open server, listening on %s only", host)
     options = uvicorn_options(settings, host)
     if settings.api_workers > 1:
-        export_to_workers(overrides)
-        config = uvicorn.Config(
-            "server.app:app_from_environment", factory=True, workers=settings.api_workers, **options
-        )
-        serve_processes(config, settings.api_workers)
+        serve_processes(settings, options)
     else:
-        app = create_app(settings)
-        DrainingServer(uvicorn.Config(app, **options), app.state.drain).run()
+        serve_app(settings, options)
     return 0
 
 

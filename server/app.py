@@ -15,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from core.errors import FalError
-from core.logconfig import configure_api_logging
 from core.redis_options import async_redis_options, redis_client_options
 from core.requests.api_store import JobStore
 from core.requests.records import Keys
@@ -166,21 +165,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"],
     )
     return app
-
-
-_environment_app: FastAPI | None = None
-
-
-def app_from_environment() -> FastAPI:
-    """The app of one of several API processes (``python -m server --workers N``): settings from the
-    environment (the parent exported its command-line flags there), logging configured here."""
-    global _environment_app
-    settings = Settings()
-    configure_api_logging(settings.log_level, settings.log_format, settings.log_status_polls)
-    _environment_app = create_app(settings)
-    return _environment_app
-
-
-def drain_of_environment_app() -> Drain | None:
-    """The ``Drain`` of this worker process's app (what SIGTERM begins), once it is built."""
-    return _environment_app.state.drain if _environment_app is not None else None

@@ -1,7 +1,9 @@
 """How uvicorn runs the API: ``DrainingServer`` (drains on SIGTERM) and N of them on one socket.
 
 A module of its own (not ``server.__main__``) because ``--workers N`` starts its processes with
-multiprocessing's spawn, which imports the function each process runs.
+multiprocessing's spawn, which imports the function each process runs. Each process is handed the
+parent's ``Settings`` itself (pickled by spawn), so it serves exactly the configuration the parent
+parsed, command-line flags included, without a round trip through ``os.environ``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import os
 import signal
 import socket
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from server.app import drain_of_environment_app
+from core.settings import Settings
+from server.access_log import configure_api_logging
+from server.app import create_app
 from server.shutdown import Drain
 
 logger = logging.getLogger("server")
@@ -25,20 +30,18 @@ logger = logging.getLogger("server")
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, telling the app's ``Drain`` the moment shutdown begins."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
         super().__init__(config)
-        self.drain = drain  # None in ``--workers N``: each worker process's app has its own
+        self.drain = drain
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         freeze_startup_objects()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        drain = self.drain or drain_of_environment_app()
-        if drain is not None:
-            if not drain.is_draining:
-                logger.info("shutting down: draining for up to %.0fs", drain.grace_s)
-            drain.begin()
+        if not self.drain.is_draining:
+            logger.info("shutting down: draining for up to %.0fs", self.drain.grace_s)
+        self.drain.begin()
         super().handle_exit(sig, frame)
 
 
@@ -51,17 +54,28 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def serve_worker(config: uvicorn.Config, sock: socket.socket) -> None:
-    """One of ``--workers N``: its own app (``app_from_environment``) on the shared socket, draining on SIGTERM."""
-    DrainingServer(config).run(sockets=[sock])
+def serve_app(settings: Settings, options: dict[str, Any], sockets: list[socket.socket] | None = None) -> None:
+    """The API of ``settings`` served by one ``DrainingServer`` (on ``sockets`` when given: the shared
+    socket of ``--workers N``)."""
+    app = create_app(settings)
+    DrainingServer(uvicorn.Config(app, **options), app.state.drain).run(sockets=sockets)
 
 
-def serve_processes(config: uvicorn.Config, workers: int) -> None:
+def serve_worker(settings: Settings, options: dict[str, Any], sock: socket.socket) -> None:
+    """One of ``--workers N``, in its spawned process: logging as the parent's, then its own app."""
+    configure_api_logging(settings.log_level, settings.log_format, settings.log_status_polls)
+    serve_app(settings, options, [sock])
+
+
+def serve_processes(settings: Settings, options: dict[str, Any]) -> None:
     """uvicorn's multi-process mode, with our ``DrainingServer`` in every process: the parent binds the
-    socket, starts the workers, passes SIGTERM/SIGINT on and waits for them."""
-    sock = config.bind_socket()
+    socket, starts ``settings.api_workers`` processes, passes SIGTERM/SIGINT on and waits for them."""
+    sock = uvicorn.Config("server.app:create_app", **options).bind_socket()  # only binds: each process builds its app
     spawn = multiprocessing.get_context("spawn")
-    processes = [spawn.Process(target=serve_worker, args=(config, sock), name=f"api-{i}") for i in range(workers)]
+    processes = [
+        spawn.Process(target=serve_worker, args=(settings, options, sock), name=f"api-{i}")
+        for i in range(settings.api_workers)
+    ]
     for process in processes:
         process.start()
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from core.settings import Settings
-from stack.launcher import RedisProcess, base_url, start_api, wait_until_ready
+from core.settings import Settings, child_environment
+from stack.launcher import ManagedProcess, RedisProcess, base_url, python_argv, start_api, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 
 from .helpers import APP, poll_until, status, submit
@@ -22,6 +22,22 @@ def children_of(pid: int) -> list[int]:
 def test_two_api_processes_serve_one_port(redis_server: RedisProcess, tmp_path: Path) -> None:
     settings: Settings = stack_settings(redis_server, tmp_path / "storage", api_workers=2, key_prefix="apiworkers")
     api = start_api(settings, log_path=tmp_path / "api.log")
+    serve_and_check(api, settings, tmp_path)
+
+
+def test_command_line_flags_reach_every_api_process(redis_server: RedisProcess, tmp_path: Path) -> None:
+    """``--workers 2 --redis-url ...``: the environment names an unreachable Redis, the flag the real one;
+    every process serves the parsed settings (a process on the environment's Redis would answer 503)."""
+    settings: Settings = stack_settings(redis_server, tmp_path / "storage", key_prefix="apiflags")
+    env = child_environment(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    argv = python_argv("server", "--workers", "2", "--redis-url", redis_server.url)
+    with open(tmp_path / "api.log", "ab") as log:
+        popen = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    serve_and_check(ManagedProcess("api", popen), settings, tmp_path)
+
+
+def serve_and_check(api: ManagedProcess, settings: Settings, tmp_path: Path) -> None:
+    """Both API processes start and answer submits, status polls and cancels on fresh connections."""
     try:
         url = base_url(settings)
         wait_until_ready(url, processes=(api,))

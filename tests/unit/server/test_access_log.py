@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.logconfig import ACCESS_LOGGER, AnsweredStatusPolls, configure_api_logging
+from server.access_log import ACCESS_LOGGER, AnsweredStatusPolls, configure_api_logging
 
 RID = "cdb120a7-2ee7-4933-872b-6c56cf05580a"
 
