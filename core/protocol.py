@@ -1,16 +1,21 @@
 """fal's queue wire shapes: submit response, queue status, log entries, cancel and webhook bodies.
 
-Field names are exactly fal's. ``QueueStatus.to_wire`` keeps ``logs`` present (``null`` when logs
-are off) because the Python client reads ``data["logs"]`` unconditionally.
+Field names are exactly fal's. The models are the schema (FastAPI's OpenAPI, fal's per-endpoint
+document); the two hot answers, submit and status, are written by one encoder each
+(``submit_body``, ``queue_status_body``), whose output the unit tests validate against the models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # records import this module's JobStatus
+    from core.requests.records import StatusView
 
 
 class JobStatus(StrEnum):
@@ -59,7 +64,8 @@ class SubmitResponse(RequestUrls):
 
 
 class QueueStatus(RequestUrls):
-    """Answer to a status poll and one event of the status stream."""
+    """Answer to a status poll and one event of the status stream: the schema (OpenAPI) of what
+    ``queue_status_body`` writes."""
 
     status: JobStatus
     request_id: str
@@ -69,42 +75,40 @@ class QueueStatus(RequestUrls):
     error: str | None = None
     error_type: str | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        """fal's shape: queue_position only while queued, error fields only on failures, logs always."""
-        body = self.model_dump(mode="json")
-        if self.status is not JobStatus.IN_QUEUE:
-            body.pop("queue_position")
-        for key in ("error", "error_type"):
-            if body[key] is None:
-                body.pop(key)
-        return body
 
+def submit_body(request_id: str, urls: Mapping[str, str], queue_position: int) -> dict[str, Any]:
+    """A ``SubmitResponse`` on the wire, its fields in the model's order.
 
-def queue_status_body(
-    status: JobStatus,
-    request_id: str,
-    urls: dict[str, str],
-    *,
-    queue_position: int | None,
-    logs: list[dict[str, Any]] | None,
-    inference_time: float | None,
-    error: str | None,
-    error_type: str | None,
-) -> dict[str, Any]:
-    """``QueueStatus(...).to_wire()`` built directly: the status poll's hot path skips the model.
-
-    ``urls`` holds the three ``RequestUrls`` fields; ``inference_time`` is reported once COMPLETED.
-    A unit test keeps this equal to the model's output.
+    Built as a dict, not through the model: submit is one of the API's two hot paths. ``urls`` holds
+    the three ``RequestUrls`` fields.
     """
-    body: dict[str, Any] = {**urls, "status": status.value, "request_id": request_id}
+    return {
+        **urls,
+        "status": "IN_QUEUE",
+        "request_id": request_id,
+        "gateway_request_id": request_id,
+        "queue_position": queue_position,
+    }
+
+
+def queue_status_body(view: StatusView, urls: Mapping[str, str], logs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A ``QueueStatus`` on the wire, as fal's clients read it: ``queue_position`` only while queued,
+    ``logs`` always (``null`` when not asked for: the Python client reads ``data["logs"]``
+    unconditionally), ``inference_time`` once COMPLETED, ``error``/``error_type`` only on failures.
+
+    The one encoder of the status shape (polls and stream events alike), built as a dict: the status
+    poll is the API's hot path. ``urls`` holds the three ``RequestUrls`` fields; ``logs`` are the
+    entries to send (all of them for a poll, the new ones for a stream event).
+    """
+    status = view.status
+    body: dict[str, Any] = {**urls, "status": status.value, "request_id": view.request_id}
     if status is JobStatus.IN_QUEUE:
-        body["queue_position"] = queue_position
+        body["queue_position"] = view.queue_position
     body["logs"] = logs
-    body["metrics"] = {"inference_time": inference_time} if status is JobStatus.COMPLETED else {}
-    if error is not None:
-        body["error"] = error
-    if error_type is not None:
-        body["error_type"] = error_type
+    body["metrics"] = {"inference_time": view.inference_time} if status is JobStatus.COMPLETED else {}
+    if view.error is not None:
+        body["error"] = view.error.message
+        body["error_type"] = view.error.error_type
     return body
 
 

@@ -1,8 +1,5 @@
-"""A request's status on the wire: the ``QueueStatus`` body of a poll, and ``StatusStream``, the
-server-sent events of ``/status/stream``.
-
-The body is built without the model (``queue_status_body``): the status poll is the API's hot path.
-"""
+"""``StatusStream``: the server-sent events of ``/status/stream``, each one a ``QueueStatus`` body
+(``core.protocol.queue_status_body``, as a poll answers it)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from core.protocol import JobStatus, queue_status_body
 from core.requests.api_store import JobStore
@@ -21,26 +17,11 @@ from server.change_feed import ChangeFeed
 from server.json_response import dumps
 from server.shutdown import Drain
 from server.status_cache import QueueSnapshot
-from server.urls import Urls, app_id_of
+from server.urls import Urls
 
 LOW_PRIORITY_RECHECK_S = 1.0
 DRAIN_CHECK_S = 0.25
 QUEUE_MOVE_COALESCE_S = 0.05  # a stream woken by a queue move waits this long, so a burst of moves costs one read
-
-
-def build_status(view: StatusView, urls: Urls, logs: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """The ``QueueStatus`` wire body of a request (built without the model: the polling hot path)."""
-    error = view.error
-    return queue_status_body(
-        view.status,
-        view.request_id,
-        urls.request_urls(app_id_of(view.endpoint), view.request_id),
-        queue_position=view.queue_position,
-        logs=logs,
-        inference_time=view.inference_time,
-        error=error.message if error else None,
-        error_type=error.error_type if error else None,
-    )
 
 
 class StatusStream:
@@ -89,7 +70,7 @@ class StatusStream:
                     view = await self.jobs.status_view(request_id, logs_from=sent_logs if include_logs else None)
                 new_logs = view.logs or []
                 sent_logs += len(new_logs)
-                payload = dumps(build_status(view, urls, new_logs))
+                payload = dumps(queue_status_body(view, urls.request_urls(view.endpoint, view.request_id), new_logs))
                 if payload != last_payload:
                     yield b"data: " + payload + b"\n\n"
                     last_payload, last_sent = payload, time.monotonic()

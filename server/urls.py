@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from core.protocol import RequestUrls
-
 QUEUE_PREFIX = "/queue"
 QUEUE_PREFIX_STATE = "queue_prefix"
 
@@ -48,17 +46,13 @@ class Urls:
     def queue_base(self) -> str:
         return self.base + self.queue_prefix
 
-    def for_request(self, app_id: str, request_id: str) -> RequestUrls:
-        response_url = f"{self.queue_base}/{app_id}/requests/{request_id}"
-        return RequestUrls(
-            response_url=response_url,
-            status_url=f"{response_url}/status",
-            cancel_url=f"{response_url}/cancel",
-        )
+    def response_url(self, endpoint_id: str, request_id: str) -> str:
+        """Where a request of ``endpoint_id`` (an app id, or one with a sub-path) answers its result."""
+        return f"{self.queue_base}/{app_id_of(endpoint_id)}/requests/{request_id}"
 
-    def request_urls(self, app_id: str, request_id: str) -> dict[str, str]:
-        """``for_request`` as a plain dict (no model: the status and submit hot paths)."""
-        response_url = f"{self.queue_base}/{app_id}/requests/{request_id}"
+    def request_urls(self, endpoint_id: str, request_id: str) -> dict[str, str]:
+        """The three ``RequestUrls`` fields of a request, as a plain dict (the submit and status hot paths)."""
+        response_url = self.response_url(endpoint_id, request_id)
         return {
             "response_url": response_url,
             "status_url": f"{response_url}/status",
@@ -66,6 +60,7 @@ class Urls:
         }
 
     def absolute(self, path: str) -> str:
+        """``path`` (``/files/...``, ``/storage/upload/...``) on this server's public base."""
         return self.base + path
 
 
@@ -82,7 +77,8 @@ async def request_urls(request: Request) -> Urls:
 
 
 def app_id_of(endpoint_id: str) -> str:
-    """``[ns/]owner/alias`` of an endpoint id (status/result/cancel URLs drop the sub-path)."""
+    """``[ns/]owner/alias`` of an endpoint id (status/result/cancel URLs drop the sub-path); an app id
+    is its own app id."""
     parts = [p for p in endpoint_id.split("/") if p]
     keep = 3 if parts and parts[0] in ("workflows", "comfy") else 2
     return "/".join(parts[:keep])

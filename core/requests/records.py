@@ -192,11 +192,6 @@ class RequestRecord:
         value = (self.lifecycle or {}).get("expiration_duration_seconds")
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
-    def metrics(self) -> dict[str, Any]:
-        if self.status is not JobStatus.COMPLETED:
-            return {}
-        return {"inference_time": self.inference_time}
-
 
 @dataclass(frozen=True)
 class StatusView:

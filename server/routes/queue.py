@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from core.errors import REQUEST_ID_HEADER
-from core.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse
+from core.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse, queue_status_body, submit_body
 from core.requests.records import is_request_id
 from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate, caller_of
@@ -24,7 +24,7 @@ from server.json_response import FastJSONResponse
 from server.object_lifecycle import parse_object_lifecycle
 from server.requests_service import Priority, RequestService
 from server.routes.request_http import checked_webhook_url, parse_start_timeout, result_response
-from server.status_stream import StatusStream, build_status
+from server.status_stream import StatusStream
 from server.urls import Urls, request_urls, urls_of
 
 router = APIRouter(prefix="/queue", tags=["queue"])
@@ -59,13 +59,7 @@ async def submit(
         max_queue_length=fal_max_queue_length,
     )
     rid = submitted.request_id
-    body = {  # SubmitResponse's fields and order, without the model (the submit hot path)
-        **urls.request_urls(requests.app_id, rid),
-        "status": "IN_QUEUE",
-        "request_id": rid,
-        "gateway_request_id": rid,
-        "queue_position": submitted.queue_position,
-    }
+    body = submit_body(rid, urls.request_urls(requests.endpoint_id, rid), submitted.queue_position)
     return FastJSONResponse(body, headers={REQUEST_ID_HEADER: rid})
 
 
@@ -89,7 +83,8 @@ async def get_status(
     request.state.fal_request_id = request_id
     view = await requests.status(request_id, caller.key_id, with_logs=logs)
     code = 200 if view.status is JobStatus.COMPLETED else 202
-    return FastJSONResponse(build_status(view, urls, view.logs), status_code=code)
+    body = queue_status_body(view, urls.request_urls(view.endpoint, view.request_id), view.logs)
+    return FastJSONResponse(body, status_code=code)
 
 
 @router.get(

@@ -48,6 +48,6 @@ async def run(
     record = await requests.wait_for_result(
         rid,
         is_client_gone=request.is_disconnected,
-        response_url=urls.for_request(requests.app_id, rid).response_url,
+        response_url=urls.response_url(requests.endpoint_id, rid),
     )
     return result_response(record)

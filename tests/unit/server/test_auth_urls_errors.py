@@ -61,11 +61,20 @@ def test_public_base_honours_forwarded_headers() -> None:
 
 
 def test_request_urls_use_prefix_and_app_id() -> None:
-    urls = Urls(base="https://h:8443", queue_prefix="/queue").for_request("fal-ai/bitdance", "r1")
-    assert urls.response_url == "https://h:8443/queue/fal-ai/bitdance/requests/r1"
-    assert urls.status_url.endswith("/requests/r1/status") and urls.cancel_url.endswith("/requests/r1/cancel")
+    builder = Urls(base="https://h:8443", queue_prefix="/queue")
+    urls = builder.request_urls("fal-ai/bitdance", "r1")
+    assert urls == {
+        "response_url": "https://h:8443/queue/fal-ai/bitdance/requests/r1",
+        "status_url": "https://h:8443/queue/fal-ai/bitdance/requests/r1/status",
+        "cancel_url": "https://h:8443/queue/fal-ai/bitdance/requests/r1/cancel",
+    }
+    assert builder.request_urls("fal-ai/bitdance/sub/path", "r1") == urls  # the endpoint's sub-path is dropped
+    assert builder.response_url("fal-ai/bitdance", "r1") == urls["response_url"]
+    on_queue_host = Urls(base="https://queue.h", queue_prefix="").request_urls("fal-ai/bitdance", "r1")
+    assert on_queue_host["status_url"] == "https://queue.h/fal-ai/bitdance/requests/r1/status"
     assert app_id_of("fal-ai/bitdance/sub/path") == "fal-ai/bitdance"
     assert app_id_of("workflows/me/flow/x") == "workflows/me/flow"
+    assert app_id_of(app_id_of("workflows/me/flow/x")) == "workflows/me/flow"
 
 
 def test_error_rendering_shapes() -> None:

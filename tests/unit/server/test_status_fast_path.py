@@ -1,5 +1,6 @@
-"""The status hot path builds fal's wire body without the model: it must equal ``QueueStatus.to_wire``,
-and the in-memory status cache must forget a request as soon as the change feed says it changed."""
+"""The status hot path builds fal's wire body without the model (``queue_status_body``): it must keep
+fal's rules and validate as the documented ``QueueStatus``; the in-memory status cache must forget a
+request as soon as the change feed says it changed."""
 
 from __future__ import annotations
 
@@ -9,54 +10,53 @@ from typing import Any
 
 import pytest
 
-from core.errors import RequestNotFoundError, RequestTimeoutError
-from core.protocol import JobStatus, QueueStatus, queue_status_body
+from core.errors import RequestNotFoundError, RequestTimeoutError, RunnerServerError
+from core.protocol import JobStatus, QueueStatus, SubmitResponse, queue_status_body, submit_body
 from core.requests.records import Keys, StatusView
 from server.change_feed import ChangeFeed
 from server.status_cache import StatusCache, StatusReader
 from server.urls import Urls
 
-URLS = Urls(base="https://h:8443", queue_prefix="/queue")
+URLS = Urls(base="https://h:8443", queue_prefix="/queue").request_urls("fal-ai/bitdance", "r1")
+FAILED = RunnerServerError("boom").to_stored()
+LOGS = [{"message": "patch 1/16, 10 sampling steps each", "level": "INFO"}]
 
-CASES: list[dict[str, Any]] = [
-    {"status": JobStatus.IN_QUEUE, "queue_position": 3, "logs": None},
-    {"status": JobStatus.IN_QUEUE, "queue_position": 0, "logs": []},
-    {"status": JobStatus.IN_PROGRESS, "logs": [{"message": "Step 1/10 (10%)", "level": "INFO"}]},
-    {"status": JobStatus.COMPLETED, "inference_time": 1.25, "logs": None},
-    {"status": JobStatus.COMPLETED, "inference_time": None, "logs": [], "error": "boom", "error_type": "x"},
+CASES: list[tuple[dict[str, Any], list[dict[str, Any]] | None, dict[str, Any]]] = [
+    ({"status": JobStatus.IN_QUEUE, "queue_position": 3}, None, {"queue_position": 3, "logs": None, "metrics": {}}),
+    ({"status": JobStatus.IN_QUEUE, "queue_position": 0}, [], {"queue_position": 0, "logs": [], "metrics": {}}),
+    ({"status": JobStatus.IN_PROGRESS}, LOGS, {"logs": LOGS, "metrics": {}}),
+    (
+        {"status": JobStatus.COMPLETED, "inference_time": 1.25},
+        None,
+        {"logs": None, "metrics": {"inference_time": 1.25}},
+    ),
+    (
+        {"status": JobStatus.COMPLETED, "error": FAILED},
+        [],
+        {"logs": [], "metrics": {"inference_time": None}, "error": "boom", "error_type": "runner_server_error"},
+    ),
 ]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_fast_status_body_equals_the_models_wire_form(case: dict[str, Any]) -> None:
-    urls = URLS.request_urls("fal-ai/bitdance", "r1")
-    assert urls == URLS.for_request("fal-ai/bitdance", "r1").model_dump()
-    status = case["status"]
-    model = QueueStatus(
-        status=status,
-        request_id="r1",
-        queue_position=case.get("queue_position"),
-        logs=case["logs"],
-        metrics={"inference_time": case.get("inference_time")} if status is JobStatus.COMPLETED else {},
-        error=case.get("error"),
-        error_type=case.get("error_type"),
-        **urls,
-    )
-    fast = queue_status_body(
-        status,
-        "r1",
-        urls,
-        queue_position=case.get("queue_position"),
-        logs=case["logs"],
-        inference_time=case.get("inference_time"),
-        error=case.get("error"),
-        error_type=case.get("error_type"),
-    )
-    assert fast == model.to_wire()
-    assert list(fast) == list(model.to_wire())  # same key order too
+@pytest.mark.parametrize(("fields", "logs", "expected"), CASES)
+def test_status_body_keeps_fals_rules_and_the_documented_schema(
+    fields: dict[str, Any], logs: list[dict[str, Any]] | None, expected: dict[str, Any]
+) -> None:
+    body = queue_status_body(view("r1", **fields), URLS, logs)
+    assert body == {**URLS, "status": fields["status"].value, "request_id": "r1", **expected}
+    assert list(body)[:5] == ["response_url", "status_url", "cancel_url", "status", "request_id"]
+    documented = QueueStatus.model_validate(body).model_dump(mode="json")
+    assert {key: documented[key] for key in body} == body  # every key is a QueueStatus field, same value
+
+
+def test_submit_body_is_the_documented_submit_response() -> None:
+    body = submit_body("r1", URLS, 4)
+    assert body == SubmitResponse(request_id="r1", gateway_request_id="r1", queue_position=4, **URLS).model_dump()
+    assert list(body) == list(SubmitResponse.model_fields)  # same key order too
 
 
 def view(rid: str = "r1", status: JobStatus = JobStatus.IN_QUEUE, **extra: Any) -> StatusView:
+    """A status view of ``rid``; ``extra`` overrides its fields."""
     values: dict[str, Any] = {
         "request_id": rid, "status": status, "owner": "o", "endpoint": "fal-ai/bitdance", "queue": "q",
         "queue_position": 0 if status is JobStatus.IN_QUEUE else None, "deadline": None, "error": None,
