@@ -1,7 +1,10 @@
-"""The one place that renders errors as fal does: ``FalError`` subclasses, validation errors (fal's
-422), Redis outages, anything else.
+"""The one place that renders errors as fal does: ``error_response`` writes every error answer of the
+API (``FalError`` subclasses, a request's stored error, validation errors as fal's 422, Redis
+outages, anything else), for the exception handlers, the stored results of failed requests, and
+the ASGI layers that answer before any route (``send_error``: body limit, proxy).
 
-Registered on the app by ``server.app.create_app``; routes raise ``core.errors`` classes.
+The handlers are registered on the app by ``server.app.create_app``; routes raise ``core.errors``
+classes and never build error JSON.
 """
 
 from __future__ import annotations
@@ -9,34 +12,22 @@ from __future__ import annotations
 import logging
 import math
 import re
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from core.errors import REQUEST_ID_HEADER, FalError, ServiceUnavailableError, StoredError
-from core.requests.records import is_request_id
+from server.request_ids import response_request_id
 
 logger = logging.getLogger(__name__)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # What a 422 item may carry (fal's shape: loc, msg, type; ctx and input optional).
 _VALIDATION_ITEM_KEYS = ("loc", "msg", "type", "ctx", "input")
-
-
-def request_id_of(request: Request) -> str:
-    """The id this response is about (set by the route), else a fresh one for this HTTP request.
-
-    Only a well-formed id is ever returned: it goes into the ``x-fal-request-id`` header.
-    """
-    rid = getattr(request.state, "fal_request_id", None)
-    if not is_request_id(rid):
-        rid = str(uuid.uuid4())
-        request.state.fal_request_id = rid
-    return str(rid)
 
 
 def field_error(loc: Sequence[str | int], msg: str, kind: str) -> RequestValidationError:
@@ -69,33 +60,41 @@ def validation_items(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return [json_safe({key: error[key] for key in _VALIDATION_ITEM_KEYS if key in error}) for error in errors]
 
 
-def stored_error_response(error: StoredError, request_id: str) -> JSONResponse:
-    headers = {**error.headers, REQUEST_ID_HEADER: request_id}
-    return JSONResponse(error.body, status_code=error.status_code, headers=headers)
+def error_response(error: FalError | StoredError, request_id: str) -> JSONResponse:
+    """fal's answer for ``error``: its status code and body, its headers (``X-Fal-Error-Type`` ...) and
+    ``x-fal-request-id`` (set here too: the 500 handler answers outside the request-id middleware)."""
+    stored = error.to_stored() if isinstance(error, FalError) else error
+    headers = {**stored.headers, REQUEST_ID_HEADER: request_id}
+    return JSONResponse(stored.body, status_code=stored.status_code, headers=headers)
+
+
+async def send_error(error: FalError, scope: Scope, receive: Receive, send: Send) -> None:
+    """``error_response`` sent by an ASGI layer that answers before any route (body limit, proxy)."""
+    await error_response(error, response_request_id(scope))(scope, receive, send)
 
 
 async def fal_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FalError)
-    return stored_error_response(exc.to_stored(), request_id_of(request))
+    return error_response(exc, response_request_id(request.scope))
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """fal's 422 ``{"detail": [{"loc", "msg", "type"}]}``, always encodable whatever the input was
     (NaN, ``1e999`` or lone surrogates echoed in ``input``/``ctx`` become text, never a 500)."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": validation_items(exc.errors())}, status_code=422)
+    unprocessable = StoredError(422, {"detail": validation_items(exc.errors())})
+    return error_response(unprocessable, response_request_id(request.scope))
 
 
 async def redis_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
     """Redis down or restarting: 503, so clients retry (nothing was accepted by this call)."""
-    logger.warning("redis unavailable request_id=%s: %s", request_id_of(request), exc)
-    error = ServiceUnavailableError("Queue store unavailable, retry later")
-    return stored_error_response(error.to_stored(), request_id_of(request))
+    rid = response_request_id(request.scope)
+    logger.warning("redis unavailable request_id=%s: %s", rid, exc)
+    return error_response(ServiceUnavailableError("Queue store unavailable, retry later"), rid)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """Anything unexpected: a sanitized 500 naming the request id; the traceback is logged once."""
-    rid = request_id_of(request)
+    rid = response_request_id(request.scope)
     logger.error("unhandled error request_id=%s", rid, exc_info=exc)
-    body = {"detail": f"Internal server error (request id {rid})", "error_type": "internal_error"}
-    return JSONResponse(body, status_code=500, headers={REQUEST_ID_HEADER: rid, "X-Fal-Error-Type": "internal_error"})
+    return error_response(FalError(f"Internal server error (request id {rid})"), rid)

@@ -5,14 +5,11 @@ Pure ASGI (not BaseHTTPMiddleware) so that server-sent events stream through unt
 
 from __future__ import annotations
 
-import json
-import uuid
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import REQUEST_ID_HEADER
-from core.requests.records import is_request_id
+from core.errors import REQUEST_ID_HEADER, PayloadTooLargeError
+from server.error_handlers import send_error
+from server.request_ids import response_request_id
 from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE
 
 # Paths that are the same on every host (never rewritten to the queue API).
@@ -72,7 +69,8 @@ class RoutingMiddleware:
 
 
 class RequestIdMiddleware:
-    """Every response carries ``x-fal-request-id``: the request it is about (a validated id), else a fresh one."""
+    """Every response carries ``x-fal-request-id``: the request it is about, else a fresh id
+    (``server.request_ids``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -81,15 +79,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == REQUEST_ID_HEADER.encode() for k, _ in headers):
-                    rid = state.get("fal_request_id")
-                    rid = rid if is_request_id(rid) else str(uuid.uuid4())  # never echo unvalidated input
-                    headers.append((REQUEST_ID_HEADER.encode(), str(rid).encode()))
+                    headers.append((REQUEST_ID_HEADER.encode(), response_request_id(scope).encode()))
                     message = {**message, "headers": headers}
             await send(message)
 
@@ -110,7 +105,7 @@ class BodyLimitMiddleware:
             return
         length = header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
         if length is not None:
             await self.app(scope, receive, send)
@@ -124,7 +119,7 @@ class BodyLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > self.max_body_bytes:
-                await self._reject(send)
+                await self._reject(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -134,14 +129,6 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"Request body larger than {self.max_body_bytes} bytes", "error_type": "bad_request"}
-        ).encode()
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-fal-error-type", b"bad_request"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        too_large = PayloadTooLargeError(f"Request body larger than {self.max_body_bytes} bytes")
+        await send_error(too_large, scope, receive, send)

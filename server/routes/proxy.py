@@ -8,11 +8,12 @@ caller's own headers (Authorization included), and responses (SSE too) stream st
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
 
+from core.errors import BadRequestError
+from server.error_handlers import send_error
 from server.middleware import header, set_path
 from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE
 
@@ -56,11 +57,12 @@ class ProxyDispatcher:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = header(scope, TARGET_HEADER)
         if not target:
-            await self._error(send, 400, "Invalid request: missing x-fal-target-url header")
+            await send_error(BadRequestError("Invalid request: missing x-fal-target-url header"), scope, receive, send)
             return
         resolved = target_path(target, scope)
         if resolved is None:
-            await self._error(send, 400, "Invalid request: target URL is not an allowed fal host")
+            refused = BadRequestError("Invalid request: target URL is not an allowed fal host")
+            await send_error(refused, scope, receive, send)
             return
         path, query = resolved
         inner: Scope = dict(scope)
@@ -68,10 +70,3 @@ class ProxyDispatcher:
         inner["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != TARGET_HEADER]
         set_path(inner, path, query)
         await scope["app"](inner, receive, send)
-
-    @staticmethod
-    async def _error(send: Send, status: int, detail: str) -> None:
-        body = json.dumps({"detail": detail, "error_type": "bad_request"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

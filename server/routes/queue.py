@@ -14,14 +14,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from core.errors import REQUEST_ID_HEADER
 from core.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse, queue_status_body, submit_body
-from core.requests.records import is_request_id
 from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate, caller_of
 from server.deps import request_service, status_stream
 from server.json_response import FastJSONResponse
 from server.object_lifecycle import parse_object_lifecycle
+from server.request_ids import name_request
 from server.requests_service import Priority, RequestService
 from server.routes.request_http import checked_webhook_url, parse_start_timeout, result_response
 from server.status_stream import StatusStream
@@ -59,8 +58,8 @@ async def submit(
         max_queue_length=fal_max_queue_length,
     )
     rid = submitted.request_id
-    body = submit_body(rid, urls.request_urls(requests.endpoint_id, rid), submitted.queue_position)
-    return FastJSONResponse(body, headers={REQUEST_ID_HEADER: rid})
+    name_request(request.scope, rid)
+    return FastJSONResponse(submit_body(rid, urls.request_urls(requests.endpoint_id, rid), submitted.queue_position))
 
 
 @router.get(
@@ -80,7 +79,7 @@ async def get_status(
     requests: RequestService = request.app.state.requests
     urls = urls_of(request)
     requests.check_request(app_id, request_id)
-    request.state.fal_request_id = request_id
+    name_request(request.scope, request_id)
     view = await requests.status(request_id, caller.key_id, with_logs=logs)
     code = 200 if view.status is JobStatus.COMPLETED else 202
     body = queue_status_body(view, urls.request_urls(view.endpoint, view.request_id), view.logs)
@@ -103,7 +102,7 @@ async def stream_status(
     logs: bool = False,
 ) -> StreamingResponse:
     requests.check_request(app_id, request_id)
-    request.state.fal_request_id = request_id
+    name_request(request.scope, request_id)
     events = await streams.open(request_id, caller.key_id, urls, include_logs=logs)
     return StreamingResponse(events, media_type="text/event-stream", headers=STREAM_HEADERS)
 
@@ -121,7 +120,7 @@ async def get_result(
     requests: Annotated[RequestService, Depends(request_service)],
 ) -> JSONResponse:
     requests.check_request(app_id, request_id)
-    request.state.fal_request_id = request_id
+    name_request(request.scope, request_id)
     return result_response(await requests.result(request_id, caller.key_id))
 
 
@@ -140,8 +139,7 @@ async def cancel(
     requests: Annotated[RequestService, Depends(request_service)],
 ) -> CancelResponse:
     requests.check_app(app_id)  # another app is its own 404; an unknown request answers NOT_FOUND
-    if is_request_id(request_id):  # only an id this server issues is named in x-fal-request-id
-        request.state.fal_request_id = request_id
+    name_request(request.scope, request_id)  # named only if it is an id this server issues
     answer = await requests.cancel(request_id, caller.key_id)
     response.status_code = answer.status_code
     return answer

@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 
 import anyio
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from core.errors import REQUEST_ID_HEADER
 from core.requests.records import RequestRecord
 from core.webhooks.targets import WebhookTargetError, check_webhook_url
-from server.error_handlers import field_error, stored_error_response
+from server.error_handlers import error_response, field_error
 
 
 def parse_start_timeout(value: str | None) -> float | None:
@@ -24,14 +22,8 @@ def parse_start_timeout(value: str | None) -> float | None:
         if not math.isfinite(seconds):
             raise ValueError(value)
     except ValueError:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ["header", "x-fal-request-timeout"],
-                    "msg": "Input should be a number of seconds",
-                    "type": "float_parsing",
-                }
-            ]
+        raise field_error(
+            ("header", "x-fal-request-timeout"), "Input should be a number of seconds", "float_parsing"
         ) from None
     return seconds if seconds > 0 else None
 
@@ -48,7 +40,8 @@ async def checked_webhook_url(url: str | None, allow_private: bool) -> str | Non
 
 
 def result_response(record: RequestRecord) -> JSONResponse:
-    """A COMPLETED request's answer: its output itself, or its stored error as fal renders it."""
+    """A COMPLETED request's answer: its output itself, or its stored error as fal renders it (the
+    route has named the request: ``x-fal-request-id`` is added on the way out)."""
     if record.error is not None:
-        return stored_error_response(record.error, record.request_id)
-    return JSONResponse(record.result, headers={REQUEST_ID_HEADER: record.request_id})
+        return error_response(record.error, record.request_id)
+    return JSONResponse(record.result)

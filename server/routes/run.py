@@ -20,6 +20,7 @@ from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate
 from server.deps import request_service
 from server.object_lifecycle import parse_object_lifecycle
+from server.request_ids import name_request
 from server.requests_service import RequestService
 from server.routes.request_http import parse_start_timeout, result_response
 from server.urls import urls_of
@@ -44,7 +45,7 @@ async def run(
         payload, owner=caller.key_id, files_base=urls.base, start_timeout_s=start_timeout_s, lifecycle=object_lifecycle
     )
     rid = submitted.request_id
-    request.state.fal_request_id = rid
+    name_request(request.scope, rid)
     record = await requests.wait_for_result(
         rid,
         is_client_gone=request.is_disconnected,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -14,7 +15,9 @@ from core.errors import (
     RequestNotFoundError,
     RequestTimeoutError,
 )
+from core.requests.records import is_request_id
 from server.auth import ANONYMOUS, KeyRing, key_id_for, parse_authorization
+from server.request_ids import name_request
 from server.routes.proxy import target_path
 from server.urls import Urls, app_id_of, public_base
 
@@ -116,7 +119,7 @@ def test_unexpected_error_is_sanitized_500(tmp_path: Path) -> None:
 
     @app.get("/boom")
     async def boom(request: Request) -> None:
-        request.state.fal_request_id = RID
+        name_request(request.scope, RID)
         raise KeyError("internal secret")
 
     response = call(app, "GET", "/boom")
@@ -126,17 +129,25 @@ def test_unexpected_error_is_sanitized_500(tmp_path: Path) -> None:
     assert response.headers["x-fal-request-id"] == RID
 
 
+def assert_fal_error(response: httpx.Response, status_code: int, detail: str, error_type: str) -> None:
+    """fal's error answer, as the one renderer writes it for handlers, middleware and proxy alike."""
+    assert response.status_code == status_code
+    assert response.json() == {"detail": detail, "error_type": error_type}
+    assert response.headers["x-fal-error-type"] == error_type
+    assert is_request_id(response.headers["x-fal-request-id"])
+
+
 def test_body_limit_413(tmp_path: Path) -> None:
     app: FastAPI = make_app(tmp_path, max_body_bytes=100)
     response = call(app, "POST", "/queue/fal-ai/bitdance", content=b"x" * 101)
-    assert response.status_code == 413 and "larger" in response.json()["detail"]
+    assert_fal_error(response, 413, "Request body larger than 100 bytes", "bad_request")
 
     async def chunks():  # no Content-Length: counted while reading
         for _ in range(3):
             yield b"x" * 50
 
     response = call(app, "POST", "/queue/fal-ai/bitdance", content=chunks())
-    assert response.status_code == 413
+    assert_fal_error(response, 413, "Request body larger than 100 bytes", "bad_request")
 
 
 def test_proxy_target_mapping() -> None:
@@ -160,9 +171,10 @@ def test_proxy_target_mapping() -> None:
 
 def test_proxy_rejects_missing_or_foreign_target(tmp_path: Path) -> None:
     app = make_app(tmp_path)
-    assert call(app, "GET", "/api/fal/proxy").status_code == 400
+    response = call(app, "GET", "/api/fal/proxy")
+    assert_fal_error(response, 400, "Invalid request: missing x-fal-target-url header", "bad_request")
     response = call(app, "GET", "/api/fal/proxy", headers={"x-fal-target-url": "https://evil.example/"})
-    assert response.status_code == 400
+    assert_fal_error(response, 400, "Invalid request: target URL is not an allowed fal host", "bad_request")
 
 
 def test_proxy_dispatches_to_the_same_handlers(tmp_path: Path) -> None:
