@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-if TYPE_CHECKING:  # records import this module's JobStatus
+if TYPE_CHECKING:  # records import this module's RequestStatus
     from core.requests.records import StatusView
 
 
-class JobStatus(StrEnum):
+class RequestStatus(StrEnum):
     """The only three statuses that exist on the wire."""
 
     IN_QUEUE = "IN_QUEUE"
@@ -26,7 +26,7 @@ class JobStatus(StrEnum):
     COMPLETED = "COMPLETED"
 
     def is_terminal(self) -> bool:
-        return self is JobStatus.COMPLETED
+        return self is RequestStatus.COMPLETED
 
 
 LogLevel = Literal["STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"]
@@ -67,7 +67,7 @@ class QueueStatus(RequestUrls):
     """Answer to a status poll and one event of the status stream: the schema (OpenAPI) of what
     ``queue_status_body`` writes."""
 
-    status: JobStatus
+    status: RequestStatus
     request_id: str
     queue_position: int | None = None
     logs: list[dict[str, Any]] | None = None
@@ -102,10 +102,10 @@ def queue_status_body(view: StatusView, urls: Mapping[str, str], logs: list[dict
     """
     status = view.status
     body: dict[str, Any] = {**urls, "status": status.value, "request_id": view.request_id}
-    if status is JobStatus.IN_QUEUE:
+    if status is RequestStatus.IN_QUEUE:
         body["queue_position"] = view.queue_position
     body["logs"] = logs
-    body["metrics"] = {"inference_time": view.inference_time} if status is JobStatus.COMPLETED else {}
+    body["metrics"] = {"inference_time": view.inference_time} if status is RequestStatus.COMPLETED else {}
     if view.error is not None:
         body["error"] = view.error.message
         body["error_type"] = view.error.error_type

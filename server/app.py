@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from core.errors import FalError
 from core.redis_options import async_redis_options, redis_client_options
-from core.requests.api_store import JobStore
+from core.requests.api_store import RequestStore
 from core.requests.records import Keys
 from core.settings import Settings
 from core.storage import LocalStorage
@@ -115,22 +115,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = aioredis.Redis.from_pool(pool)
     # bytes, not str: RQ pickles job data
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, **redis_client_options())
-    app.state.jobs = JobStore(app.state.redis, settings)
+    app.state.request_store = RequestStore(app.state.redis, settings)
     app.state.drain = Drain(settings.shutdown_grace_s)  # begun by server.__main__ on SIGTERM
-    app.state.health = HealthCheck(app.state.jobs)
+    app.state.health = HealthCheck(app.state.request_store)
     # Pub/sub gets its own client without retries: a dropped connection must surface, so that the
     # feed reconnects and wakes every stream (see server.change_feed).
     app.state.change_feed_redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     app.state.change_feed = ChangeFeed(app.state.change_feed_redis, Keys(settings.key_prefix))
-    app.state.status_reader = StatusReader(app.state.jobs, app.state.change_feed)
-    app.state.queue_snapshot = QueueSnapshot(app.state.jobs, app.state.change_feed)
+    app.state.status_reader = StatusReader(app.state.request_store, app.state.change_feed)
+    app.state.queue_snapshot = QueueSnapshot(app.state.request_store, app.state.change_feed)
     app.state.storage = LocalStorage(settings.storage_dir, settings.default_file_ttl_s)
     # The services the routes call (fetched through server.deps).
     app.state.requests = RequestService(
-        settings, app.state.jobs, app.state.status_reader, app.state.drain, app.state.sync_redis
+        settings, app.state.request_store, app.state.status_reader, app.state.drain, app.state.sync_redis
     )
     app.state.status_stream = StatusStream(
-        app.state.jobs, app.state.change_feed, app.state.queue_snapshot, app.state.drain, settings
+        app.state.request_store, app.state.change_feed, app.state.queue_snapshot, app.state.drain, settings
     )
     app.state.uploads = UploadService(app.state.redis, app.state.storage, settings)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from core.requests.api_store import JobStore
+from core.requests.api_store import RequestStore
 from core.requests.records import Keys
 from core.settings import Settings
 from core.storage import LocalStorage
@@ -26,8 +26,8 @@ async def settings_of(request: Request) -> Settings:
     return settings
 
 
-async def job_store(request: Request) -> JobStore:
-    store: JobStore = request.app.state.jobs
+async def request_store(request: Request) -> RequestStore:
+    store: RequestStore = request.app.state.request_store
     return store
 
 

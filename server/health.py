@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from core.requests.api_store import JobStore
+from core.requests.api_store import RequestStore
 
 HEALTH_MAX_AGE_S = 1.0
 
@@ -33,8 +33,8 @@ class Health:
 
 
 class HealthCheck:
-    def __init__(self, jobs: JobStore, max_age_s: float = HEALTH_MAX_AGE_S) -> None:
-        self.jobs = jobs
+    def __init__(self, store: RequestStore, max_age_s: float = HEALTH_MAX_AGE_S) -> None:
+        self.store = store
         self.max_age_s = max_age_s
         self._last: Health | None = None
         self._read_at = 0.0
@@ -54,8 +54,8 @@ class HealthCheck:
 
     async def _read(self) -> Health:
         try:
-            await self.jobs.alive_workers()  # answering at all: Redis is reachable (and forgets long-dead workers)
-            live = tuple(await self.jobs.live_worker_info())
+            await self.store.alive_workers()  # answering at all: Redis is reachable (and forgets long-dead workers)
+            live = tuple(await self.store.live_worker_info())
             health = Health(True, len(live), live)
         except redis.RedisError:
             health = Health(False, 0)

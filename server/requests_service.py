@@ -29,8 +29,8 @@ from core.errors import (
     ServerShuttingDownError,
     ServiceUnavailableError,
 )
-from core.protocol import CancelResponse, JobStatus
-from core.requests.api_store import JobStore
+from core.protocol import CancelResponse, RequestStatus
+from core.requests.api_store import RequestStore
 from core.requests.records import NewRequest, RequestRecord, StatusView, is_request_id
 from core.requests.scripts import CancelOutcome
 from core.schemas import BitDanceInput
@@ -66,16 +66,16 @@ class RequestService:
     def __init__(
         self,
         settings: Settings,
-        jobs: JobStore,
+        store: RequestStore,
         reader: StatusReader,
         drain: Drain,
         rq_connection: redis.Redis,
     ) -> None:
         self.settings = settings
-        self.jobs = jobs
+        self.store = store
         self.reader = reader
         self.drain = drain
-        self.rq_connection = rq_connection  # only lets RQ build its writes (``JobStore.create``)
+        self.rq_connection = rq_connection  # only lets RQ build its writes (``RequestStore.create``)
         self.endpoint_id = settings.endpoint_id
         self.app_id = app_id_of(settings.endpoint_id)  # what status, result and cancel URLs name
 
@@ -117,7 +117,7 @@ class RequestService:
         Every argument is already validated (the routes parse headers and the webhook URL first).
         """
         limit = max_queue_length if max_queue_length is not None else self.settings.max_queue_length
-        if limit is not None and sum((await self.jobs.queue_depth()).values()) >= limit:
+        if limit is not None and sum((await self.store.queue_depth()).values()) >= limit:
             raise QueueFullError(f"Queue is full ({limit} requests waiting)")
         rid = str(uuid.uuid4())
         new = NewRequest(
@@ -132,7 +132,7 @@ class RequestService:
             lifecycle=lifecycle.to_record() if lifecycle else None,
         )
         try:
-            position = await self.jobs.create(new, self.rq_connection)
+            position = await self.store.create(new, self.rq_connection)
         except redis.RedisError as exc:  # the MULTI did not run: nothing was enqueued, safe to resend
             raise ServiceUnavailableError("Queue unavailable, retry later") from exc
         return Submitted(rid, position)
@@ -147,11 +147,11 @@ class RequestService:
 
     async def result(self, request_id: str, owner: str) -> RequestRecord:
         """The caller's COMPLETED request (``RequestInProgressError`` before); after ``check_request``."""
-        return self._completed(await self.jobs.get(request_id, owner=owner))
+        return self._completed(await self.store.get(request_id, owner=owner))
 
     @staticmethod
     def _completed(record: RequestRecord) -> RequestRecord:
-        if record.status is not JobStatus.COMPLETED:
+        if record.status is not RequestStatus.COMPLETED:
             raise RequestInProgressError()
         return record
 
@@ -164,10 +164,10 @@ class RequestService:
         if not is_request_id(request_id):
             return CancelResponse(status="NOT_FOUND")
         try:
-            await self.jobs.get(request_id, owner=owner)
+            await self.store.get(request_id, owner=owner)
         except RequestNotFoundError:
             return CancelResponse(status="NOT_FOUND")
-        outcome = await self.jobs.cancel(request_id)
+        outcome = await self.store.cancel(request_id)
         self.reader.request_changed(request_id)  # this process's next poll reads it, whatever the feed says
         match outcome:
             case CancelOutcome.CANCELLED | CancelOutcome.REQUESTED:
@@ -196,7 +196,7 @@ class RequestService:
                 f"fetch its result from {response_url}"
             )
         if finished is WaitEnd.CLIENT_GONE_OR_TIMED_OUT:
-            await self.jobs.cancel(request_id)
+            await self.store.cancel(request_id)
             logger.info("run client disconnected, cancelled request_id=%s", request_id)
             raise RequestTimeoutError("Client disconnected or run timed out; request cancelled")
         return finished
@@ -213,7 +213,7 @@ class RequestService:
             if self.drain.is_over():
                 return WaitEnd.SHUTTING_DOWN
             try:
-                record = await self.jobs.get(request_id)
+                record = await self.store.get(request_id)
             except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis restarting: keep waiting
                 if not is_redis_down:
                     logger.warning("run waiting through a redis outage request_id=%s: %s", request_id, exc)
@@ -222,7 +222,7 @@ class RequestService:
                 if is_redis_down:
                     logger.info("redis back, run still waiting request_id=%s", request_id)
                 is_redis_down = False
-                if record.status is JobStatus.COMPLETED:
+                if record.status is RequestStatus.COMPLETED:
                     return record
             checks += 1
             if checks % RUN_DISCONNECT_CHECK_EVERY == 0 and await is_client_gone():

@@ -21,8 +21,8 @@ import time
 from collections import OrderedDict
 
 from core.errors import RequestNotFoundError
-from core.protocol import JobStatus
-from core.requests.api_store import JobStore
+from core.protocol import RequestStatus
+from core.requests.api_store import RequestStore
 from core.requests.records import StatusView
 from server.change_feed import ChangeFeed
 
@@ -73,7 +73,7 @@ class StatusCache:
         self._views.pop((rid, True), None)
 
     def drop_queued(self) -> None:
-        for key in [k for k, (_, view) in self._views.items() if view.status is JobStatus.IN_QUEUE]:
+        for key in [k for k, (_, view) in self._views.items() if view.status is RequestStatus.IN_QUEUE]:
             del self._views[key]
 
     def clear(self) -> None:
@@ -81,10 +81,10 @@ class StatusCache:
 
 
 class StatusReader:
-    """``JobStore.status_view`` for polls (whole logs or none), through the cache while the feed is live."""
+    """``RequestStore.status_view`` for polls (whole logs or none), through the cache while the feed is live."""
 
-    def __init__(self, jobs: JobStore, feed: ChangeFeed, cache: StatusCache | None = None) -> None:
-        self.jobs = jobs
+    def __init__(self, store: RequestStore, feed: ChangeFeed, cache: StatusCache | None = None) -> None:
+        self.store = store
         self.feed = feed
         self.cache = cache or StatusCache()
         self._reads: dict[tuple[str, bool], asyncio.Future[StatusView]] = {}
@@ -118,8 +118,8 @@ class StatusReader:
 
     async def _read(self, rid: str, with_logs: bool, live: bool) -> StatusView:
         epoch = self.feed.epoch
-        view = await self.jobs.status_view(rid, logs_from=0 if with_logs else None)
-        if live and self.feed.epoch == epoch and view.status is not JobStatus.COMPLETED:
+        view = await self.store.status_view(rid, logs_from=0 if with_logs else None)
+        if live and self.feed.epoch == epoch and view.status is not RequestStatus.COMPLETED:
             self.cache.put(view, with_logs)  # COMPLETED ones are polled once more at most
         return view
 
@@ -157,8 +157,8 @@ class QueueSnapshot:
     lists then serves them all, instead of one read per stream (thousands at once).
     """
 
-    def __init__(self, jobs: JobStore, feed: ChangeFeed) -> None:
-        self.jobs = jobs
+    def __init__(self, store: RequestStore, feed: ChangeFeed) -> None:
+        self.store = store
         self.feed = feed
         self._moves = -1
         self._reading: asyncio.Future[dict[str, int]] | None = None
@@ -170,6 +170,6 @@ class QueueSnapshot:
         failed = reading is not None and reading.done() and (reading.cancelled() or reading.exception() is not None)
         if reading is None or failed or self._moves != moves:
             self._moves = moves
-            reading = self._reading = asyncio.ensure_future(self.jobs.queue_positions())
+            reading = self._reading = asyncio.ensure_future(self.store.queue_positions())
         positions = await asyncio.shield(reading)
         return positions.get(rid)

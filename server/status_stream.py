@@ -9,8 +9,8 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 
-from core.protocol import JobStatus, queue_status_body
-from core.requests.api_store import JobStore
+from core.protocol import RequestStatus, queue_status_body
+from core.requests.api_store import RequestStore
 from core.requests.records import StatusView
 from core.settings import Settings
 from server.change_feed import ChangeFeed
@@ -28,9 +28,9 @@ class StatusStream:
     """The status event streams of this API process: woken by the change feed, never by a timer."""
 
     def __init__(
-        self, jobs: JobStore, feed: ChangeFeed, snapshot: QueueSnapshot, drain: Drain, settings: Settings
+        self, store: RequestStore, feed: ChangeFeed, snapshot: QueueSnapshot, drain: Drain, settings: Settings
     ) -> None:
-        self.jobs = jobs
+        self.store = store
         self.feed = feed
         self.snapshot = snapshot
         self.drain = drain
@@ -39,7 +39,7 @@ class StatusStream:
     async def open(self, request_id: str, owner: str, urls: Urls, *, include_logs: bool) -> AsyncIterator[bytes]:
         """The caller's request's events (``RequestNotFoundError`` now, before any event, for unknown
         ids and other owners' ids); after ``RequestService.check_request``."""
-        await self.jobs.status_view(request_id, owner=owner, logs_from=None)
+        await self.store.status_view(request_id, owner=owner, logs_from=None)
         return self.events(request_id, urls, include_logs)
 
     async def events(self, request_id: str, urls: Urls, include_logs: bool) -> AsyncIterator[bytes]:
@@ -67,16 +67,16 @@ class StatusStream:
                 if view is not None and position is not None:  # only the queue moved, and it is still queued
                     view = dataclasses.replace(view, queue_position=position, logs=None)
                 else:
-                    view = await self.jobs.status_view(request_id, logs_from=sent_logs if include_logs else None)
+                    view = await self.store.status_view(request_id, logs_from=sent_logs if include_logs else None)
                 new_logs = view.logs or []
                 sent_logs += len(new_logs)
                 payload = dumps(queue_status_body(view, urls.request_urls(view.endpoint, view.request_id), new_logs))
                 if payload != last_payload:
                     yield b"data: " + payload + b"\n\n"
                     last_payload, last_sent = payload, time.monotonic()
-                if view.status is JobStatus.COMPLETED or drain.is_over():
+                if view.status is RequestStatus.COMPLETED or drain.is_over():
                     return
-                queued = view.status is JobStatus.IN_QUEUE
+                queued = view.status is RequestStatus.IN_QUEUE
                 watch.follow_queue(queued)
                 recheck_s = LOW_PRIORITY_RECHECK_S if queued and view.queue == settings.queue_low else None
                 while True:

@@ -269,9 +269,9 @@ async def hold_streams(bench: Bench, ids: list[str], idle_s: float, changes: int
     print(f"  API CPU while nothing changes: {100 * busy:.1f}% of a core over {idle_s:.0f}s (goal < 5%)")
 
     from core.protocol import LogEntry
-    from core.requests.worker_store import WorkerJobStore
+    from core.requests.worker_store import WorkerRequestStore
 
-    store = WorkerJobStore(redis.Redis.from_url(bench.redis_server.url), bench.settings)
+    store = WorkerRequestStore(redis.Redis.from_url(bench.redis_server.url), bench.settings)
     latencies = []
     for index in range(changes):  # a worker's progress log entry on one request
         stream = streams[(index * 37) % len(streams)]

@@ -21,7 +21,7 @@ import redis
 
 from core.requests.api_store import add_request, create_request
 from core.requests.records import Keys, NewRequest
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 from stack.launcher import RedisProcess
 from worker import recovery
@@ -50,7 +50,7 @@ def fill(conn: redis.Redis, settings: Settings, count: int) -> None:
         conn.config_set("appendfsync", "always")
 
 
-def add_requests_to_recover(conn: redis.Redis, jobs: WorkerJobStore, settings: Settings) -> None:
+def add_requests_to_recover(conn: redis.Redis, jobs: WorkerRequestStore, settings: Settings) -> None:
     """Running requests of a dead worker, requests taken off the queue and never started, overdue ones."""
     queue = Keys.rq_queue(settings.queue_normal)
     for _ in range(TO_RECOVER):
@@ -67,7 +67,7 @@ def add_requests_to_recover(conn: redis.Redis, jobs: WorkerJobStore, settings: S
     time.sleep(max(settings.lease_ttl_s, 0.01) * 2)  # leases and the dequeue grace period run out
 
 
-def timed_sweep(jobs: WorkerJobStore) -> tuple[float, int]:
+def timed_sweep(jobs: WorkerRequestStore) -> tuple[float, int]:
     started = time.perf_counter()
     changed = recovery.sweep(jobs)
     return time.perf_counter() - started, len(changed)
@@ -78,7 +78,7 @@ def measure(redis_url: str, queued: int, idle_repeats: int) -> str:
         _env_file=None, redis_url=redis_url, key_prefix=f"bench{uuid.uuid4().hex[:6]}", lease_ttl_s=0.05
     )
     conn = redis.Redis.from_url(redis_url)
-    jobs = WorkerJobStore(redis.Redis.from_url(redis_url, decode_responses=True), settings)
+    jobs = WorkerRequestStore(redis.Redis.from_url(redis_url, decode_responses=True), settings)
     started = time.perf_counter()
     fill(conn, settings, queued)
     fill_s = time.perf_counter() - started

@@ -16,13 +16,13 @@ import redis
 
 from core.logconfig import configure_logging
 from core.redis_options import redis_client_options
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings, is_simulated_model
 from core.storage import LocalStorage
 from core.webhooks.outbox import build_outbox
 from model.identity import ModelIdentity
 from worker.gpu_worker import GpuWorker
-from worker.identity import default_worker_name
+from worker.names import default_worker_name
 from worker.safety import build_safety_checker
 from worker.slots import SlotPool
 from worker.tasks import Pipeline, TaskRunner, WorkerServices, bind_runner
@@ -122,12 +122,12 @@ def load_simulated_pipeline(settings: Settings) -> Pipeline:
 def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) -> int:
     """Serve the queues with the loaded pipeline: one RQ worker, or a pool of slots (simulated model)."""
     name = settings.worker_name or default_worker_name(device)
-    jobs_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
-    jobs = WorkerJobStore(jobs_client, settings)
+    store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
+    store = WorkerRequestStore(store_client, settings)
     services = WorkerServices(
         settings=settings,
         pipe=pipe,
-        jobs=jobs,
+        request_store=store,
         storage=LocalStorage(settings.storage_dir, settings.default_file_ttl_s),
         safety=build_safety_checker(settings),
         worker_name=name,
@@ -136,15 +136,15 @@ def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) 
     info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat
     queues = [settings.queue_normal, settings.queue_low]
     connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())
-    outbox = build_outbox(jobs_client, settings)
+    outbox = build_outbox(store_client, settings)
     if is_simulated_model(settings.model_path) and settings.simulated_slots > 1:
-        pool = SlotPool(services, jobs, outbox, queues, settings.simulated_slots, connection, info)
+        pool = SlotPool(services, store, outbox, queues, settings.simulated_slots, connection, info)
         logger.info("worker %s ready (%d slots)", name, settings.simulated_slots)
         pool.work(logging_level=settings.log_level.upper())
         return 0
     runner = TaskRunner(services)
     bind_runner(runner)
-    worker = GpuWorker(queues, runner=runner, jobs=jobs, outbox=outbox, info=info, name=name, connection=connection)
+    worker = GpuWorker(queues, runner=runner, store=store, outbox=outbox, info=info, name=name, connection=connection)
     logger.info("worker %s ready: %s", name, model.summary())
     worker.work(burst=burst, logging_level=settings.log_level.upper())
     return 0

@@ -14,10 +14,10 @@ import logging
 import redis
 from pydantic import ValidationError
 
-from core.protocol import JobStatus
+from core.protocol import RequestStatus
 from core.requests.records import RequestRecord
 from core.requests.scripts import ClaimOutcome
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from worker.inputs import validate_input
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ SCAN_DEPTH = 64  # queued requests looked at per queue when filling a batch
 
 
 def claim_companions(
-    jobs: WorkerJobStore,
+    store: WorkerRequestStore,
     worker: str,
     first: RequestRecord,
     parallel_num: int,
@@ -43,14 +43,14 @@ def claim_companions(
         return []  # the first request fails on its own; nothing to batch with
     images = wanted.payload.num_images
     claimed: list[RequestRecord] = []
-    settings = jobs.settings
+    settings = store.settings
     try:
         for queue in (settings.queue_normal, settings.queue_low):
-            for rid in jobs.queued_ids(queue, SCAN_DEPTH):
+            for rid in store.queued_ids(queue, SCAN_DEPTH):
                 if images >= max_images:
                     return claimed
-                candidate = jobs.get(rid)
-                if candidate is None or candidate.status is not JobStatus.IN_QUEUE:
+                candidate = store.get(rid)
+                if candidate is None or candidate.status is not RequestStatus.IN_QUEUE:
                     continue
                 try:
                     other = validate_input(candidate.input, parallel_num)
@@ -60,7 +60,7 @@ def claim_companions(
                     continue
                 if images + other.payload.num_images > max_images:
                     continue
-                if jobs.claim(rid, worker, queue) is ClaimOutcome.STARTED:
+                if store.claim(rid, worker, queue) is ClaimOutcome.STARTED:
                     claimed.append(candidate)
                     images += other.payload.num_images
     except redis.RedisError as exc:

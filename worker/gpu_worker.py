@@ -3,7 +3,7 @@ three threads: the heartbeat (this worker visible, its running requests leased),
 and the delivery of due webhooks from the outbox. The sweep has its own thread so that however long
 it takes, leases are renewed on time.
 
-Requests are taken off the RQ lists with ``WorkerJobStore.dequeue`` (``TrackedQueue``), which notes
+Requests are taken off the RQ lists with ``WorkerRequestStore.dequeue`` (``TrackedQueue``), which notes
 each one as taken in the same step: if this worker dies before starting it, the sweep puts it back.
 
 SIGTERM/SIGINT once: finish the current request, then exit (RQ's warm shutdown). Twice: exit now;
@@ -22,7 +22,7 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout
 
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox
 from worker import recovery
 from worker.tasks import TaskRunner
@@ -40,17 +40,17 @@ class Heartbeat(threading.Thread):
 
     def __init__(
         self,
-        jobs: WorkerJobStore,
+        store: WorkerRequestStore,
         members: Sequence[tuple[str, TaskRunner]],
         name: str,
         info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name=f"heartbeat-{name}", daemon=True)
-        self.jobs = jobs
+        self.store = store
         self.members = list(members)
         self.worker_name = name
         self.info = info
-        self.interval_s = max(jobs.settings.lease_ttl_s / 3, 0.2)
+        self.interval_s = max(store.settings.lease_ttl_s / 3, 0.2)
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -61,9 +61,9 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             for worker_name, runner in self.members:
-                self.jobs.heartbeat(worker_name, self.info)
+                self.store.heartbeat(worker_name, self.info)
                 for rid in runner.current_requests:
-                    self.jobs.refresh_lease(rid, worker_name)
+                    self.store.refresh_lease(rid, worker_name)
         except redis.RedisError as exc:
             logger.warning("heartbeat failed: %s", exc)
 
@@ -95,11 +95,11 @@ class JobOutcomeLogFilter(logging.Filter):
 class Sweeper(threading.Thread):
     """Every ``sweep_interval_s``: the recovery sweep, when this worker holds the fleet's sweep lock."""
 
-    def __init__(self, jobs: WorkerJobStore, name: str) -> None:
+    def __init__(self, store: WorkerRequestStore, name: str) -> None:
         super().__init__(name=f"sweeper-{name}", daemon=True)
-        self.jobs = jobs
+        self.store = store
         self.worker_name = name
-        self.interval_s = max(jobs.settings.sweep_interval_s, 0.1)
+        self.interval_s = max(store.settings.sweep_interval_s, 0.1)
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -109,8 +109,8 @@ class Sweeper(threading.Thread):
 
     def sweep(self) -> None:
         try:
-            if self.jobs.try_acquire_sweep(self.worker_name):
-                recovery.sweep(self.jobs)
+            if self.store.try_acquire_sweep(self.worker_name):
+                recovery.sweep(self.store)
         except redis.RedisError as exc:
             logger.warning("recovery sweep failed: %s", exc)
         except Exception:  # the thread must survive anything a sweep throws
@@ -120,8 +120,8 @@ class Sweeper(threading.Thread):
         self.stopped.set()
 
 
-def tracked_queue_class(jobs: WorkerJobStore, wakeup: QueueWakeup) -> type[Queue]:
-    """RQ's ``Queue`` whose dequeue goes through ``jobs.dequeue`` (RQ's own pops leave no trace; a
+def tracked_queue_class(store: WorkerRequestStore, wakeup: QueueWakeup) -> type[Queue]:
+    """RQ's ``Queue`` whose dequeue goes through ``store.dequeue`` (RQ's own pops leave no trace; a
     blocking pop cannot also note what it took), waiting for ``wakeup`` while the queues are empty."""
 
     class TrackedQueue(Queue):
@@ -132,7 +132,7 @@ def tracked_queue_class(jobs: WorkerJobStore, wakeup: QueueWakeup) -> type[Queue
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 seen = wakeup.heard  # before looking: a submit heard after this wakes the wait below
-                taken = jobs.dequeue(list(queue_keys))
+                taken = store.dequeue(list(queue_keys))
                 if taken is not None or deadline is None:
                     return taken
                 left_s = deadline - time.monotonic()
@@ -154,18 +154,18 @@ class GpuWorker(SimpleWorker):
         self,
         queues: Any,
         runner: TaskRunner,
-        jobs: WorkerJobStore,
+        store: WorkerRequestStore,
         outbox: WebhookOutbox,
         info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.wakeup = QueueWakeup(jobs.client, jobs.keys)
-        kwargs.setdefault("queue_class", tracked_queue_class(jobs, self.wakeup))
+        self.wakeup = QueueWakeup(store.client, store.keys)
+        kwargs.setdefault("queue_class", tracked_queue_class(store, self.wakeup))
         super().__init__(queues, **kwargs)
         self.runner = runner
-        self.jobs = jobs
-        self.heartbeat_thread = Heartbeat(jobs, [(self.name, runner)], self.name, info)
-        self.sweeper_thread = Sweeper(jobs, self.name)
+        self.store = store
+        self.heartbeat_thread = Heartbeat(store, [(self.name, runner)], self.name, info)
+        self.sweeper_thread = Sweeper(store, self.name)
         self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.name}")
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -184,6 +184,6 @@ class GpuWorker(SimpleWorker):
             self.webhook_thread.stop()
             self.wakeup.stop()
             try:
-                self.jobs.remove_worker(self.name)
+                self.store.remove_worker(self.name)
             except redis.RedisError:
                 logger.warning("could not unregister worker %s", self.name)

@@ -4,7 +4,7 @@ For container health checks and Kubernetes probes. "Up" means the worker's heart
 younger than the lease (``BITDANCE_LEASE_TTL_S``): a worker starts heartbeating only once its
 model is loaded, and its heartbeat thread stops when the process hangs or dies. Which worker: the
 ``--name`` given, else ``BITDANCE_WORKER_NAME``, else any worker of this host with a default name
-(``worker.identity``; a container or pod has a host name of its own).
+(``worker.names``; a container or pod has a host name of its own).
 Reads only Redis: it imports neither torch nor the model, so it answers in well under a second.
 """
 
@@ -16,9 +16,9 @@ import sys
 
 import redis
 
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
-from worker.identity import is_default_name_of_host, is_name_or_slot_of
+from worker.names import is_default_name_of_host, is_name_or_slot_of
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         socket_connect_timeout=PROBE_TIMEOUT_S,
     )
     try:
-        names = WorkerJobStore(client, settings).alive_worker_names()
+        names = WorkerRequestStore(client, settings).alive_worker_names()
     except redis.RedisError as exc:
         print(f"not ready: Redis unreachable at {settings.redis_url}: {exc}")
         return 1

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import redis
 
 from core.protocol import LogEntry, LogLevel
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,13 @@ class ProgressTracker:
 
     def __init__(
         self,
-        jobs: WorkerJobStore,
+        store: WorkerRequestStore,
         request_id: str,
         num_inference_steps: int,
         interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.jobs = jobs
+        self.store = store
         self.request_id = request_id
         self.num_inference_steps = num_inference_steps
         self.interval_s = interval_s
@@ -41,7 +41,7 @@ class ProgressTracker:
 
     def log(self, message: str, level: LogLevel = "INFO") -> None:
         try:
-            self.jobs.append_log(self.request_id, LogEntry.now(message, level))
+            self.store.append_log(self.request_id, LogEntry.now(message, level))
         except redis.RedisError as exc:
             logger.warning("progress log lost request_id=%s: %s", self.request_id, exc)
 
@@ -63,7 +63,7 @@ class ProgressTracker:
     def should_stop(self) -> bool:
         """``should_stop()``: True once the request's cancel flag is set."""
         try:
-            return self.jobs.is_cancel_requested(self.request_id)
+            return self.store.is_cancel_requested(self.request_id)
         except redis.RedisError as exc:
             logger.warning("cancel check failed request_id=%s: %s", self.request_id, exc)
             return False

@@ -21,10 +21,10 @@ from typing import Any
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox
 from worker.gpu_worker import Heartbeat, Sweeper, tracked_queue_class
-from worker.identity import slot_name
+from worker.names import slot_name
 from worker.tasks import TaskRunner, WorkerServices, bind_runner
 from worker.wakeup import QueueWakeup
 
@@ -76,7 +76,7 @@ class SlotPool:
     def __init__(
         self,
         services: WorkerServices,
-        jobs: WorkerJobStore,
+        store: WorkerRequestStore,
         outbox: WebhookOutbox,
         queues: list[str],
         slots: int,
@@ -84,18 +84,18 @@ class SlotPool:
         info: dict[str, Any] | None = None,
     ) -> None:
         self.base_name = services.worker_name
-        self.jobs = jobs
+        self.store = store
         self.workers: list[SlotWorker] = []
-        self.wakeup = QueueWakeup(jobs.client, jobs.keys, name=f"queue-wakeup-{self.base_name}")  # one for all slots
+        self.wakeup = QueueWakeup(store.client, store.keys, name=f"queue-wakeup-{self.base_name}")  # one for all slots
         for index in range(slots):
             name = slot_name(self.base_name, index)
             slot_services = WorkerServices(**{**vars(services), "worker_name": name})
             runner = TaskRunner(slot_services)
-            queue_class = tracked_queue_class(jobs, self.wakeup)
+            queue_class = tracked_queue_class(store, self.wakeup)
             self.workers.append(SlotWorker(queues, runner, name=name, connection=connection, queue_class=queue_class))
         members = [(w.name, w.runner) for w in self.workers]
-        self.heartbeat_thread = Heartbeat(jobs, members, self.base_name, info)
-        self.sweeper_thread = Sweeper(jobs, self.base_name)
+        self.heartbeat_thread = Heartbeat(store, members, self.base_name, info)
+        self.sweeper_thread = Sweeper(store, self.base_name)
         self.webhook_thread = WebhookDispatcher(outbox, name=f"webhooks-{self.base_name}")
         self.stopping = threading.Event()
 
@@ -131,6 +131,6 @@ class SlotPool:
             self.wakeup.stop()
             for worker in self.workers:
                 try:
-                    self.jobs.remove_worker(worker.name)
+                    self.store.remove_worker(worker.name)
                 except Exception:  # best effort: the heartbeat entry also ages out
                     logger.warning("could not unregister slot %s", worker.name)

@@ -27,7 +27,7 @@ from core.errors import (
 )
 from core.requests.records import RequestRecord
 from core.requests.scripts import StartOutcome
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from core.settings import Settings
 from core.storage import LocalStorage
@@ -75,7 +75,7 @@ class WorkerServices:
 
     settings: Settings
     pipe: Pipeline
-    jobs: WorkerJobStore
+    request_store: WorkerRequestStore
     storage: LocalStorage
     safety: SafetyChecker
     worker_name: str
@@ -124,8 +124,8 @@ class TaskRunner:
         self.last_outcome: tuple[str, str] | None = None  # (request id, outcome) of the last run
 
     @property
-    def jobs(self) -> WorkerJobStore:
-        return self.services.jobs
+    def store(self) -> WorkerRequestStore:
+        return self.services.request_store
 
     def run(self, request_id: str) -> str:
         """Start, execute and complete one request (and any companions batched with it).
@@ -140,14 +140,14 @@ class TaskRunner:
 
     def _run(self, request_id: str) -> str:
         name = self.services.worker_name
-        started = with_redis_retry(lambda: self.jobs.start(request_id, name), "start")
+        started = with_redis_retry(lambda: self.store.start(request_id, name), "start")
         if started is StartOutcome.OVERDUE:
             self._complete_error(request_id, RequestTimeoutError().to_stored())
             return "request_timeout"
         if started is not StartOutcome.STARTED:
             logger.info("skipping request request_id=%s (%s)", request_id, started)
             return started.value
-        record = self.jobs.get(request_id)
+        record = self.store.get(request_id)
         if record is None:  # expired between the two calls
             return StartOutcome.MISSING.value
         batch = [record]
@@ -156,7 +156,7 @@ class TaskRunner:
             max_images = self.services.settings.max_batch_images
             if max_images > 1:
                 pipe = self.services.pipe
-                batch += claim_companions(self.jobs, name, record, pipe.parallel_num, max_images)
+                batch += claim_companions(self.store, name, record, pipe.parallel_num, max_images)
                 self.current_requests = tuple(r.request_id for r in batch)
             outcomes = self.execute(batch)
         finally:
@@ -234,7 +234,7 @@ class TaskRunner:
             return None
         seed = resolve_seed(validated.payload.seed)
         interval_s = self.services.settings.progress_interval_s
-        tracker = ProgressTracker(self.jobs, record.request_id, validated.payload.num_inference_steps, interval_s)
+        tracker = ProgressTracker(self.store, record.request_id, validated.payload.num_inference_steps, interval_s)
         return BatchEntry(record, validated.payload, validated.shape, seed, tracker)
 
     def _finish(self, entry: BatchEntry, images: Sequence[Image.Image], inference_s: float) -> str:
@@ -247,8 +247,8 @@ class TaskRunner:
             return "error"
         count = len(output["images"])
         entry.tracker.log(f"Done: {count} image(s) ready (generated in {inference_s:.2f}s)")
-        with_redis_retry(lambda: self.jobs.complete_ok(rid, output, inference_s), "complete")
-        with_redis_retry(lambda: self.jobs.record_inference(inference_s, len(images)), "metrics")
+        with_redis_retry(lambda: self.store.complete_ok(rid, output, inference_s), "complete")
+        with_redis_retry(lambda: self.store.record_inference(inference_s, len(images)), "metrics")
         return "ok"
 
     def build_output(
@@ -289,7 +289,7 @@ class TaskRunner:
         )
 
     def _complete_error(self, rid: str, error: StoredError) -> None:
-        with_redis_retry(lambda: self.jobs.complete_error(rid, error), "complete")
+        with_redis_retry(lambda: self.store.complete_error(rid, error), "complete")
 
 
 def public_error(exc: Exception) -> FalError:

@@ -2,8 +2,8 @@
 
 The record is written in the same MULTI as the RQ job that carries ``worker.tasks.run_request(id)``,
 sent from the event loop in one round trip, before submit answers. Transitions are Lua scripts
-(``core.requests.scripts``), so the API and any number of workers can race safely. ``JobStore`` is
-the async face used by the API; workers use ``core.requests.worker_store.WorkerJobStore``.
+(``core.requests.scripts``), so the API and any number of workers can race safely. ``RequestStore`` is
+the async face used by the API; workers use ``core.requests.worker_store.WorkerRequestStore``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from rq import Queue
 
 from core.errors import RequestNotFoundError
-from core.protocol import JobStatus
+from core.protocol import RequestStatus
 from core.requests import scripts
 from core.requests.records import Keys, NewRequest, RequestRecord, StatusView, as_str, decoded
 from core.requests.scripts import CancelMode, CancelOutcome
@@ -45,7 +45,7 @@ def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> l
     now = time.time()
     queue_name = queue_name_of(settings, new.priority)
     record: dict[Any, str | int] = {  # Any keys: redis-py's mapping type is invariant in them
-        "status": JobStatus.IN_QUEUE.value,
+        "status": RequestStatus.IN_QUEUE.value,
         "owner": new.owner,
         "endpoint": new.endpoint,
         "input": json.dumps(new.input),
@@ -80,7 +80,7 @@ def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> l
 
 
 def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
-    """``submit_commands`` in one MULTI on a sync connection (tests and tools; the API uses ``JobStore.create``)."""
+    """``submit_commands`` in one MULTI on a sync connection (tests and tools; the API uses ``RequestStore.create``)."""
     with conn.pipeline(transaction=True) as pipe:
         for args, options in submit_commands(conn, settings, new):
             pipe.execute_command(*args, **options)
@@ -111,7 +111,7 @@ def queue_push_index(commands: list[Command], queue_name: str) -> int:
     raise RuntimeError(f"RQ did not push to {list_key}")
 
 
-class JobStore:
+class RequestStore:
     """Async access to request records for the API."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
@@ -152,7 +152,7 @@ class JobStore:
         record = RequestRecord.from_hash(rid, data)
         if owner is not None and record.owner != owner:
             raise RequestNotFoundError()
-        if record.status is JobStatus.IN_QUEUE and record.deadline and time.time() > record.deadline:
+        if record.status is RequestStatus.IN_QUEUE and record.deadline and time.time() > record.deadline:
             await self.expire_overdue(rid)
             return await self.get(rid, owner)
         return record
@@ -225,8 +225,8 @@ class JobStore:
 
     async def status_counts(self) -> dict[str, int]:
         return {
-            JobStatus.IN_QUEUE.value: int(await self.client.scard(self.keys.queued)),
-            JobStatus.IN_PROGRESS.value: int(await self.client.scard(self.keys.active)),
+            RequestStatus.IN_QUEUE.value: int(await self.client.scard(self.keys.queued)),
+            RequestStatus.IN_PROGRESS.value: int(await self.client.scard(self.keys.active)),
         }
 
     async def webhook_backlog(self) -> int:

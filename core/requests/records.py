@@ -2,8 +2,8 @@
 
 A request is a hash ``<prefix>:req:<id>`` (status, owner, input, result or error, timestamps) plus a
 list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scripts
-(``core.requests.scripts``) run through ``core.requests.api_store.JobStore`` (API) and
-``core.requests.worker_store.WorkerJobStore`` (workers).
+(``core.requests.scripts``) run through ``core.requests.api_store.RequestStore`` (API) and
+``core.requests.worker_store.WorkerRequestStore`` (workers).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ClientCancelledError, StoredError
-from core.protocol import JobStatus
+from core.protocol import RequestStatus
 
 _REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -137,7 +137,7 @@ class RequestRecord:
     """One request as stored in Redis (decoded)."""
 
     request_id: str
-    status: JobStatus
+    status: RequestStatus
     owner: str
     endpoint: str
     input: dict[str, Any]
@@ -166,7 +166,7 @@ class RequestRecord:
 
         return cls(
             request_id=rid,
-            status=JobStatus(data["status"]),
+            status=RequestStatus(data["status"]),
             owner=data.get("owner", ""),
             endpoint=data.get("endpoint", ""),
             input=json.loads(data.get("input") or "{}"),
@@ -198,7 +198,7 @@ class StatusView:
     """What a status call shows of a request (``scripts.STATUS_VIEW``: one read, no input or result)."""
 
     request_id: str
-    status: JobStatus
+    status: RequestStatus
     owner: str
     endpoint: str
     queue: str
@@ -216,7 +216,7 @@ class StatusView:
         )
         return cls(
             request_id=rid,
-            status=JobStatus(status or ""),
+            status=RequestStatus(status or ""),
             owner=owner or "",
             endpoint=endpoint or "",
             queue=queue or "",
@@ -230,7 +230,7 @@ class StatusView:
     @property
     def is_overdue(self) -> bool:
         """Still queued after its start deadline (``x-fal-request-timeout``)."""
-        return self.status is JobStatus.IN_QUEUE and self.deadline is not None and time.time() > self.deadline
+        return self.status is RequestStatus.IN_QUEUE and self.deadline is not None and time.time() > self.deadline
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from core.settings import Settings
 SWEEP_BATCH = 1000  # at most this many entries of each index per sweep (the rest in the next ones)
 
 
-class WorkerJobStore:
+class WorkerRequestStore:
     """Sync access to request records for workers (RQ workers are sync)."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:

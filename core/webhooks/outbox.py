@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import redis
 
-from core.protocol import JobStatus
+from core.protocol import RequestStatus
 from core.requests import scripts
 from core.requests.records import Keys, RequestRecord, as_str, decoded
 from core.settings import Settings
@@ -71,7 +71,7 @@ class WebhookOutbox:
     def _attempt(self, rid: str) -> None:
         key = self.keys.record(rid)
         data = decoded(self.client.hgetall(key))
-        if not data or not data.get("webhook") or data.get("status") != JobStatus.COMPLETED.value:
+        if not data or not data.get("webhook") or data.get("status") != RequestStatus.COMPLETED.value:
             self.client.zrem(self.keys.webhooks, rid)  # expired, or nothing to send
             return
         record = RequestRecord.from_hash(rid, data)

@@ -1,1 +1,1 @@
-"""Thin routers: they parse the request, call jobs/storage, and shape the response."""
+"""Thin routers: they parse the request, call a service, and shape the response."""

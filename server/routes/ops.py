@@ -11,13 +11,13 @@ from pydantic.json_schema import models_json_schema
 
 from core.errors import EndpointNotFoundError
 from core.protocol import QueueStatus
-from core.requests.api_store import JobStore
+from core.requests.api_store import RequestStore
 from core.schemas import BitDanceInput, BitDanceOutput
 from core.settings import Settings
 from core.webhooks.signing import WebhookSigner
 from server import metrics
 from server.auth import authenticate
-from server.deps import drain_of, health_check, job_store, settings_of, webhook_signer
+from server.deps import drain_of, health_check, request_store, settings_of, webhook_signer
 from server.health import HealthCheck
 from server.json_response import FastJSONResponse
 from server.shutdown import Drain
@@ -54,11 +54,11 @@ async def health_live() -> JSONResponse:
     "/health/ready", summary="Redis reachable: requests are accepted (200), else 503 (also while shutting down)"
 )
 async def health_ready(
-    jobs: Annotated[JobStore, Depends(job_store)], drain: Annotated[Drain, Depends(drain_of)]
+    store: Annotated[RequestStore, Depends(request_store)], drain: Annotated[Drain, Depends(drain_of)]
 ) -> JSONResponse:
     """Readiness of this API replica; unlike ``/health`` it does not wait for a worker (requests queue)."""
     try:
-        await jobs.client.ping()
+        await store.client.ping()
         redis_ok = True
     except redis.RedisError:
         redis_ok = False
@@ -77,17 +77,17 @@ async def webhook_jwks(signer: Annotated[WebhookSigner, Depends(webhook_signer)]
 @router.get("/metrics", summary="Prometheus metrics (with a key when BITDANCE_METRICS_REQUIRE_KEY holds)")
 async def prometheus_metrics(
     request: Request,
-    jobs: Annotated[JobStore, Depends(job_store)],
+    store: Annotated[RequestStore, Depends(request_store)],
     settings: Annotated[Settings, Depends(settings_of)],
 ) -> Response:
     if settings.is_metrics_keyed:
         await authenticate(request)
     snapshot = metrics.Snapshot(
-        queue_depth=await jobs.queue_depth(),
-        by_status=await jobs.status_counts(),
-        stats=await jobs.stats(),
-        workers_alive=await jobs.alive_workers(),
-        webhook_backlog=await jobs.webhook_backlog(),
+        queue_depth=await store.queue_depth(),
+        by_status=await store.status_counts(),
+        stats=await store.stats(),
+        workers_alive=await store.alive_workers(),
+        webhook_backlog=await store.webhook_backlog(),
     )
     return Response(metrics.render(snapshot), media_type=metrics.CONTENT_TYPE)
 

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from core.protocol import CancelResponse, JobStatus, QueueStatus, SubmitResponse, queue_status_body, submit_body
+from core.protocol import CancelResponse, QueueStatus, RequestStatus, SubmitResponse, queue_status_body, submit_body
 from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate, caller_of
 from server.deps import request_service, status_stream
@@ -81,7 +81,7 @@ async def get_status(
     requests.check_request(app_id, request_id)
     name_request(request.scope, request_id)
     view = await requests.status(request_id, caller.key_id, with_logs=logs)
-    code = 200 if view.status is JobStatus.COMPLETED else 202
+    code = 200 if view.status is RequestStatus.COMPLETED else 202
     body = queue_status_body(view, urls.request_urls(view.endpoint, view.request_id), view.logs)
     return FastJSONResponse(body, status_code=code)
 

@@ -13,7 +13,7 @@ from core.settings import child_environment
 from stack.launcher import start_api, wait_until_ready
 from tests.conftest import LiveStack, stack_settings
 from tests.integration.helpers import poll_until
-from worker.identity import default_worker_name
+from worker.names import default_worker_name
 from worker.probe import matching
 
 ROOT = Path(__file__).resolve().parents[2]

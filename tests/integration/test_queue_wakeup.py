@@ -11,7 +11,7 @@ import redis
 
 from core.requests.api_store import create_request
 from core.requests.records import Keys, NewRequest
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 from worker.gpu_worker import tracked_queue_class
 from worker.wakeup import QueueWakeup
@@ -36,10 +36,10 @@ def new_request(settings: Settings, rid: str) -> NewRequest:
 def test_a_submit_wakes_one_idle_dequeuer_at_once(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    jobs = WorkerJobStore(client, settings)
+    store = WorkerRequestStore(client, settings)
     # no fallback look within the test: only the submit's message can wake the dequeuers in time
     wakeup = started(QueueWakeup(client, Keys(settings.key_prefix), idle_recheck_s=LONG_WAIT_S))
-    queue = tracked_queue_class(jobs, wakeup)
+    queue = tracked_queue_class(store, wakeup)
     lists = [Keys.rq_queue(settings.queue_normal), Keys.rq_queue(settings.queue_low)]
     taken: list[tuple[str, str] | None] = []
     took_s: list[float] = []

@@ -18,7 +18,7 @@ import redis
 
 from core.errors import ClientCancelledError
 from core.protocol import LogEntry
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from stack.launcher import RedisProcess, base_url, start_api, wait_until_ready
 from tests.conftest import KEY_A, stack_settings
 
@@ -57,7 +57,7 @@ def test_streams_and_polls_follow_pushed_changes(redis_server: RedisProcess, tmp
             opened = next_event(events)
             assert opened is not None and opened["status"] == "IN_QUEUE" and opened["queue_position"] == 1
 
-            store = WorkerJobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+            store = WorkerRequestStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
             store.append_log(second, LogEntry.now("pushed log line"))
             logged = next_event(events)
             assert logged is not None and [log["message"] for log in logged["logs"]] == ["pushed log line"]

@@ -22,7 +22,7 @@ from core.requests.scripts import (
     ScriptCall,
     StartOutcome,
 )
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 
 KEYS = Keys("p")
@@ -124,10 +124,10 @@ def test_status_view_asks_for_no_logs_with_minus_one() -> None:
 
 def test_an_unknown_reply_raises(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    jobs = WorkerJobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
-    jobs._start = jobs.client.register_script("return 'launched'")  # a word START never answers
+    store = WorkerRequestStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+    store._start = store.client.register_script("return 'launched'")  # a word START never answers
     with pytest.raises(ValueError, match="launched"):
-        jobs.start("r", "w")
+        store.start("r", "w")
 
 
 def test_apply_batch_lays_out_each_command_as_its_count_then_its_arguments() -> None:
@@ -139,7 +139,7 @@ def test_apply_batch_lays_out_each_command_as_its_count_then_its_arguments() -> 
 
 
 def test_a_submit_through_the_batch_script_writes_what_a_multi_writes(make_settings: Callable[..., Settings]) -> None:
-    """``JobStore.create`` (one script call) against ``create_request`` (MULTI/EXEC): the same keys,
+    """``RequestStore.create`` (one script call) against ``create_request`` (MULTI/EXEC): the same keys,
     the same fields, the same lists, RQ's pickled job data included; only RQ's timestamps differ."""
     import asyncio
     import pickle
@@ -148,7 +148,7 @@ def test_a_submit_through_the_batch_script_writes_what_a_multi_writes(make_setti
     import redis.asyncio as aioredis
 
     from core.redis_options import async_redis_options
-    from core.requests.api_store import JobStore, create_request
+    from core.requests.api_store import RequestStore, create_request
     from core.requests.records import NewRequest
 
     settings = make_settings()
@@ -165,7 +165,7 @@ def test_a_submit_through_the_batch_script_writes_what_a_multi_writes(make_setti
     async def through_script() -> int:
         async_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
         try:
-            return await JobStore(async_client, settings).create(new("script"), client)
+            return await RequestStore(async_client, settings).create(new("script"), client)
         finally:
             await async_client.aclose()
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from core.errors import EndpointNotFoundError, FileNotFoundError_, PayloadTooLargeError, RequestNotFoundError
 from core.protocol import CancelResponse
-from core.requests.api_store import JobStore
+from core.requests.api_store import RequestStore
 from core.requests.records import Keys
 from core.schemas import BitDanceInput
 from core.settings import Settings
@@ -28,9 +28,9 @@ RID = "764cabcf-b745-4b3e-ae38-1200304cf45b"
 
 
 def request_service(settings: Settings, client: aioredis.Redis) -> RequestService:
-    jobs = JobStore(client, settings)
-    reader = StatusReader(jobs, ChangeFeed(client, Keys(settings.key_prefix)))
-    return RequestService(settings, jobs, reader, Drain(1.0), redis.Redis.from_url(settings.redis_url))
+    store = RequestStore(client, settings)
+    reader = StatusReader(store, ChangeFeed(client, Keys(settings.key_prefix)))
+    return RequestService(settings, store, reader, Drain(1.0), redis.Redis.from_url(settings.redis_url))
 
 
 def test_cancel_answers_carry_their_status_codes() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.errors import RequestNotFoundError, RequestTimeoutError, RunnerServerError
-from core.protocol import JobStatus, QueueStatus, SubmitResponse, queue_status_body, submit_body
+from core.protocol import QueueStatus, RequestStatus, SubmitResponse, queue_status_body, submit_body
 from core.requests.records import Keys, StatusView
 from server.change_feed import ChangeFeed
 from server.status_cache import StatusCache, StatusReader
@@ -22,16 +22,16 @@ FAILED = RunnerServerError("boom").to_stored()
 LOGS = [{"message": "patch 1/16, 10 sampling steps each", "level": "INFO"}]
 
 CASES: list[tuple[dict[str, Any], list[dict[str, Any]] | None, dict[str, Any]]] = [
-    ({"status": JobStatus.IN_QUEUE, "queue_position": 3}, None, {"queue_position": 3, "logs": None, "metrics": {}}),
-    ({"status": JobStatus.IN_QUEUE, "queue_position": 0}, [], {"queue_position": 0, "logs": [], "metrics": {}}),
-    ({"status": JobStatus.IN_PROGRESS}, LOGS, {"logs": LOGS, "metrics": {}}),
+    ({"status": RequestStatus.IN_QUEUE, "queue_position": 3}, None, {"queue_position": 3, "logs": None, "metrics": {}}),
+    ({"status": RequestStatus.IN_QUEUE, "queue_position": 0}, [], {"queue_position": 0, "logs": [], "metrics": {}}),
+    ({"status": RequestStatus.IN_PROGRESS}, LOGS, {"logs": LOGS, "metrics": {}}),
     (
-        {"status": JobStatus.COMPLETED, "inference_time": 1.25},
+        {"status": RequestStatus.COMPLETED, "inference_time": 1.25},
         None,
         {"logs": None, "metrics": {"inference_time": 1.25}},
     ),
     (
-        {"status": JobStatus.COMPLETED, "error": FAILED},
+        {"status": RequestStatus.COMPLETED, "error": FAILED},
         [],
         {"logs": [], "metrics": {"inference_time": None}, "error": "boom", "error_type": "runner_server_error"},
     ),
@@ -55,11 +55,11 @@ def test_submit_body_is_the_documented_submit_response() -> None:
     assert list(body) == list(SubmitResponse.model_fields)  # same key order too
 
 
-def view(rid: str = "r1", status: JobStatus = JobStatus.IN_QUEUE, **extra: Any) -> StatusView:
+def view(rid: str = "r1", status: RequestStatus = RequestStatus.IN_QUEUE, **extra: Any) -> StatusView:
     """A status view of ``rid``; ``extra`` overrides its fields."""
     values: dict[str, Any] = {
         "request_id": rid, "status": status, "owner": "o", "endpoint": "fal-ai/bitdance", "queue": "q",
-        "queue_position": 0 if status is JobStatus.IN_QUEUE else None, "deadline": None, "error": None,
+        "queue_position": 0 if status is RequestStatus.IN_QUEUE else None, "deadline": None, "error": None,
         "inference_time": None, "logs": None,
     }  # fmt: skip
     values.update(extra)
@@ -69,7 +69,7 @@ def view(rid: str = "r1", status: JobStatus = JobStatus.IN_QUEUE, **extra: Any) 
 def test_cache_forgets_on_change_queue_move_age_and_deadline() -> None:
     cache = StatusCache(max_age_s=60)
     cache.put(view("a"), False)
-    cache.put(view("b", JobStatus.IN_PROGRESS), True)
+    cache.put(view("b", RequestStatus.IN_PROGRESS), True)
     assert cache.get("a", False) is not None and cache.get("a", True) is None
     cache.drop("a")
     assert cache.get("a", False) is None
@@ -89,7 +89,7 @@ def test_cache_forgets_on_change_queue_move_age_and_deadline() -> None:
 
 
 class CountingStore:
-    """Stands in for ``JobStore.status_view`` to count the reads the reader makes."""
+    """Stands in for ``RequestStore.status_view`` to count the reads the reader makes."""
 
     def __init__(self, result: StatusView) -> None:
         self.result = result
@@ -207,21 +207,21 @@ def test_an_aged_view_is_answered_while_one_read_refreshes_it() -> None:
     async def scenario() -> None:
         feed = ChangeFeed(client=None, keys=Keys("p"))  # type: ignore[arg-type]  # never run here
         feed.connected.set()
-        store = SlowStore(view("r1", JobStatus.IN_PROGRESS))
+        store = SlowStore(view("r1", RequestStatus.IN_PROGRESS))
         reader = StatusReader(store, feed, StatusCache(max_age_s=0.0, stale_s=60.0))  # type: ignore[arg-type]
         store.release.set()
         first = await reader.view("r1", "o", with_logs=False)
-        assert store.reads == 1 and first.status is JobStatus.IN_PROGRESS
+        assert store.reads == 1 and first.status is RequestStatus.IN_PROGRESS
         store.release.clear()  # the refreshing read now hangs, as on a Redis stall
-        store.result = view("r1", JobStatus.COMPLETED)
+        store.result = view("r1", RequestStatus.COMPLETED)
         polls = await asyncio.wait_for(asyncio.gather(*(reader.view("r1", "o", False) for _ in range(20))), 1.0)
-        assert all(v.status is JobStatus.IN_PROGRESS for v in polls)  # answered at once, from the aged view
+        assert all(v.status is RequestStatus.IN_PROGRESS for v in polls)  # answered at once, from the aged view
         assert store.reads == 2  # and one read refreshes it for all of them
         with pytest.raises(RequestNotFoundError):  # the aged view keeps its owner check
             await reader.view("r1", "someone-else", with_logs=False)
         store.release.set()
         await settle()
         reader.request_changed("r1")  # a change: the next poll waits for a read, never the old view
-        assert (await reader.view("r1", "o", with_logs=False)).status is JobStatus.COMPLETED
+        assert (await reader.view("r1", "o", with_logs=False)).status is RequestStatus.COMPLETED
 
     asyncio.run(scenario())

@@ -37,8 +37,8 @@ def listener() -> Iterator[WebhookListener]:
 
 
 def sender_for(settings: Settings) -> WebhookSender:
-    _, jobs = make_runner(settings, FakePipeline())
-    return WebhookSender(settings, signer=lambda: WebhookSigner.shared(jobs.client, jobs.keys))
+    _, store = make_runner(settings, FakePipeline())
+    return WebhookSender(settings, signer=lambda: WebhookSigner.shared(store.client, store.keys))
 
 
 BODY: dict[str, Any] = {"request_id": "r", "status": "OK", "payload": {}}
@@ -98,11 +98,11 @@ def stored_file_meta(settings: Settings, url: str) -> dict[str, Any]:
 
 def test_the_worker_uses_the_stored_lifecycle(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(progress_interval_s=0.0)
-    runner, jobs = make_runner(settings, FakePipeline(steps=1))
+    runner, store = make_runner(settings, FakePipeline(steps=1))
     submit(settings, "req-ttl", lifecycle={"expiration_duration_seconds": 120})
     before = time.time()
     assert runner.run("req-ttl") == "ok"
-    record = jobs.get("req-ttl")
+    record = store.get("req-ttl")
     assert record is not None and record.result is not None
     meta = stored_file_meta(settings, record.result["images"][0]["url"])
     assert before + 120 <= meta["expires_at"] <= time.time() + 120
@@ -114,9 +114,9 @@ def test_a_malformed_stored_lifecycle_never_fails_the_generation(
 ) -> None:
     """Records written before the API validated the header: the image is made and kept (default expiry)."""
     settings = make_settings(progress_interval_s=0.0)
-    runner, jobs = make_runner(settings, FakePipeline(steps=1))
+    runner, store = make_runner(settings, FakePipeline(steps=1))
     submit(settings, "req-bad-ttl", lifecycle={"expiration_duration_seconds": garbage})
     assert runner.run("req-bad-ttl") == "ok"
-    record = jobs.get("req-bad-ttl")
+    record = store.get("req-bad-ttl")
     assert record is not None and record.error is None and record.result is not None
     assert stored_file_meta(settings, record.result["images"][0]["url"])["expires_at"] is None

@@ -7,18 +7,18 @@ from collections.abc import Callable
 
 import redis
 
-from core.protocol import JobStatus
+from core.protocol import RequestStatus
 from core.requests.api_store import create_request
 from core.requests.records import Keys, NewRequest
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 from worker import recovery
 
 
-def setup(make_settings: Callable[..., Settings], **overrides: object) -> tuple[Settings, WorkerJobStore]:
+def setup(make_settings: Callable[..., Settings], **overrides: object) -> tuple[Settings, WorkerRequestStore]:
     settings = make_settings(lease_ttl_s=0.2, max_requeues=1, **overrides)
-    jobs = WorkerJobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
-    return settings, jobs
+    store = WorkerRequestStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+    return settings, store
 
 
 def enqueue(settings: Settings, rid: str, timeout_s: float | None = None) -> None:
@@ -26,61 +26,61 @@ def enqueue(settings: Settings, rid: str, timeout_s: float | None = None) -> Non
     create_request(redis.Redis.from_url(settings.redis_url), settings, new)
 
 
-def queue_ids(jobs: WorkerJobStore, settings: Settings) -> list[str]:
-    return list(jobs.client.lrange(Keys.rq_queue(settings.queue_normal), 0, -1))
+def queue_ids(store: WorkerRequestStore, settings: Settings) -> list[str]:
+    return list(store.client.lrange(Keys.rq_queue(settings.queue_normal), 0, -1))
 
 
 def test_orphan_requeued_once_then_failed(make_settings: Callable[..., Settings]) -> None:
-    settings, jobs = setup(make_settings)
+    settings, store = setup(make_settings)
     enqueue(settings, "r1")
-    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))  # a worker dequeued it ...
-    assert jobs.start("r1", "dead-worker") == "started"  # ... started it, then died
-    assert recovery.sweep(jobs) == {}  # lease still valid
+    store.client.lpop(Keys.rq_queue(settings.queue_normal))  # a worker dequeued it ...
+    assert store.start("r1", "dead-worker") == "started"  # ... started it, then died
+    assert recovery.sweep(store) == {}  # lease still valid
     time.sleep(0.3)
-    assert recovery.sweep(jobs) == {"r1": "requeued"}
-    record = jobs.get("r1")
-    assert record is not None and record.status is JobStatus.IN_QUEUE and record.attempts == 1
-    assert queue_ids(jobs, settings) == ["r1"]  # back at the front of its queue
-    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))
-    assert jobs.start("r1", "dead-again") == "started"
+    assert recovery.sweep(store) == {"r1": "requeued"}
+    record = store.get("r1")
+    assert record is not None and record.status is RequestStatus.IN_QUEUE and record.attempts == 1
+    assert queue_ids(store, settings) == ["r1"]  # back at the front of its queue
+    store.client.lpop(Keys.rq_queue(settings.queue_normal))
+    assert store.start("r1", "dead-again") == "started"
     time.sleep(0.3)
-    assert recovery.sweep(jobs) == {"r1": "runner_disconnected"}
-    record = jobs.get("r1")
-    assert record is not None and record.status is JobStatus.COMPLETED
+    assert recovery.sweep(store) == {"r1": "runner_disconnected"}
+    record = store.get("r1")
+    assert record is not None and record.status is RequestStatus.COMPLETED
     assert record.error is not None and record.error.status_code == 503
 
 
 def test_orphan_with_cancel_flag_completes_cancelled(make_settings: Callable[..., Settings]) -> None:
-    settings, jobs = setup(make_settings)
+    settings, store = setup(make_settings)
     enqueue(settings, "r2")
-    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))
-    jobs.start("r2", "w")
-    jobs.client.hset(jobs.keys.record("r2"), "cancel", "1")
+    store.client.lpop(Keys.rq_queue(settings.queue_normal))
+    store.start("r2", "w")
+    store.client.hset(store.keys.record("r2"), "cancel", "1")
     time.sleep(0.3)
-    assert recovery.sweep(jobs) == {"r2": "client_cancelled"}
-    record = jobs.get("r2")
+    assert recovery.sweep(store) == {"r2": "client_cancelled"}
+    record = store.get("r2")
     assert record is not None and record.error is not None and record.error.status_code == 499
 
 
 def test_lost_dequeue_is_pushed_back_after_grace(make_settings: Callable[..., Settings]) -> None:
-    settings, jobs = setup(make_settings)
+    settings, store = setup(make_settings)
     enqueue(settings, "r3")
-    assert jobs.dequeue([Keys.rq_queue(settings.queue_normal)]) is not None  # taken, worker died before start
-    assert queue_ids(jobs, settings) == []
-    assert recovery.sweep(jobs) == {}  # within the grace period: its worker may be starting it
+    assert store.dequeue([Keys.rq_queue(settings.queue_normal)]) is not None  # taken, worker died before start
+    assert queue_ids(store, settings) == []
+    assert recovery.sweep(store) == {}  # within the grace period: its worker may be starting it
     time.sleep(0.3)
-    assert recovery.sweep(jobs) == {"r3": "requeued"}
-    assert queue_ids(jobs, settings) == ["r3"]
+    assert recovery.sweep(store) == {"r3": "requeued"}
+    assert queue_ids(store, settings) == ["r3"]
 
 
 def test_overdue_queued_request_expires(make_settings: Callable[..., Settings]) -> None:
-    settings, jobs = setup(make_settings)
+    settings, store = setup(make_settings)
     enqueue(settings, "r4", timeout_s=0.05)
     time.sleep(0.1)
-    assert recovery.sweep(jobs) == {"r4": "request_timeout"}
-    record = jobs.get("r4")
+    assert recovery.sweep(store) == {"r4": "request_timeout"}
+    record = store.get("r4")
     assert record is not None and record.error is not None and record.error.status_code == 504
-    assert queue_ids(jobs, settings) == []
+    assert queue_ids(store, settings) == []
 
 
 def test_killed_workers_are_forgotten(make_settings: Callable[..., Settings]) -> None:
@@ -89,27 +89,27 @@ def test_killed_workers_are_forgotten(make_settings: Callable[..., Settings]) ->
 
     import redis.asyncio as aioredis
 
-    from core.requests.api_store import JobStore
+    from core.requests.api_store import RequestStore
 
-    settings, jobs = setup(make_settings)  # lease 0.2 s: forgotten after 3 leases without a heartbeat
-    jobs.heartbeat("killed-1")
-    jobs.heartbeat("killed-2")
+    settings, store = setup(make_settings)  # lease 0.2 s: forgotten after 3 leases without a heartbeat
+    store.heartbeat("killed-1")
+    store.heartbeat("killed-2")
     time.sleep(3 * settings.lease_ttl_s + 0.1)
-    jobs.heartbeat("alive")  # any live worker's heartbeat forgets the long-dead ones
-    assert jobs.client.zrange(jobs.keys.workers, 0, -1) == ["alive"]
+    store.heartbeat("alive")  # any live worker's heartbeat forgets the long-dead ones
+    assert store.client.zrange(store.keys.workers, 0, -1) == ["alive"]
 
-    jobs.heartbeat("killed-3")
+    store.heartbeat("killed-3")
     time.sleep(3 * settings.lease_ttl_s + 0.1)
 
     async def alive() -> int:  # with no worker left, the API's /health count forgets them too
         client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         try:
-            return await JobStore(client, settings).alive_workers()
+            return await RequestStore(client, settings).alive_workers()
         finally:
             await client.aclose()
 
     assert asyncio.run(alive()) == 0
-    assert jobs.client.zcard(jobs.keys.workers) == 0
+    assert store.client.zcard(store.keys.workers) == 0
 
 
 def commands_processed(client: redis.Redis) -> int:
@@ -121,7 +121,7 @@ def test_sweep_cost_does_not_grow_with_the_queue(make_settings: Callable[..., Se
     reads the small indexes (running, taken, overdue requests), not the queue."""
     from core.requests.api_store import add_request
 
-    settings, jobs = setup(make_settings)
+    settings, store = setup(make_settings)
     conn = redis.Redis.from_url(settings.redis_url)
     with conn.pipeline(transaction=True) as pipe:  # 1000 submits in one MULTI (fast to write)
         pipe.multi()
@@ -130,34 +130,34 @@ def test_sweep_cost_does_not_grow_with_the_queue(make_settings: Callable[..., Se
         pipe.execute()
     enqueue(settings, "overdue", timeout_s=0.05)
     time.sleep(0.1)
-    before = commands_processed(jobs.client)
-    assert recovery.sweep(jobs) == {"overdue": "request_timeout"}
-    assert commands_processed(jobs.client) - before < 50  # the old sweep: 2 scripts per queued request
-    assert len(queue_ids(jobs, settings)) == 1000
+    before = commands_processed(store.client)
+    assert recovery.sweep(store) == {"overdue": "request_timeout"}
+    assert commands_processed(store.client) - before < 50  # the old sweep: 2 scripts per queued request
+    assert len(queue_ids(store, settings)) == 1000
 
 
 def test_lease_renewal_is_not_on_the_sweeps_path(make_settings: Callable[..., Settings]) -> None:
     """The heartbeat renews leases without sweeping: a sweep, however slow, cannot let leases expire."""
     from worker.gpu_worker import Heartbeat
 
-    settings, jobs = setup(make_settings, sweep_interval_s=0.01)
+    settings, store = setup(make_settings, sweep_interval_s=0.01)
     swept: list[str] = []
 
-    class RecordingJobStore(WorkerJobStore):
+    class RecordingRequestStore(WorkerRequestStore):
         def recover_orphans(self) -> dict[str, str]:
             swept.append("orphans")
             return super().recover_orphans()
 
-    store = RecordingJobStore(jobs.client, settings)
+    recording = RecordingRequestStore(store.client, settings)
     enqueue(settings, "running")
-    jobs.client.lpop(Keys.rq_queue(settings.queue_normal))
-    assert store.start("running", "w") == "started"
+    store.client.lpop(Keys.rq_queue(settings.queue_normal))
+    assert recording.start("running", "w") == "started"
 
     class Runner:
         current_requests = ("running",)
 
-    beat = Heartbeat(store, [("w", Runner())], "w")  # type: ignore[list-item]  # only current_requests is read
-    jobs.client.pexpire(jobs.keys.lease("running"), 50)
+    beat = Heartbeat(recording, [("w", Runner())], "w")  # type: ignore[list-item]  # only current_requests is read
+    store.client.pexpire(store.keys.lease("running"), 50)
     beat.beat()
-    assert jobs.client.pttl(jobs.keys.lease("running")) > 100  # renewed to a full lease
+    assert store.client.pttl(store.keys.lease("running")) > 100  # renewed to a full lease
     assert swept == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.identity import default_worker_name, is_default_name_of_host, is_name_or_slot_of, slot_name
+from worker.names import default_worker_name, is_default_name_of_host, is_name_or_slot_of, slot_name
 from worker.probe import matching
 
 

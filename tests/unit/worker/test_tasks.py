@@ -15,11 +15,11 @@ import redis
 from PIL import Image
 
 from core.errors import RunnerServerError
-from core.protocol import JobStatus
+from core.protocol import RequestStatus
 from core.requests import scripts
 from core.requests.api_store import create_request
 from core.requests.records import NewRequest
-from core.requests.worker_store import WorkerJobStore
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 from core.storage import LocalStorage
 from worker.gpu_worker import JobOutcomeLogFilter
@@ -31,18 +31,18 @@ from .fakes import FakePipeline, FlagAll
 
 def make_runner(
     settings: Settings, pipe: FakePipeline, safety: SafetyChecker | None = None
-) -> tuple[TaskRunner, WorkerJobStore]:
+) -> tuple[TaskRunner, WorkerRequestStore]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    jobs = WorkerJobStore(client, settings)
+    store = WorkerRequestStore(client, settings)
     services = WorkerServices(
         settings=settings,
         pipe=pipe,
-        jobs=jobs,
+        request_store=store,
         storage=LocalStorage(settings.storage_dir),
         safety=safety or NoSafetyChecker(),
         worker_name="unit-worker",
     )
-    return TaskRunner(services), jobs
+    return TaskRunner(services), store
 
 
 def submit(settings: Settings, rid: str, **inputs: Any) -> None:
@@ -59,11 +59,11 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 def test_success_records_result_logs_and_files(settings: Settings) -> None:
     pipe = FakePipeline(steps=5)
-    runner, jobs = make_runner(settings, pipe)
+    runner, store = make_runner(settings, pipe)
     submit(settings, "req-ok", seed=None, num_images=2, output_format="png")
     assert runner.run("req-ok") == "ok"
-    record = jobs.get("req-ok")
-    assert record is not None and record.status is JobStatus.COMPLETED and record.error is None
+    record = store.get("req-ok")
+    assert record is not None and record.status is RequestStatus.COMPLETED and record.error is None
     assert record.result is not None
     assert record.result["prompt"] == "a lighthouse"
     assert isinstance(record.result["seed"], int)  # a concrete seed was picked and passed
@@ -76,7 +76,7 @@ def test_success_records_result_logs_and_files(settings: Settings) -> None:
     stored = Path(settings.storage_dir) / token_path
     assert stored.stat().st_size == images[0]["file_size"]
     assert Image.open(stored).size == (images[0]["width"], images[0]["height"])
-    logs = jobs.client.lrange(jobs.keys.logs("req-ok"), 0, -1)
+    logs = store.client.lrange(store.keys.logs("req-ok"), 0, -1)
     patch_logs = [line for line in logs if '"patch ' in line]
     assert len(patch_logs) == 5  # one entry per decoding step (patch)
     assert '"patch 5/5, 10 sampling steps each' in patch_logs[-1]
@@ -85,37 +85,37 @@ def test_success_records_result_logs_and_files(settings: Settings) -> None:
 
 
 def test_failure_at_step_k_completes_with_error(settings: Settings) -> None:
-    runner, jobs = make_runner(settings, FakePipeline(steps=5, fail_at_step=3))
+    runner, store = make_runner(settings, FakePipeline(steps=5, fail_at_step=3))
     submit(settings, "req-fail")
     assert runner.run("req-fail") == "error"
-    record = jobs.get("req-fail")
-    assert record is not None and record.status is JobStatus.COMPLETED
+    record = store.get("req-fail")
+    assert record is not None and record.status is RequestStatus.COMPLETED
     assert record.error is not None
     assert record.error.status_code == 500
     assert record.error.body["error_type"] == "runner_server_error"
     assert "boom" not in record.error.body["detail"]  # internals are not shown
-    assert jobs.client.sismember(jobs.keys.active, "req-fail") == 0
+    assert store.client.sismember(store.keys.active, "req-fail") == 0
 
 
 def test_cancel_while_running_stops_within_one_step(settings: Settings) -> None:
     pipe = FakePipeline(steps=10)
-    runner, jobs = make_runner(settings, pipe)
+    runner, store = make_runner(settings, pipe)
     submit(settings, "req-cancel")
     seen: list[int] = []
 
     def cancel_at_two(step: int) -> None:
         seen.append(step)
         if step == 2:
-            jobs.client.hset(jobs.keys.record("req-cancel"), "cancel", "1")
+            store.client.hset(store.keys.record("req-cancel"), "cancel", "1")
 
     pipe.on_step = cancel_at_two
     assert runner.run("req-cancel") == "client_cancelled"
     assert seen == [1, 2]  # step 3 never started
-    record = jobs.get("req-cancel")
+    record = store.get("req-cancel")
     assert record is not None and record.error is not None
     assert record.error.status_code == 499
     assert record.error.body == {"detail": "Request cancelled", "error_type": "client_cancelled"}
-    logs = jobs.client.lrange(jobs.keys.logs("req-cancel"), 0, -1)
+    logs = store.client.lrange(store.keys.logs("req-cancel"), 0, -1)
     assert not any('"Done' in line for line in logs)
     # RQ's "Job OK" line (it says so for every job function that returns) names the real outcome
     rq_line = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, "Worker %s: %s: %s (%s)",
@@ -126,25 +126,25 @@ def test_cancel_while_running_stops_within_one_step(settings: Settings) -> None:
 
 def test_cancelled_before_start_never_runs(settings: Settings) -> None:
     pipe = FakePipeline()
-    runner, jobs = make_runner(settings, pipe)
+    runner, store = make_runner(settings, pipe)
     submit(settings, "req-early")
     call = scripts.cancel_queued_call(
-        jobs.keys, request_id="req-early", mode=scripts.CancelMode.CANCEL, now=time.time(), ttl_s=60
+        store.keys, request_id="req-early", mode=scripts.CancelMode.CANCEL, now=time.time(), ttl_s=60
     )
-    assert jobs._cancel(keys=call.keys, args=call.args) == scripts.CancelOutcome.CANCELLED
+    assert store._cancel(keys=call.keys, args=call.args) == scripts.CancelOutcome.CANCELLED
     assert runner.run("req-early") == "completed"
     assert pipe.calls == []
 
 
 def test_start_deadline_passed_gives_504(settings: Settings) -> None:
     pipe = FakePipeline()
-    runner, jobs = make_runner(settings, pipe)
+    runner, store = make_runner(settings, pipe)
     conn = redis.Redis.from_url(settings.redis_url)
     payload = {"prompt": "late", "image_size": "square"}
     create_request(conn, settings, NewRequest("req-late", "o", settings.endpoint_id, payload, "low", "http://f", 0.01))
     time.sleep(0.05)
     assert runner.run("req-late") == "request_timeout"
-    record = jobs.get("req-late")
+    record = store.get("req-late")
     assert record is not None and record.error is not None
     assert record.error.status_code == 504
     assert record.error.headers["X-Fal-Request-Timeout-Type"] == "user"
@@ -152,20 +152,20 @@ def test_start_deadline_passed_gives_504(settings: Settings) -> None:
 
 
 def test_invalid_stored_input_gives_422(settings: Settings) -> None:
-    runner, jobs = make_runner(settings, FakePipeline())
+    runner, store = make_runner(settings, FakePipeline())
     submit(settings, "req-422", num_images=9)
     assert runner.run("req-422") == "validation_error"
-    record = jobs.get("req-422")
+    record = store.get("req-422")
     assert record is not None and record.error is not None
     assert record.error.status_code == 422
     assert record.error.body["detail"][0]["loc"] == ["body", "num_images"]
 
 
 def test_sync_mode_returns_data_uri_and_stores_nothing(settings: Settings) -> None:
-    runner, jobs = make_runner(settings, FakePipeline())
+    runner, store = make_runner(settings, FakePipeline())
     submit(settings, "req-sync", sync_mode=True)
     assert runner.run("req-sync") == "ok"
-    record = jobs.get("req-sync")
+    record = store.get("req-sync")
     assert record is not None and record.result is not None
     url = record.result["images"][0]["url"]
     assert url.startswith("data:image/jpeg;base64,")
@@ -175,10 +175,10 @@ def test_sync_mode_returns_data_uri_and_stores_nothing(settings: Settings) -> No
 
 
 def test_flagged_images_are_black(settings: Settings) -> None:
-    runner, jobs = make_runner(settings, FakePipeline(), safety=FlagAll())
+    runner, store = make_runner(settings, FakePipeline(), safety=FlagAll())
     submit(settings, "req-nsfw", sync_mode=True, output_format="png")
     runner.run("req-nsfw")
-    record = jobs.get("req-nsfw")
+    record = store.get("req-nsfw")
     assert record is not None and record.result is not None
     assert record.result["has_nsfw_concepts"] == [True]
     data = base64.b64decode(record.result["images"][0]["url"].split(",", 1)[1])
@@ -186,20 +186,20 @@ def test_flagged_images_are_black(settings: Settings) -> None:
 
 
 def test_safety_checker_off_keeps_images(settings: Settings) -> None:
-    runner, jobs = make_runner(settings, FakePipeline(), safety=FlagAll())
+    runner, store = make_runner(settings, FakePipeline(), safety=FlagAll())
     submit(settings, "req-off", enable_safety_checker=False)
     runner.run("req-off")
-    record = jobs.get("req-off")
+    record = store.get("req-off")
     assert record is not None and record.result is not None
     assert record.result["has_nsfw_concepts"] == [False]
 
 
 def test_same_seed_same_bytes(settings: Settings) -> None:
-    runner, jobs = make_runner(settings, FakePipeline())
+    runner, store = make_runner(settings, FakePipeline())
     for rid in ("req-s1", "req-s2"):
         submit(settings, rid, seed=42, sync_mode=True)
         runner.run(rid)
-    urls = [jobs.get(rid).result["images"][0]["url"] for rid in ("req-s1", "req-s2")]  # type: ignore[union-attr]
+    urls = [store.get(rid).result["images"][0]["url"] for rid in ("req-s1", "req-s2")]  # type: ignore[union-attr]
     assert urls[0] == urls[1]
 
 

@@ -39,35 +39,35 @@ def listener() -> Iterator[WebhookListener]:
 
 
 def outbox_for(settings: Settings, clock: Clock) -> WebhookOutbox:
-    _, jobs = make_runner(settings, FakePipeline())
-    sender = WebhookSender(settings, signer=lambda: WebhookSigner.shared(jobs.client, jobs.keys))
-    return WebhookOutbox(jobs.client, settings, sender, clock=clock)
+    _, store = make_runner(settings, FakePipeline())
+    sender = WebhookSender(settings, signer=lambda: WebhookSigner.shared(store.client, store.keys))
+    return WebhookOutbox(store.client, settings, sender, clock=clock)
 
 
 def test_completion_puts_the_webhook_in_the_outbox(settings: Settings, listener: WebhookListener) -> None:
-    runner, jobs = make_runner(settings, FakePipeline(steps=1))
+    runner, store = make_runner(settings, FakePipeline(steps=1))
     submit(settings, "req-hook", webhook=None)
-    jobs.client.hset(jobs.keys.record("req-hook"), "webhook", listener.url)
+    store.client.hset(store.keys.record("req-hook"), "webhook", listener.url)
     submit(settings, "req-quiet")
     runner.run("req-hook")
     runner.run("req-quiet")
     outbox = outbox_for(settings, Clock())
     assert outbox.pending() == ["req-hook"]  # written by the same script that completed the request
-    assert jobs.client.hget(jobs.keys.record("req-hook"), "webhook_status") == "pending"
+    assert store.client.hget(store.keys.record("req-hook"), "webhook_status") == "pending"
 
 
 def test_retries_back_off_and_survive_a_new_process(settings: Settings, listener: WebhookListener) -> None:
-    _, jobs = make_runner(settings, FakePipeline())
+    _, store = make_runner(settings, FakePipeline())
     submit(settings, "req-retry")
-    key = jobs.keys.record("req-retry")
-    jobs.client.hset(key, "webhook", listener.url)
-    jobs.start("req-retry", "w")
-    jobs.complete_error("req-retry", RequestTimeoutError().to_stored())
+    key = store.keys.record("req-retry")
+    store.client.hset(key, "webhook", listener.url)
+    store.start("req-retry", "w")
+    store.complete_error("req-retry", RequestTimeoutError().to_stored())
 
     clock = Clock()
     first = outbox_for(settings, clock)
     assert first.deliver_due() == 1  # the receiver answers 500
-    assert jobs.client.hget(key, "webhook_attempts") == "1"
+    assert store.client.hget(key, "webhook_attempts") == "1"
     assert first.deliver_due() == 0  # not due again before its backoff (7.5-12.5 s here)
     assert first.pending() == ["req-retry"]
 
@@ -78,18 +78,18 @@ def test_retries_back_off_and_survive_a_new_process(settings: Settings, listener
     assert hook["body"]["request_id"] == "req-retry" and hook["body"]["status"] == "ERROR"
     assert hook["body"]["payload"]["detail"] and hook["headers"]["X-Fal-Webhook-Request-Id"] == "req-retry"
     assert hook["headers"]["X-Fal-Webhook-User-Id"] == "owner-1"
-    jwks = {"keys": [WebhookSigner.shared(jobs.client, jobs.keys).jwk()]}
+    jwks = {"keys": [WebhookSigner.shared(store.client, store.keys).jwk()]}
     assert verify(jwks, hook["headers"], hook["raw"])
     assert not verify(jwks, hook["headers"], hook["raw"] + b" ")  # any change to the body breaks it
-    assert jobs.client.hget(key, "webhook_status") == "delivered"
+    assert store.client.hget(key, "webhook_status") == "delivered"
     assert after_restart.pending() == []
 
 
 def test_a_dispatcher_dying_mid_attempt_leaves_it_due_after_the_lease(settings: Settings) -> None:
     clock = Clock()
     outbox = outbox_for(settings, clock)
-    _, jobs = make_runner(settings, FakePipeline())
-    jobs.client.zadd(outbox.keys.webhooks, {"req-x": clock.now})
+    _, store = make_runner(settings, FakePipeline())
+    store.client.zadd(outbox.keys.webhooks, {"req-x": clock.now})
     taken = outbox._lease(keys=[outbox.keys.webhooks], args=["req-x", repr(clock.now), repr(clock.now + 20)])
     assert taken == 1  # ... and that dispatcher dies here
     assert outbox._lease(keys=[outbox.keys.webhooks], args=["req-x", repr(clock.now), repr(clock.now + 20)]) == 0
@@ -99,30 +99,30 @@ def test_a_dispatcher_dying_mid_attempt_leaves_it_due_after_the_lease(settings: 
 
 
 def test_gives_up_after_the_last_attempt(settings: Settings) -> None:
-    _, jobs = make_runner(settings, FakePipeline())
+    _, store = make_runner(settings, FakePipeline())
     submit(settings, "req-dead")
-    key = jobs.keys.record("req-dead")
-    jobs.client.hset(key, "webhook", "http://127.0.0.1:9/unreachable")
-    jobs.start("req-dead", "w")
-    jobs.complete_error("req-dead", RequestTimeoutError().to_stored())
+    key = store.keys.record("req-dead")
+    store.client.hset(key, "webhook", "http://127.0.0.1:9/unreachable")
+    store.start("req-dead", "w")
+    store.complete_error("req-dead", RequestTimeoutError().to_stored())
     clock = Clock()
     outbox = outbox_for(settings, clock)
     for _ in range(3):
         assert outbox.deliver_due() == 1
         clock.now += 100.0
-    assert jobs.client.hget(key, "webhook_status") == "failed"
+    assert store.client.hget(key, "webhook_status") == "failed"
     assert outbox.pending() == [] and outbox.deliver_due() == 0
 
 
 def test_dispatcher_thread_delivers_what_is_due(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(progress_interval_s=0.0, webhook_backoff_s=0.05, webhook_poll_interval_s=0.02)
     hooks = WebhookListener(fail_first=1).start()
-    runner, jobs = make_runner(settings, FakePipeline(steps=1))
-    dispatcher = WebhookDispatcher(build_outbox(jobs.client, settings))
+    runner, store = make_runner(settings, FakePipeline(steps=1))
+    dispatcher = WebhookDispatcher(build_outbox(store.client, settings))
     dispatcher.start()
     try:
         submit(settings, "req-live")
-        jobs.client.hset(jobs.keys.record("req-live"), "webhook", hooks.url)
+        store.client.hset(store.keys.record("req-live"), "webhook", hooks.url)
         runner.run("req-live")
         hook = hooks.received.get(timeout=10)
         assert hook["body"]["status"] == "OK" and hooks.attempts == 2
@@ -133,9 +133,9 @@ def test_dispatcher_thread_delivers_what_is_due(make_settings: Callable[..., Set
 
 
 def test_every_process_signs_with_the_same_key(settings: Settings) -> None:
-    _, jobs = make_runner(settings, FakePipeline())
-    first = WebhookSigner.shared(jobs.client, jobs.keys)
-    second = WebhookSigner.shared(jobs.client, jobs.keys)  # another process: reads the stored key
+    _, store = make_runner(settings, FakePipeline())
+    first = WebhookSigner.shared(store.client, store.keys)
+    second = WebhookSigner.shared(store.client, store.keys)  # another process: reads the stored key
     assert first.public_bytes == second.public_bytes and len(first.public_bytes) == 32
     headers = first.headers("rid", "user", "1700000000", b'{"a": 1}')
     assert verify({"keys": [second.jwk()]}, headers, b'{"a": 1}')
