@@ -25,7 +25,7 @@ from worker.gpu_worker import GpuWorker
 from worker.names import default_worker_name
 from worker.safety import build_safety_checker
 from worker.slots import SlotPool
-from worker.tasks import Pipeline, TaskRunner, WorkerServices, bind_runner
+from worker.tasks import Pipeline, TaskRunner, WorkerServices
 
 logger = logging.getLogger("worker")
 
@@ -143,7 +143,6 @@ def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) 
         pool.work(logging_level=settings.log_level.upper())
         return 0
     runner = TaskRunner(services)
-    bind_runner(runner)
     worker = GpuWorker(queues, runner=runner, store=store, outbox=outbox, info=info, name=name, connection=connection)
     logger.info("worker %s ready: %s", name, model.summary())
     worker.work(burst=burst, logging_level=settings.log_level.upper())

@@ -8,7 +8,7 @@
   grace period (workers dequeue with ``WorkerRequestStore.dequeue``, which notes what they took).
 
 Its cost follows the number of running, taken or overdue requests, never the queue's length. Any
-worker may run it, on its own thread (``worker.gpu_worker.Sweeper``), apart from the heartbeat that
+worker may run it, on its own thread (``worker.background.Sweeper``), apart from the heartbeat that
 renews leases; a Redis lock keeps it to one sweep per interval across the fleet.
 """
 

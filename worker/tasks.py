@@ -1,14 +1,14 @@
-"""``run_request(request_id)``: the whole lifecycle of one request, always ending in ``complete``.
+"""``TaskRunner.run(request_id)``: the whole lifecycle of one request, always ending in ``complete``.
 
-RQ imports this module by name and calls ``run_request``; the worker process binds its loaded
-pipeline and services once with ``bind_runner`` before it starts working (rq's advice: heavy
-resources are loaded before the work loop, and in-process jobs keep CUDA state alive).
+A worker process builds its runner once, on the pipeline it loaded before its work loop (rq's
+advice: heavy resources are loaded before the work loop, and in-process jobs keep CUDA state
+alive), and hands it to its RQ worker, whose job class runs every request job with it
+(``core.requests.rq_integration.request_job_class``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -299,27 +299,3 @@ def public_error(exc: Exception) -> FalError:
     if isinstance(exc, ValueError):
         return RunnerServerError(f"Generation failed: {exc}")
     return RunnerServerError(f"Generation failed ({type(exc).__name__})")
-
-
-_runner: TaskRunner | None = None
-_thread_runner = threading.local()  # a slot thread's own runner (simulated workers serving N at once)
-
-
-def bind_runner(runner: TaskRunner | None, *, this_thread_only: bool = False) -> None:
-    """Bind the process's runner (done once by ``worker.__main__`` before working).
-
-    ``this_thread_only``: bind it for the calling thread only, as each slot of a multi-slot worker does.
-    """
-    global _runner
-    if this_thread_only:
-        _thread_runner.runner = runner
-    else:
-        _runner = runner
-
-
-def run_request(request_id: str) -> str:
-    """The RQ job function: ``worker.tasks.run_request(request_id)``."""
-    runner = getattr(_thread_runner, "runner", None) or _runner
-    if runner is None:
-        raise RuntimeError("no TaskRunner bound in this process: start workers with `python -m worker`")
-    return runner.run(request_id)

@@ -1,9 +1,10 @@
 """Submitting requests and the API's view of them: create, read, logs, queue position, cancel.
 
-The record is written in the same MULTI as the RQ job that carries ``worker.tasks.run_request(id)``,
-sent from the event loop in one round trip, before submit answers. Transitions are Lua scripts
-(``core.requests.scripts``), so the API and any number of workers can race safely. ``RequestStore`` is
-the async face used by the API; workers use ``core.requests.worker_store.WorkerRequestStore``.
+The record is written in the same atomic step as the RQ job that carries the request
+(``core.requests.rq_integration``), sent from the event loop in one round trip, before submit
+answers. Transitions are Lua scripts (``core.requests.scripts``), so the API and any number of
+workers can race safely. ``RequestStore`` is the async face used by the API; workers use
+``core.requests.worker_store.WorkerRequestStore``.
 """
 
 from __future__ import annotations
@@ -15,19 +16,14 @@ from typing import Any, cast
 import anyio
 import redis
 import redis.asyncio as aioredis
-from rq import Queue
 
 from core.errors import RequestNotFoundError
 from core.protocol import RequestStatus
 from core.requests import scripts
 from core.requests.records import Keys, NewRequest, RequestRecord, StatusView, as_str, decoded
+from core.requests.rq_integration import Command, push_index, record_enqueue, recorded_commands
 from core.requests.scripts import CancelMode, CancelOutcome
 from core.settings import Settings
-
-TASK_FUNCTION = "worker.tasks.run_request"
-
-
-Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def queue_name_of(settings: Settings, priority: str) -> str:
@@ -36,7 +32,7 @@ def queue_name_of(settings: Settings, priority: str) -> str:
 
 def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> list[Command]:
     """Every write of a submit, in order, for one MULTI: the record, the status set, the counter, and
-    RQ's own writes for the job that carries ``worker.tasks.run_request(id)``.
+    RQ's own writes for the job that carries the request.
 
     RQ has no async API, so its writes are recorded on a sync pipeline that is never executed (no
     I/O: RQ's one-time server version probe aside) and sent with ours, from the event loop.
@@ -65,18 +61,16 @@ def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> l
         recorder.hincrby(keys.stats, "submitted", 1)
         if new.start_timeout_s:
             recorder.zadd(keys.deadlines, {new.request_id: now + new.start_timeout_s})
-        Queue(queue_name, connection=conn).enqueue_call(
-            TASK_FUNCTION,
-            args=(new.request_id,),
-            job_id=new.request_id,
-            timeout=settings.job_timeout_s,
-            result_ttl=0,
-            failure_ttl=settings.record_ttl_s,
-            description=f"bitdance request {new.request_id}",
-            pipeline=recorder,
+        record_enqueue(
+            recorder,
+            conn,
+            queue_name,
+            new.request_id,
+            timeout_s=settings.job_timeout_s,
+            failure_ttl_s=settings.record_ttl_s,
         )
         recorder.publish(keys.queue_grew, queue_name)  # after the push: a worker it wakes finds the request
-        return [(tuple(args), dict(options)) for args, options in recorder.command_stack]
+        return recorded_commands(recorder)
 
 
 def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
@@ -100,15 +94,6 @@ def touched_keys(commands: list[Command]) -> list[str]:
         if options:
             raise RuntimeError(f"unexpected options on a submit command: {args[0]} {options}")
     return list(dict.fromkeys(str(args[1]) for args, _ in commands if str(args[0]).upper() != "PUBLISH"))
-
-
-def queue_push_index(commands: list[Command], queue_name: str) -> int:
-    """Where RQ's push of the job id is among the commands (its reply is the queue's new length)."""
-    list_key = Keys.rq_queue(queue_name)
-    for index, (args, _) in enumerate(commands):
-        if str(args[0]).upper() in ("RPUSH", "LPUSH") and args[1] == list_key:
-            return index
-    raise RuntimeError(f"RQ did not push to {list_key}")
 
 
 class RequestStore:
@@ -139,7 +124,7 @@ class RequestStore:
         batch = [args for args, _ in commands] + [("LLEN", normal_list)]
         call = scripts.apply_batch_call(batch, keys=[*touched_keys(commands), normal_list])
         replies = await self._apply_batch(keys=call.keys, args=call.args)
-        position = int(replies[queue_push_index(commands, queue_name)]) - 1
+        position = int(replies[push_index(commands, queue_name)]) - 1
         if queue_name != self.settings.queue_normal:
             position += int(replies[-1])
         return position

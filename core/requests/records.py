@@ -17,6 +17,7 @@ from typing import Any
 
 from core.errors import ClientCancelledError, StoredError
 from core.protocol import RequestStatus
+from core.requests.rq_integration import queue_key
 
 _REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -129,7 +130,8 @@ class Keys:
 
     @staticmethod
     def rq_queue(queue: str) -> str:
-        return f"rq:queue:{queue}"
+        """RQ's list of the ids waiting in ``queue`` (RQ's naming: ``core.requests.rq_integration``)."""
+        return queue_key(queue)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Each script comes with the one function that builds its KEYS/ARGV from named arg
 returning a ``ScriptCall``) and, when it answers with a word, the ``StrEnum`` of its answers: the
 stores turn a reply into that enum with its constructor, so an unknown reply raises instead of being
 compared as a string. ``core.requests.api_store``, ``core.requests.worker_store`` and
-``core.webhooks.outbox`` are the only callers. The RQ job id of a request is the request id,
-and the RQ queue list is ``rq:queue:<queue>`` (RQ's own naming).
+``core.webhooks.outbox`` are the only callers. The RQ job id of a request is the request id; the
+scripts that requeue or cancel reach RQ's queue lists and job hashes by RQ's own key names
+(``core.requests.rq_integration``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
-from rq.job import Job
-
 from core.errors import RequestTimeoutError, RunnerDisconnectedError
 from core.requests.records import Keys, cancelled_error
+from core.requests.rq_integration import JOB_KEY_PREFIX, QUEUE_KEY_PREFIX, job_key
 
 
 class ScriptCall(NamedTuple):
@@ -181,7 +181,7 @@ def complete_call(
 
 # Cancel (mode 'cancel') or expire a queued request past its start deadline (mode 'expire').
 CANCEL_QUEUED = (
-    """
+    f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st == 'COMPLETED' then return 'completed' end
@@ -194,8 +194,8 @@ if ARGV[5] == 'expire' then
   if (not deadline) or deadline == '' or tonumber(ARGV[2]) <= tonumber(deadline) then return 'pending' end
 end
 local queue = redis.call('HGET', KEYS[1], 'queue')
-redis.call('LREM', 'rq:queue:' .. queue, 0, ARGV[1])
-redis.call('DEL', 'rq:job:' .. ARGV[1])
+redis.call('LREM', '{QUEUE_KEY_PREFIX}' .. queue, 0, ARGV[1])
+redis.call('DEL', '{JOB_KEY_PREFIX}' .. ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2], 'error', ARGV[3])
 if ARGV[5] == 'cancel' then redis.call('HSET', KEYS[1], 'cancel', '1') end
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -270,14 +270,14 @@ if outcome then
   redis.call('PUBLISH', KEYS[1] .. ':changed', 'completed')
 """
     + _schedule_webhook(7)
-    + """
+    + f"""
   return outcome
 end
 redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'attempts', attempts + 1)
 redis.call('HDEL', KEYS[1], 'started_at', 'worker')
 redis.call('SADD', KEYS[4], ARGV[1])
 local queue = redis.call('HGET', KEYS[1], 'queue')
-redis.call('LPUSH', 'rq:queue:' .. queue, ARGV[1])
+redis.call('LPUSH', '{QUEUE_KEY_PREFIX}' .. queue, ARGV[1])
 redis.call('PUBLISH', KEYS[1] .. ':changed', 'requeued')
 redis.call('PUBLISH', KEYS[4] .. ':moved', ARGV[1])
 return 'requeued'
@@ -305,11 +305,11 @@ def recover_orphan_call(keys: Keys, *, request_id: str, now: float, max_requeues
 
 # A request a worker took off its RQ list (DEQUEUE) longer ago than the grace period and never
 # started (the worker died in between): back to the front of its list if it is still queued.
-RECOVER_DEQUEUED = """
+RECOVER_DEQUEUED = f"""
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'skip' end
 local queue = redis.call('HGET', KEYS[1], 'queue')
-redis.call('LPUSH', 'rq:queue:' .. queue, ARGV[1])
+redis.call('LPUSH', '{QUEUE_KEY_PREFIX}' .. queue, ARGV[1])
 redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'requeued'
 """
@@ -355,7 +355,7 @@ def claim_call(
     """KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s"""
     rid = request_id
     return ScriptCall(
-        [keys.record(rid), keys.lease(rid), keys.queued, keys.active, Keys.rq_queue(queue), str(Job.key_for(rid))],
+        [keys.record(rid), keys.lease(rid), keys.queued, keys.active, Keys.rq_queue(queue), job_key(rid)],
         [rid, worker, _time(now), lease_ms, job_ttl_s],
     )
 
@@ -380,13 +380,13 @@ def lease_webhook_call(keys: Keys, *, request_id: str, now: float, lease_until: 
 # (requests ahead of it: the normal queue is served before the low one; 0 when it is not in its
 # list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2];
 # false for an unknown request.
-STATUS_VIEW = """
+STATUS_VIEW = f"""
 local fields = redis.call('HMGET', KEYS[1], 'status', 'owner', 'endpoint', 'queue', 'deadline', 'error',
   'inference_time')
 if not fields[1] then return false end
 local position = -1
 if fields[1] == 'IN_QUEUE' then
-  local qkey = 'rq:queue:' .. fields[4]
+  local qkey = '{QUEUE_KEY_PREFIX}' .. fields[4]
   local found = redis.call('LPOS', qkey, ARGV[1])
   if not found then
     position = 0
@@ -396,9 +396,9 @@ if fields[1] == 'IN_QUEUE' then
     position = found
   end
 end
-local logs = {}
+local logs = {{}}
 if tonumber(ARGV[2]) >= 0 then logs = redis.call('LRANGE', KEYS[2], ARGV[2], -1) end
-return {fields, position, logs}
+return {{fields, position, logs}}
 """
 
 

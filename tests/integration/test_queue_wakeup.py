@@ -11,9 +11,9 @@ import redis
 
 from core.requests.api_store import create_request
 from core.requests.records import Keys, NewRequest
+from core.requests.rq_integration import tracked_queue_class
 from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
-from worker.gpu_worker import tracked_queue_class
 from worker.wakeup import QueueWakeup
 
 LONG_WAIT_S = 30.0  # far longer than any wake below may take

@@ -138,7 +138,7 @@ def test_sweep_cost_does_not_grow_with_the_queue(make_settings: Callable[..., Se
 
 def test_lease_renewal_is_not_on_the_sweeps_path(make_settings: Callable[..., Settings]) -> None:
     """The heartbeat renews leases without sweeping: a sweep, however slow, cannot let leases expire."""
-    from worker.gpu_worker import Heartbeat
+    from worker.background import Heartbeat
 
     settings, store = setup(make_settings, sweep_interval_s=0.01)
     swept: list[str] = []

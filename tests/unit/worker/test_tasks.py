@@ -19,10 +19,10 @@ from core.protocol import RequestStatus
 from core.requests import scripts
 from core.requests.api_store import create_request
 from core.requests.records import NewRequest
+from core.requests.rq_integration import OutcomeLogFilter
 from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 from core.storage import LocalStorage
-from worker.gpu_worker import JobOutcomeLogFilter
 from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
 
@@ -120,7 +120,7 @@ def test_cancel_while_running_stops_within_one_step(settings: Settings) -> None:
     # RQ's "Job OK" line (it says so for every job function that returns) names the real outcome
     rq_line = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, "Worker %s: %s: %s (%s)",
                                 ("w", "bitdance-normal", "Job OK", "req-cancel"), None)  # fmt: skip
-    assert JobOutcomeLogFilter(runner).filter(rq_line)
+    assert OutcomeLogFilter(runner).filter(rq_line)
     assert rq_line.getMessage() == "Worker w: bitdance-normal: Job ended: client_cancelled (req-cancel)"
 
 
