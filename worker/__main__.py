@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("no checkpoint: pass --model PATH (or simulated) or set BITDANCE_MODEL_PATH")
         return 2
     if is_simulated_model(settings.model_path):
-        return serve(settings, load_simulated_pipeline(settings), "simulated", burst=args.burst)
+        simulated = load_simulated_pipeline(settings)
+        return serve(settings, simulated, "simulated", slots=settings.simulated_slots, burst=args.burst)
     import torch
 
     from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
@@ -119,8 +120,9 @@ def load_simulated_pipeline(settings: Settings) -> Pipeline:
     return simulated
 
 
-def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) -> int:
-    """Serve the queues with the loaded pipeline: one RQ worker, or a pool of slots (simulated model)."""
+def serve(settings: Settings, pipe: Pipeline, device: str, slots: int = 1, burst: bool = False) -> int:
+    """Serve the queues with the loaded pipeline: one RQ worker, or a pool of ``slots`` (the simulated
+    model's, whose "GPU time" is a wait)."""
     name = settings.worker_name or default_worker_name(device)
     store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
     store = WorkerRequestStore(store_client, settings)
@@ -137,9 +139,9 @@ def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) 
     queues = [settings.queue_normal, settings.queue_low]
     connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     outbox = build_outbox(store_client, settings)
-    if is_simulated_model(settings.model_path) and settings.simulated_slots > 1:
-        pool = SlotPool(services, store, outbox, queues, settings.simulated_slots, connection, info)
-        logger.info("worker %s ready (%d slots)", name, settings.simulated_slots)
+    if slots > 1:
+        pool = SlotPool(services, store, outbox, queues, slots, connection, info)
+        logger.info("worker %s ready (%d slots)", name, slots)
         pool.work(logging_level=settings.log_level.upper())
         return 0
     runner = TaskRunner(services)
