@@ -7,58 +7,33 @@ submit) resolve none at all: they read ``app.state`` themselves.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from fastapi import Request
 
-from core.requests.api_store import RequestStore
 from core.requests.records import Keys
-from core.settings import Settings
-from core.storage import LocalStorage
 from core.webhooks.signing import WebhookSigner
-from server.health import HealthCheck
-from server.requests_service import RequestService
-from server.shutdown import Drain
-from server.status_stream import StatusStream
-from server.uploads import UploadService
 
 
-async def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def from_app_state(attribute: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency answering ``app.state.<attribute>``, an object ``server.app.create_app`` built."""
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    dependency.__name__ = f"{attribute}_of_app"
+    return dependency
 
 
-async def request_store(request: Request) -> RequestStore:
-    store: RequestStore = request.app.state.request_store
-    return store
-
-
-async def drain_of(request: Request) -> Drain:
-    drain: Drain = request.app.state.drain
-    return drain
-
-
-async def health_check(request: Request) -> HealthCheck:
-    check: HealthCheck = request.app.state.health
-    return check
-
-
-async def request_service(request: Request) -> RequestService:
-    service: RequestService = request.app.state.requests
-    return service
-
-
-async def status_stream(request: Request) -> StatusStream:
-    streams: StatusStream = request.app.state.status_stream
-    return streams
-
-
-async def upload_service(request: Request) -> UploadService:
-    uploads: UploadService = request.app.state.uploads
-    return uploads
-
-
-async def storage_of(request: Request) -> LocalStorage:
-    storage: LocalStorage = request.app.state.storage
-    return storage
+settings_of = from_app_state("settings")  # core.settings.Settings
+request_store = from_app_state("request_store")  # core.requests.api_store.RequestStore
+drain_of = from_app_state("drain")  # server.shutdown.Drain
+health_check = from_app_state("health")  # server.health.HealthCheck
+request_service = from_app_state("requests")  # server.requests_service.RequestService
+status_stream = from_app_state("status_stream")  # server.status_stream.StatusStream
+upload_service = from_app_state("uploads")  # server.uploads.UploadService
+storage_of = from_app_state("storage")  # core.storage.LocalStorage
 
 
 def webhook_signer(request: Request) -> WebhookSigner:

@@ -42,8 +42,9 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class RoutingMiddleware:
-    """Strip trailing slashes (no redirects) and map a ``queue.*`` host onto the ``/queue`` routes."""
+class HttpMiddleware:
+    """A pure ASGI middleware that acts on HTTP exchanges (``handle``) and passes anything else
+    (lifespan, websockets) straight through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,6 +53,16 @@ class RoutingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RoutingMiddleware(HttpMiddleware):
+    """Strip trailing slashes (no redirects) and map a ``queue.*`` host onto the ``/queue`` routes."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.setdefault("state", {})
         path = scope["path"]
         if len(path) > 1 and path.endswith("/"):
@@ -68,18 +79,11 @@ class RoutingMiddleware:
         await self.app(scope, receive, send)
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Every response carries ``x-fal-request-id``: the request it is about, else a fresh id
     (``server.request_ids``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
@@ -91,16 +95,15 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """413 for bodies over ``max_body_bytes`` (by Content-Length, or counted while buffering)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        is_upload = scope.get("method") == "PUT" and scope["path"].startswith(UNLIMITED_BODY_PREFIXES)
-        if scope["type"] != "http" or is_upload:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "PUT" and scope["path"].startswith(UNLIMITED_BODY_PREFIXES):
             await self.app(scope, receive, send)
             return
         length = header(scope, b"content-length")
