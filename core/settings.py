@@ -2,7 +2,7 @@
 
 Every value can be set with an environment variable prefixed ``BITDANCE_`` (``BITDANCE_REDIS_URL``,
 ``BITDANCE_API_KEYS=key1,id:secret`` ...) or in a ``.env`` file; entry points pass command-line
-overrides as keyword arguments. Nothing else in the project reads ``os.environ``.
+overrides as keyword arguments. The API and the workers read ``os.environ`` nowhere else.
 """
 
 from __future__ import annotations
