@@ -193,7 +193,9 @@ class RequestWorker(SimpleWorker):
     ``tracked_queue_class``, jobs run by ``runner`` (``request_job_class``), RQ's outcome lines
     naming each request's real outcome while it works."""
 
-    def __init__(self, queues: Any, runner: RequestRunner, taker: RequestTaker, wakeup: QueueWaiter, **kwargs: Any):
+    def __init__(
+        self, queues: Any, runner: RequestRunner, taker: RequestTaker, wakeup: QueueWaiter, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("queue_class", tracked_queue_class(taker, wakeup))
         kwargs.setdefault("job_class", request_job_class(runner))
         super().__init__(queues, **kwargs)
