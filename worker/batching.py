@@ -18,7 +18,7 @@ from core.protocol import RequestStatus
 from core.requests.records import RequestRecord
 from core.requests.scripts import ClaimOutcome
 from core.requests.worker_store import WorkerRequestStore
-from worker.inputs import validate_input
+from worker.validation import validate_input
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from model.generation_request import GenerationRequest
 from model.seeds import resolve_seed
 from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
-from worker.inputs import GenerationShape, validate_input, validation_error
 from worker.progress import ProgressTracker
 from worker.safety import SafetyChecker, redact
+from worker.validation import GenerationShape, validate_input, validation_error
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from core.schemas import SEED_MAX
 from model.seeds import MAX_SEED, RANDOM_SEED_RANGE, check_seed, resolve_seed
-from worker.inputs import GenerationShape, validate_input, validation_error
+from worker.validation import GenerationShape, validate_input, validation_error
 
 
 def test_input_resolves_to_the_checkpoints_size_and_step_count() -> None:
