@@ -59,7 +59,7 @@ class StageTimer:
     """Adds the wall time of each ``with timer.stage(name):`` block to ``timer.times``.
 
     With ``synchronize`` on a CUDA device it waits for the device at both ends of a stage, so the
-    times are the device's (slower: meant for profiling, e.g. ``model.bench``).
+    times are the device's (slower: meant for profiling, e.g. ``bench.model_speed``).
     """
 
     def __init__(self, device: torch.device, synchronize: bool = False) -> None:

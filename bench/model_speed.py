@@ -1,4 +1,4 @@
-"""Speed of the model package on random weights: ``python -m model.bench`` (``make bench-model``, ``make bench-gpu``).
+"""Speed of the model on random weights: ``python -m bench.model_speed`` (``make bench-model``, ``make bench-gpu``).
 
 Default: the tiny 64x checkpoint and a mid-size one (written once under ``weights/bench-*``), on the
 CPU and on CUDA when present: seconds per image at batch 1, images per second at batch 4 and 8, and
@@ -12,7 +12,7 @@ same code path, so CI runs it).
 
 With the official code (``--official PATH`` or ``BITDANCE_OFFICIAL_REPO``, an extracted checkout of
 github.com/shallowdream204/BitDance), its pipeline runs in its own environment (transformers 4.57,
-prepared on first use by :mod:`model.official_env`) in a subprocess, on the same weights: the same
+prepared on first use by :mod:`bench.official.environment`) in a subprocess, on the same weights: the same
 checkpoint directory, or for ``--full-size`` the same seeded random weights rebuilt there from the
 same config files (checked by weight checksums). Ratio = our time per image / its time per image.
 Everything printed is also written as JSON (``--json-out``).
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
+from bench.official.client import OFFICIAL_ENV, OfficialPipeline
 from model.autoencoder import Decoder
 from model.head import DiffusionHead
 from model.llm import build_backbone
 from model.loading import LoadedModules
-from model.official import OFFICIAL_ENV, OfficialPipeline
 from model.pipeline import BitDancePipeline, BitDancePipelineOutput, GenerationRequest, default_dtype
 from model.plan import CONFIGS_DIR, build_plan, read_configs
 from model.projector import TokenProjector
@@ -382,7 +382,7 @@ def bench_full_size(device: torch.device, args: argparse.Namespace) -> dict[str,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.model_speed", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--official",
         type=Path,
