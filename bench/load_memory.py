@@ -60,7 +60,7 @@ def checkpoint_bytes(path: Path) -> int:
 def write_random_checkpoint(path: Path, gigabytes: float, dtype_name: str) -> int:
     import torch
 
-    from model.tiny import write_checkpoint
+    from model.checkpoint.tiny_checkpoint import write_checkpoint
 
     dtype = getattr(torch, dtype_name)
     element = torch.empty((), dtype=dtype).element_size()

@@ -33,19 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from bench.official.client import OFFICIAL_ENV, OfficialPipeline
-from model.autoencoder import Decoder
-from model.head import DiffusionHead
-from model.llm import build_backbone
-from model.loading import LoadedModules
+from model.checkpoint.configs import CONFIGS_DIR, read_configs
+from model.checkpoint.layout import COMPONENTS
+from model.checkpoint.memory_plan import build_plan
+from model.checkpoint.modules import MetaModules
+from model.checkpoint.random_weights import fill_random_, fingerprint
+from model.checkpoint.tiny_checkpoint import write_checkpoint
 from model.pipeline import BitDancePipeline, BitDancePipelineOutput, GenerationRequest, default_dtype
-from model.plan import CONFIGS_DIR, build_plan, read_configs
-from model.projector import TokenProjector
 from model.prompts import PromptEncoder
-from model.random_weights import fill_random_, fingerprint
-from model.tiny import write_checkpoint
 
 THREADS_ENV = "BITDANCE_TORCH_THREADS"
 CACHE_DIR = Path("weights")
@@ -285,28 +282,16 @@ def build_random_pipeline(config_dir: Path, device: torch.device, seed: int = WE
     """Our pipeline on ``config_dir``'s shapes with :func:`fill_random_` weights, built on ``device``."""
     configs = read_configs(config_dir)
     dtype = default_dtype(device)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            backbone = build_backbone(configs.llm)
-            decoder = Decoder(configs.autoencoder)
-            head = DiffusionHead(configs.head)
-            projector = TokenProjector(configs.autoencoder.z_channels, configs.llm.hidden_size)
-    finally:
-        torch.set_default_dtype(default)
-    for module, prefix in ((backbone, "model."), (decoder, "decoder."), (head, ""), (projector, "")):
+    modules = MetaModules.build(configs, dtype)
+    for name in COMPONENTS:
+        module, prefix = modules.loaded(name)  # the checkpoint's key prefix seeds each tensor's draws
         module.to_empty(device=device)
         fill_random_(module, seed, prefix)
-        module.eval().requires_grad_(False)
-    with torch.device(device):  # its inv_freq is a non-persistent buffer, rebuilt as loading does
-        backbone.rotary_emb = Qwen3RotaryEmbedding(config=configs.llm)
-    modules = LoadedModules(configs.llm, backbone, decoder, configs.autoencoder, head, projector)
-    return BitDancePipeline(modules, PromptEncoder.from_directory(config_dir), device, dtype)
+    return BitDancePipeline(modules.finish(device), PromptEncoder.from_directory(config_dir), device, dtype)
 
 
 def our_fingerprints(pipe: BitDancePipeline) -> dict[str, float]:
-    modules = {"llm": pipe.backbone, "head": pipe.head, "decoder": pipe.decoder_net, "projector": pipe.projector}
+    modules = {"llm": pipe.llm, "head": pipe.head, "decoder": pipe.autoencoder, "projector": pipe.projector}
     return {name: fingerprint(module) for name, module in modules.items()}
 
 

@@ -8,13 +8,12 @@ plainly when images will be noise (the random tiny checkpoint) or synthetic (a s
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Written by ``python -m model.tiny`` next to the weights: this checkpoint's weights are random.
-TINY_MARKER = "bitdance_tiny.json"
+from model.checkpoint.layout import is_random_tiny
+
 # Qwen3-14B, the LLM of the released BitDance-14B checkpoints.
 HIDDEN_SIZE_14B, LAYERS_14B = 5120, 40
 
@@ -51,17 +50,6 @@ class ModelIdentity:
         else:
             kind = "released weights" if self.variant.startswith("14B") else "custom checkpoint"
         return f"{self.name} ({self.variant}, {kind}) at {self.path}"
-
-
-def is_random_tiny(path: str | Path) -> bool:
-    """True when ``path`` holds a checkpoint written by ``python -m model.tiny``."""
-    marker = Path(path) / TINY_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return bool(json.loads(marker.read_text()).get("random", True))
-    except (OSError, ValueError):
-        return True
 
 
 def identify_checkpoint(path: str | Path, parallel_num: int, hidden_size: int, num_layers: int) -> ModelIdentity:

@@ -28,7 +28,7 @@ import httpx
 import redis
 
 from core.settings import Settings, child_environment, is_simulated_model
-from model.identity import TINY_MARKER  # torch-free
+from model.checkpoint.layout import TINY_MARKER  # torch-free
 from stack.tls import TlsFiles, ensure_tls_files
 
 DEFAULT_TINY_PARALLEL = 64

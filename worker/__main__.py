@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings, load_simulated_pipeline(settings), "simulated", burst=args.burst)
     import torch
 
-    from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
-    from model.plan import check_device_memory
-    from model.verify import verify_checkpoint
+    from model.checkpoint.memory_plan import check_device_memory  # heavy (torch): only the worker process
+    from model.checkpoint.verification import verify_checkpoint
+    from model.pipeline import BitDancePipeline
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 
-    report = verify_checkpoint(settings.model_path)
-    if not report.sound:
+    report = verify_checkpoint(settings.model_path)  # reads the configs: planned and loaded from them below
+    if not report.sound or report.configs is None:
         for problem in report.problems:
             logger.error("%s", problem)
         logger.error(
@@ -90,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             settings.model_path,
         )
         return 3
-    refusal = check_device_memory(settings.model_path, settings.device, settings.max_batch_images)
+    refusal = check_device_memory(report.configs, settings.device, settings.max_batch_images)
     if refusal is not None:  # refuse now rather than run out of memory in the middle of a request
         logger.error("%s", refusal)
         return 3
 
     logger.info("loading %s (%s layout) on %s", settings.model_path, report.layout, settings.device)
-    pipe = BitDancePipeline.from_pretrained(settings.model_path, device=settings.device)
+    pipe = BitDancePipeline.from_configs(report.configs, device=settings.device)
     if pipe.load_stats is not None:
         stats = pipe.load_stats
         logger.info(

@@ -68,7 +68,7 @@ class OfficialPipeline:
     def load_random(
         self, configs: str | Path, tokenizer: str | Path, seed: int, device: str = "cpu", threads: int = 0
     ) -> dict[str, Any]:
-        """Upstream's classes built from ``configs`` with :func:`model.random_weights.fill_random_` weights."""
+        """Upstream's classes built from ``configs``, their weights drawn by ``model.checkpoint.random_weights``."""
         return self.call(
             "load_random", configs=str(configs), tokenizer=str(tokenizer), seed=seed, device=device, threads=threads
         )

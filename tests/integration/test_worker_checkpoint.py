@@ -12,8 +12,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from model.tiny import write_checkpoint
-from model.verify import verify_checkpoint
+from model.checkpoint.tiny_checkpoint import write_checkpoint
+from model.checkpoint.verification import verify_checkpoint
 from stack.launcher import RedisProcess
 
 

@@ -10,7 +10,7 @@ import torch
 
 from bench.model_speed import FULL_SIZE_CONFIGS, build_random_pipeline, main, our_fingerprints, write_random_configs
 from bench.official.client import OFFICIAL_ENV
-from model.random_weights import fill_random_
+from model.checkpoint.random_weights import fill_random_
 
 
 @pytest.mark.timeout(900)  # about 30 s of CPU time; generous for a loaded machine
