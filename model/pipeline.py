@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,11 +18,12 @@ from PIL import Image
 
 from model.autoencoder import to_uint8_pixels
 from model.checkpoint.configs import CheckpointConfigs, read_configs
+from model.checkpoint.layout import identify_checkpoint
 from model.checkpoint.loading import LoadStats, load_modules
 from model.checkpoint.modules import LoadedModules
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
-from model.identity import ModelIdentity, identify_checkpoint
+from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.llm import PatchDecoder
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
@@ -32,9 +33,6 @@ from model.seeds import check_seed, resolve_seed
 
 __all__ = ["BitDancePipeline", "BitDancePipelineOutput", "GenerationRequest", "StageTimes"]
 
-ProgressCallback = Callable[[int, int], None]
-"""``progress(patch, num_patches)`` after each decoded patch (1-based)."""
-StopCheck = Callable[[], bool]
 Stage = Literal["llm", "head", "decoder"]
 
 
@@ -48,10 +46,9 @@ class StageTimes:
 
 
 @dataclass
-class BitDancePipelineOutput:
-    """What ``generate_batch`` returns."""
+class BitDancePipelineOutput(PipelineOutput):
+    """What ``generate_batch`` returns: each request's images (``images``, in request order) and more."""
 
-    images: list[list[Image.Image]]  # one list per request, in request order
     timings: StageTimes
     tokens: torch.Tensor | None = None  # (images, N, 32) in decoding order, values in {-1, +1}; when asked for
 
@@ -86,7 +83,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class BitDancePipeline:
-    """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`."""
+    """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`.
+
+    Implements :class:`model.interface.Pipeline`, what a worker serves.
+    """
 
     def __init__(self, modules: LoadedModules, prompts: PromptEncoder, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype

@@ -20,12 +20,12 @@ from core.requests.worker_store import WorkerJobStore
 from core.settings import Settings, is_simulated_model
 from core.storage import LocalStorage
 from core.webhooks.outbox import build_outbox
-from model.identity import ModelIdentity
+from model.interface import Pipeline
 from worker.gpu_worker import GpuWorker
 from worker.identity import default_worker_name
 from worker.safety import build_safety_checker
 from worker.slots import SlotPool
-from worker.tasks import Pipeline, TaskRunner, WorkerServices, bind_runner
+from worker.tasks import TaskRunner, WorkerServices, bind_runner
 
 logger = logging.getLogger("worker")
 
@@ -33,21 +33,6 @@ logger = logging.getLogger("worker")
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("device", "model_path", "redis_url", "storage_dir", "worker_name", "log_level")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def served_model(pipe: object, model_path: Path | None) -> ModelIdentity:
-    """The pipeline's own identity (a simulated pipeline provides one too), else one from its path."""
-    identity = getattr(pipe, "identity", None)
-    if isinstance(identity, ModelIdentity):
-        return identity
-    parallel_num = int(getattr(pipe, "parallel_num", 0))
-    if is_simulated_model(model_path):  # model.simulated: named by its latency profile
-        profile = getattr(pipe, "profile", None)
-        variant = str(getattr(profile, "variant", f"{parallel_num}x"))
-        name = f"simulated ({getattr(profile, 'name', 'default')})"
-        return ModelIdentity(name, str(model_path), variant, parallel_num, simulated=True)
-    path = Path(str(model_path))
-    return ModelIdentity(path.name, str(path), f"custom-{parallel_num}x", parallel_num)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -132,7 +117,7 @@ def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) 
         safety=build_safety_checker(settings),
         worker_name=name,
     )
-    model = served_model(pipe, settings.model_path)
+    model = pipe.identity
     info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat
     queues = [settings.queue_normal, settings.queue_low]
     connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from PIL import Image
@@ -33,6 +33,7 @@ from core.settings import Settings
 from core.storage import LocalStorage
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
+from model.interface import Pipeline
 from model.seeds import resolve_seed
 from worker.batching import claim_companions
 from worker.encoding import data_uri, encode_image
@@ -44,29 +45,6 @@ logger = logging.getLogger(__name__)
 
 RECORD_RETRY_S = 60.0
 T = TypeVar("T")
-
-
-class PipelineOutput(Protocol):
-    """What the worker reads of ``model.pipeline.BitDancePipelineOutput``."""
-
-    images: list[list[Image.Image]]
-
-
-class Pipeline(Protocol):
-    """What the worker needs from ``model.pipeline.BitDancePipeline``."""
-
-    parallel_num: int
-
-    def generate_batch(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        height: int,
-        width: int,
-        num_inference_steps: int = 25,
-        progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> PipelineOutput: ...
 
 
 @dataclass

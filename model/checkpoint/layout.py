@@ -14,8 +14,9 @@ The same tensors, under the same names, are published in two folder layouts:
 Any weight file may instead be sharded as ``<stem>-0000i-of-0000n.safetensors`` listed by
 ``<stem>.safetensors.index.json``. The layout is told from the folder itself (``model_index.json``
 means diffusers, ``vision_head_config.json`` native). Nothing here reads a tensor or a config:
-:func:`locate_checkpoint` says where the files are (``model.checkpoint.configs`` reads them, the
-writers of ``model.checkpoint.writing`` write them there).
+:func:`locate_checkpoint` says where the files are (``model.checkpoint.configs`` reads them,
+``model.checkpoint.tiny_checkpoint`` writes them there); :func:`identify_checkpoint` names a checkpoint
+as the worker reports it (the tiny one marks its folder with :data:`TINY_MARKER`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import CheckpointError
+from model.interface import ModelIdentity
 
 # The four weight-bearing parts, by the names used everywhere in this project.
 COMPONENTS = ("llm", "autoencoder", "head", "projector")
@@ -58,6 +60,8 @@ TOKENIZER_ALSO = ("special_tokens_map.json", "vocab.json", "merges.txt")
 GENERATION_CONFIG = "generation_config.json"  # beside the LLM's config.json
 # Written by ``python -m model.tiny`` next to the weights: this checkpoint's weights are random.
 TINY_MARKER = "bitdance_tiny.json"
+# Qwen3-14B, the LLM of the released BitDance-14B checkpoints.
+HIDDEN_SIZE_14B, LAYERS_14B = 5120, 40
 
 
 class Layout(StrEnum):
@@ -217,3 +221,16 @@ def is_random_tiny(path: str | Path) -> bool:
         return bool(json.loads(marker.read_text()).get("random", True))
     except (OSError, ValueError):
         return True
+
+
+def identify_checkpoint(path: str | Path, parallel_num: int, hidden_size: int, num_layers: int) -> ModelIdentity:
+    """The identity of the checkpoint at ``path`` (its LLM size tells the released 14B apart)."""
+    random = is_random_tiny(path)
+    if random:
+        size = "tiny"
+    elif (hidden_size, num_layers) == (HIDDEN_SIZE_14B, LAYERS_14B):
+        size = "14B"
+    else:
+        size = "custom"
+    resolved = Path(path).resolve()
+    return ModelIdentity(resolved.name, str(resolved), f"{size}-{parallel_num}x", parallel_num, random=random)

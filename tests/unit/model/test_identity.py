@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model.checkpoint.layout import TINY_MARKER, is_random_tiny
-from model.identity import identify_checkpoint
+from model.checkpoint.layout import TINY_MARKER, identify_checkpoint, is_random_tiny
 from model.pipeline import BitDancePipeline
 
 
