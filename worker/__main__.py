@@ -21,9 +21,9 @@ from core.settings import Settings, is_simulated_model
 from core.storage import LocalStorage
 from core.webhooks.outbox import build_outbox
 from model.interface import Pipeline
+from model.safety import build_safety_checker
 from worker.gpu_worker import GpuWorker
 from worker.identity import default_worker_name
-from worker.safety import build_safety_checker
 from worker.slots import SlotPool
 from worker.tasks import TaskRunner, WorkerServices, bind_runner
 
@@ -114,7 +114,13 @@ def serve(settings: Settings, pipe: Pipeline, device: str, burst: bool = False) 
         pipe=pipe,
         jobs=jobs,
         storage=LocalStorage(settings.storage_dir, settings.default_file_ttl_s),
-        safety=build_safety_checker(settings),
+        safety=build_safety_checker(
+            settings.safety_checker,
+            simulated=is_simulated_model(settings.model_path),
+            threshold=settings.nsfw_threshold,
+            weights=settings.safety_checker_path,
+            device=settings.device,
+        ),
         worker_name=name,
     )
     model = pipe.identity

@@ -31,15 +31,15 @@ from core.requests.worker_store import WorkerJobStore
 from core.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from core.settings import Settings
 from core.storage import LocalStorage
+from model.encoding import data_uri, encode_image
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.interface import Pipeline
+from model.safety import SafetyChecker, redact
 from model.seeds import resolve_seed
 from worker.batching import claim_companions
-from worker.encoding import data_uri, encode_image
 from worker.inputs import GenerationShape, validate_input, validation_error
 from worker.progress import ProgressTracker
-from worker.safety import SafetyChecker, redact
 
 logger = logging.getLogger(__name__)
 

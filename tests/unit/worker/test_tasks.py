@@ -22,8 +22,8 @@ from core.requests.records import NewRequest
 from core.requests.worker_store import WorkerJobStore
 from core.settings import Settings
 from core.storage import LocalStorage
+from model.safety import NoSafetyChecker, SafetyChecker
 from worker.gpu_worker import JobOutcomeLogFilter
-from worker.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
 
 from .fakes import FakePipeline, FlagAll
