@@ -142,7 +142,8 @@ class CheckpointFiles:
     model_index: Path | None = None
 
     def components(self) -> tuple[ComponentFiles, ...]:
-        return (self.llm, self.autoencoder, self.head, self.projector)
+        """Every component's files, in :data:`COMPONENTS` order."""
+        return tuple(getattr(self, name) for name in COMPONENTS)
 
     def relative(self, path: Path) -> str:
         return self.llm.weights.relative(path)

@@ -20,6 +20,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from model.autoencoder import AutoencoderConfig, BinaryAutoencoder, Decoder
 from model.checkpoint.configs import CheckpointConfigs
+from model.checkpoint.layout import COMPONENTS
 from model.head import DiffusionHead
 from model.llm import build_llm
 from model.projector import TokenProjector
@@ -108,7 +109,7 @@ class MetaModules:
 
     def finish(self, device: torch.device, stats: LoadStats | None = None) -> LoadedModules:
         """The loaded parts, once every tensor of theirs is real, ready for inference on ``device``."""
-        for name in ("llm", "autoencoder", "head", "projector"):
+        for name in COMPONENTS:
             self.loaded(name)[0].eval().requires_grad_(False)
         with torch.device(device):  # its inv_freq is a non-persistent buffer, built on the device
             self.llm.rotary_emb = Qwen3RotaryEmbedding(config=self.configs.llm)
