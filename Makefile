@@ -87,19 +87,19 @@ verify: install
 bench: bench-model bench-load bench-api bench-cli
 
 bench-model: install
-	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m model.bench
+	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m bench.model_speed
 
 # BitDance-14B-64x shapes, random bf16 weights built on the GPU; with BITDANCE_OFFICIAL_REPO also upstream's pipeline.
 bench-gpu: install
-	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m model.bench --devices cuda --full-size
+	TORCH_SPEC="$(TORCH_SPEC)" $(PY) -m bench.model_speed --devices cuda --full-size
 
 # Host memory to load a >= 1 GB random checkpoint, as a multiple of its size (goal <= 1.2)
 bench-load: install
-	$(PY) -m model.bench_load
+	$(PY) -m bench.load_memory
 
 bench-api: install redis wrk
-	$(PY) -m stack.bench
-	$(PY) -m stack.bench_sweep
+	$(PY) -m bench.api_capacity
+	$(PY) -m bench.recovery_sweep
 
 # Drive a running server (make run ...) or any fal-compatible endpoint: see README, "Load testing".
 loadtest: install
@@ -107,11 +107,11 @@ loadtest: install
 
 # The goals benchmark of the simulated fleet: 64 slots, 2 s profile, 500 status-stream clients.
 bench-loadtest: install redis
-	$(PY) -m loadtest.bench
+	$(PY) -m bench.fleet_goals
 
 # bitdance-generate against a worker on the same input (generation seconds, one run)
 bench-cli: install redis
-	$(PY) -m stack.cli_bench --torch-default-threads
+	$(PY) -m bench.cli_speed --torch-default-threads
 
 # Crash the worker N times, restart Redis and the API under load; fails if a request is lost or stuck.
 N ?= 20
@@ -119,10 +119,10 @@ chaos: install redis
 	$(PY) -m stack.chaos --kills $(N)
 
 lint: install
-	$(VENV)/bin/ruff check core server worker model stack loadtest tests
-	$(VENV)/bin/ruff format --check core server worker model stack loadtest tests
+	$(VENV)/bin/ruff check core server worker model stack loadtest bench tests
+	$(VENV)/bin/ruff format --check core server worker model stack loadtest bench tests
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format core server worker model stack loadtest tests
-	$(VENV)/bin/ruff check --fix core server worker model stack loadtest tests
+	$(VENV)/bin/ruff format core server worker model stack loadtest bench tests
+	$(VENV)/bin/ruff check --fix core server worker model stack loadtest bench tests

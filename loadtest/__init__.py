@@ -8,6 +8,6 @@ and reports per-phase latencies, throughput, errors by kind and goodput under an
 Modules, in the order a run uses them: ``config`` (options), ``inputs`` (what is sent), ``flows``
 (one request end to end, timed per phase), ``users`` (the Locust users), ``runner`` (Locust's local,
 master and worker runners; progress), ``report`` (figures, JSON, CSV), ``server_metrics`` (the
-server's own ``/metrics`` for comparison), ``sweep`` (several rates and a chart), ``bench`` (the
-goals benchmark on the simulated model).
+server's own ``/metrics`` for comparison), ``sweep`` (several rates and a chart). The goals benchmark on
+the simulated model is ``bench.fleet_goals`` (``make bench-loadtest``).
 """

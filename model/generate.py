@@ -11,26 +11,31 @@ bounds (checked by the endpoint's own schema): ``--prompt``, ``--image-size`` (a
 (print data URIs instead of writing files). It writes the images and prints one path per line.
 
 Threads: ``--threads`` (default ``BITDANCE_TORCH_THREADS``, else 1, as the workers), so the CLI runs
-exactly as fast as a worker on the same input; 0 keeps torch's default.
+exactly as fast as a worker on the same input; 0 keeps torch's default. The CLI reads the workers'
+settings (``core.settings.Settings``: the threads, ``BITDANCE_JPEG_QUALITY``) and validates its inputs
+with the endpoint's schema; screening and encoding are the library's (``model.safety``,
+``model.encoding``), as in the worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from core.schemas import BitDanceInput  # torch-free: the same bounds and defaults as the API
+from core.settings import Settings
+from model.encoding import data_uri, encode_image
 from model.resolutions import FAL_IMAGE_SIZE_PRESETS, resolve_image_size
+from model.safety import OpenNsfwChecker, redact
 from model.seeds import resolve_seed
 
 THREADS_VARIABLE = "BITDANCE_TORCH_THREADS"
-JPEG_QUALITY = 95  # the workers' default (BITDANCE_JPEG_QUALITY)
 
 
 def parse_image_size(text: str) -> str | dict[str, int]:
@@ -45,13 +50,18 @@ def parse_image_size(text: str) -> str | dict[str, int]:
     return {"width": width, "height": height}
 
 
-def default_threads() -> int:
-    """``BITDANCE_TORCH_THREADS`` as the workers read it (the CLI's own settings), else 1."""
-    value = os.environ.get(THREADS_VARIABLE, "1")
+def worker_settings() -> Settings:
+    """The settings a worker would run with here (``BITDANCE_*`` variables, ``.env``); bad values exit."""
     try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"error: {THREADS_VARIABLE} must be an integer, got {value!r}") from None
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"BITDANCE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"error: {problems}") from None
+
+
+def default_threads() -> int:
+    """``BITDANCE_TORCH_THREADS`` as the workers read it (their settings), else 1."""
+    return worker_settings().torch_threads
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -105,10 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def endpoint_input(args: argparse.Namespace) -> dict[str, Any]:
     """The request as the endpoint would receive it, validated by the endpoint's schema."""
-    from pydantic import ValidationError
-
-    from core.schemas import BitDanceInput  # torch-free: the same bounds and defaults as the API
-
     output_format = args.output_format or ("png" if args.out and args.out.suffix.lower() == ".png" else "jpeg")
     values = {
         "prompt": args.prompt,
@@ -149,25 +155,15 @@ class PatchProgress:
 
 def screen(images: Sequence[Any]) -> tuple[list[Any], list[bool]]:
     """The worker's default safety checker and redaction, as the endpoint applies them."""
-    from worker.safety import OpenNsfwChecker, redact
-
     flags = OpenNsfwChecker().check(images)
     return redact(images, flags), flags
-
-
-def encode(image: Any, output_format: str) -> bytes:
-    buffer = io.BytesIO()
-    if output_format == "png":
-        image.save(buffer, format="PNG")
-    else:
-        image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     request = endpoint_input(args)
-    threads = default_threads() if args.threads is None else args.threads
+    settings = worker_settings()
+    threads = settings.torch_threads if args.threads is None else args.threads
     import torch
 
     from model.errors import CheckpointError
@@ -201,14 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     if request["enable_safety_checker"]:
         images, flags = screen(images)
     output_format = request["output_format"]
-    content_type = f"image/{output_format}"
     out = args.out or Path(f"out.{'png' if output_format == 'png' else 'jpg'}")
     for image, path, flagged in zip(images, output_paths(out, len(images)), flags, strict=True):
-        data = encode(image, output_format)
+        encoded = encode_image(image, output_format, settings.jpeg_quality)
         if request["sync_mode"]:
-            print(f"data:{content_type};base64,{base64.b64encode(data).decode()}")
+            print(data_uri(encoded))
             continue
-        path.write_bytes(data)
+        path.write_bytes(encoded.data)
         print(path)
         print(
             f"  {image.width}x{image.height} {output_format}{', NSFW: blacked out' if flagged else ''}", file=sys.stderr

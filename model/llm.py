@@ -1,4 +1,4 @@
-"""The Qwen3 backbone driven for next-patch decoding: prefill with a KV cache, then one patch per step.
+"""The Qwen3 LLM driven for next-patch decoding: prefill with a KV cache, then one patch per step.
 
 Rows of a batch may hold prompts of different lengths. They are left-padded; each row carries its
 own RoPE positions, and attention skips a row's padding by slicing it off the keys, so every row
@@ -65,7 +65,7 @@ def patch_attention(
     """transformers attention interface: the plan arrives in place of the attention mask."""
     plan = attention_mask
     if not isinstance(plan, AttentionPlan):
-        raise TypeError("the BitDance backbone must be called with an AttentionPlan")
+        raise TypeError("the BitDance LLM must be called with an AttentionPlan")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if len(plan.groups) == 1 and plan.groups[0][0] == 0:
         out = attend(query, key, value, plan.causal, scale)
@@ -83,7 +83,7 @@ def patch_attention(
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, patch_attention)
 
 
-def build_backbone(config: Qwen3Config) -> Qwen3Model:
+def build_llm(config: Qwen3Config) -> Qwen3Model:
     """An (uninitialised, if built under the meta device) Qwen3 body wired to :func:`patch_attention`."""
     config._attn_implementation = ATTENTION_IMPLEMENTATION
     return Qwen3Model(config)
@@ -141,22 +141,22 @@ class DecodingState:
 
 
 class PatchDecoder:
-    """Runs the backbone for prefill and next-patch steps; returns hidden states after the final norm.
+    """Runs the LLM for prefill and next-patch steps; returns hidden states after the final norm.
 
     Rows are processed sorted by their left padding (inputs and outputs keep the caller's order), so
     rows that share a padding form one contiguous slice of the cache.
     """
 
-    def __init__(self, backbone: Qwen3Model):
-        self.backbone = backbone
+    def __init__(self, llm: Qwen3Model):
+        self.llm = llm
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.backbone.embed_tokens(ids)
+        return self.llm.embed_tokens(ids)
 
     def _forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: PatchKVCache, plan: AttentionPlan
     ) -> torch.Tensor:
-        out = self.backbone(
+        out = self.llm(
             inputs_embeds=embeds,
             position_ids=positions,
             use_cache=True,
@@ -185,7 +185,7 @@ class PatchDecoder:
             padding = [padding[r] for r in sorted_rows]
         pad = torch.tensor(padding, dtype=torch.long, device=device)
         positions = (torch.arange(length - block, device=device).unsqueeze(0) - pad.unsqueeze(1)).clamp_min(0)
-        cache = PatchKVCache(self.backbone.config.num_hidden_layers, length - block + num_blocks * block)
+        cache = PatchKVCache(self.llm.config.num_hidden_layers, length - block + num_blocks * block)
         self._forward(embeds[:, :-block], positions, cache, AttentionPlan.build(True, padding))
         state = DecodingState(cache, length - block - pad, AttentionPlan.build(False, padding), None, restore)
         hidden = self.step(embeds[:, -block:], state)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,12 +17,14 @@ import torch
 from PIL import Image
 
 from model.autoencoder import to_uint8_pixels
-from model.checkpoint import locate_checkpoint
+from model.checkpoint.configs import CheckpointConfigs, read_configs
+from model.checkpoint.layout import identify_checkpoint
+from model.checkpoint.loading import LoadStats, load_modules
+from model.checkpoint.modules import LoadedModules
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
-from model.identity import ModelIdentity, identify_checkpoint
+from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.llm import PatchDecoder
-from model.loading import LoadStats, load_modules
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
 from model.prompts import PromptEncoder, image_prefix_tokens
 from model.resolutions import check_supported_size, supported_sizes
@@ -31,9 +33,6 @@ from model.seeds import check_seed, resolve_seed
 
 __all__ = ["BitDancePipeline", "BitDancePipelineOutput", "GenerationRequest", "StageTimes"]
 
-ProgressCallback = Callable[[int, int], None]
-"""``progress(patch, num_patches)`` after each decoded patch (1-based)."""
-StopCheck = Callable[[], bool]
 Stage = Literal["llm", "head", "decoder"]
 
 
@@ -47,10 +46,9 @@ class StageTimes:
 
 
 @dataclass
-class BitDancePipelineOutput:
-    """What ``generate_batch`` returns."""
+class BitDancePipelineOutput(PipelineOutput):
+    """What ``generate_batch`` returns: each request's images (``images``, in request order) and more."""
 
-    images: list[list[Image.Image]]  # one list per request, in request order
     timings: StageTimes
     tokens: torch.Tensor | None = None  # (images, N, 32) in decoding order, values in {-1, +1}; when asked for
 
@@ -59,7 +57,7 @@ class StageTimer:
     """Adds the wall time of each ``with timer.stage(name):`` block to ``timer.times``.
 
     With ``synchronize`` on a CUDA device it waits for the device at both ends of a stage, so the
-    times are the device's (slower: meant for profiling, e.g. ``model.bench``).
+    times are the device's (slower: meant for profiling, e.g. ``bench.model_speed``).
     """
 
     def __init__(self, device: torch.device, synchronize: bool = False) -> None:
@@ -85,21 +83,24 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class BitDancePipeline:
-    """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`."""
+    """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`.
 
-    def __init__(self, modules, prompts: PromptEncoder, device: torch.device, dtype: torch.dtype):
+    Implements :class:`model.interface.Pipeline`, what a worker serves.
+    """
+
+    def __init__(self, modules: LoadedModules, prompts: PromptEncoder, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
         self.prompts = prompts
         self.llm_config = modules.llm_config
-        self.decoder_net = modules.decoder
+        self.llm = modules.llm
         self.head = modules.head
         self.projector = modules.projector
-        self.backbone = modules.backbone
-        self.patch_decoder = PatchDecoder(modules.backbone)
+        self.autoencoder = modules.autoencoder  # its decoder: tokens -> pixels
+        self.patch_decoder = PatchDecoder(modules.llm)
         self.parallel_num = modules.head.config.parallel_num
         self.patch = int(round(self.parallel_num**0.5))
-        self.token_size = modules.ae_config.patch_size
-        self.token_bits = modules.ae_config.z_channels
+        self.token_size = modules.autoencoder_config.patch_size
+        self.token_bits = modules.autoencoder_config.z_channels
         self.position_table = sincos_table(self.llm_config.hidden_size // 2).to(device)
         self.load_stats: LoadStats | None = modules.stats
         # What the worker reports in /health; from_pretrained names the checkpoint.
@@ -122,13 +123,20 @@ class BitDancePipeline:
             dtype: weight dtype; default bfloat16 on CUDA (run under bf16 autocast, as upstream)
                 and float32 on the CPU.
         """
-        files = locate_checkpoint(path)
+        return cls.from_configs(read_configs(path), device, dtype)
+
+    @classmethod
+    def from_configs(
+        cls, configs: CheckpointConfigs, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> BitDancePipeline:
+        """:meth:`from_pretrained` from configs already read (a worker reads them once, to verify and plan too)."""
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
-        prompts = PromptEncoder.from_directory(files.tokenizer_dir)
-        pipe = cls(load_modules(path, device, dtype), prompts, device, dtype)
-        config = pipe.llm_config
-        pipe.identity = identify_checkpoint(path, pipe.parallel_num, config.hidden_size, config.num_hidden_layers)
+        prompts = PromptEncoder.from_directory(configs.files.tokenizer_dir)
+        pipe = cls(load_modules(configs, device, dtype), prompts, device, dtype)
+        llm = pipe.llm_config
+        root = configs.files.root
+        pipe.identity = identify_checkpoint(root, pipe.parallel_num, llm.hidden_size, llm.num_hidden_layers)
         return pipe
 
     def supported_sizes(self) -> tuple[tuple[int, int], ...]:
@@ -335,7 +343,7 @@ class BitDancePipeline:
         """``(B, N, 32)`` tokens in decoding order -> ``(B, H, W, 3)`` uint8 pixels."""
         grid = grid_from_tokens(tokens, height // self.token_size, width // self.token_size, self.patch)
         with self._autocast():
-            return to_uint8_pixels(self.decoder_net(grid.to(self.dtype)))
+            return to_uint8_pixels(self.autoencoder(grid.to(self.dtype)))
 
     def _autocast(self):
         if self.device.type == "cuda":

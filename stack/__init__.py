@@ -1,3 +1,3 @@
 """Tooling around the server, never imported by the API or the workers: the local stack launcher
-(``python -m stack``, what ``make run`` starts), its TLS helper and the API benchmark
-(``python -m stack.bench``, ``make bench-api``)."""
+(``python -m stack``, what ``make run`` starts), its TLS helper and the chaos test (``make chaos``).
+The benchmarks live in ``bench``."""

@@ -4,7 +4,7 @@ A child that dies (a worker killed or crashed, Redis, the API) is restarted with
 a log line; the others keep serving. Ctrl-C or SIGTERM stops them all.
 
 The process pieces (``RedisProcess``, ``start_worker``, ``start_api``, ``wait_until_ready``,
-``ensure_tiny_checkpoint``) are reused by the test fixtures and ``stack.bench``, so tests start
+``ensure_tiny_checkpoint``) are reused by the test fixtures and ``bench.api_capacity``, so tests start
 the stack exactly as ``make run`` does.
 """
 
@@ -28,7 +28,7 @@ import httpx
 import redis
 
 from core.settings import Settings, child_environment, is_simulated_model
-from model.identity import TINY_MARKER  # torch-free
+from model.checkpoint.layout import TINY_MARKER  # torch-free
 from stack.tls import TlsFiles, ensure_tls_files
 
 DEFAULT_TINY_PARALLEL = 64

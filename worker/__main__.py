@@ -20,12 +20,12 @@ from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings, is_simulated_model
 from core.storage import LocalStorage
 from core.webhooks.outbox import build_outbox
-from model.identity import ModelIdentity
+from model.interface import Pipeline
+from model.safety import build_safety_checker
 from worker.gpu_worker import GpuWorker
 from worker.names import default_worker_name
-from worker.safety import build_safety_checker
 from worker.slots import SlotPool
-from worker.tasks import Pipeline, TaskRunner, WorkerServices
+from worker.tasks import TaskRunner, WorkerServices
 
 logger = logging.getLogger("worker")
 
@@ -33,21 +33,6 @@ logger = logging.getLogger("worker")
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("device", "model_path", "redis_url", "storage_dir", "worker_name", "log_level")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def served_model(pipe: object, model_path: Path | None) -> ModelIdentity:
-    """The pipeline's own identity (a simulated pipeline provides one too), else one from its path."""
-    identity = getattr(pipe, "identity", None)
-    if isinstance(identity, ModelIdentity):
-        return identity
-    parallel_num = int(getattr(pipe, "parallel_num", 0))
-    if is_simulated_model(model_path):  # model.simulated: named by its latency profile
-        profile = getattr(pipe, "profile", None)
-        variant = str(getattr(profile, "variant", f"{parallel_num}x"))
-        name = f"simulated ({getattr(profile, 'name', 'default')})"
-        return ModelIdentity(name, str(model_path), variant, parallel_num, simulated=True)
-    path = Path(str(model_path))
-    return ModelIdentity(path.name, str(path), f"custom-{parallel_num}x", parallel_num)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings, simulated, "simulated", slots=settings.simulated_slots, burst=args.burst)
     import torch
 
-    from model.pipeline import BitDancePipeline  # heavy (torch): only the worker process imports it
-    from model.plan import check_device_memory
-    from model.verify import verify_checkpoint
+    from model.checkpoint.memory_plan import check_device_memory  # heavy (torch): only the worker process
+    from model.checkpoint.verification import verify_checkpoint
+    from model.pipeline import BitDancePipeline
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 
-    report = verify_checkpoint(settings.model_path)
-    if not report.sound:
+    report = verify_checkpoint(settings.model_path)  # reads the configs: planned and loaded from them below
+    if not report.sound or report.configs is None:
         for problem in report.problems:
             logger.error("%s", problem)
         logger.error(
@@ -91,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             settings.model_path,
         )
         return 3
-    refusal = check_device_memory(settings.model_path, settings.device, settings.max_batch_images)
+    refusal = check_device_memory(report.configs, settings.device, settings.max_batch_images)
     if refusal is not None:  # refuse now rather than run out of memory in the middle of a request
         logger.error("%s", refusal)
         return 3
 
     logger.info("loading %s (%s layout) on %s", settings.model_path, report.layout, settings.device)
-    pipe = BitDancePipeline.from_pretrained(settings.model_path, device=settings.device)
+    pipe = BitDancePipeline.from_configs(report.configs, device=settings.device)
     if pipe.load_stats is not None:
         stats = pipe.load_stats
         logger.info(
@@ -131,10 +116,16 @@ def serve(settings: Settings, pipe: Pipeline, device: str, slots: int = 1, burst
         pipe=pipe,
         request_store=store,
         storage=LocalStorage(settings.storage_dir, settings.default_file_ttl_s),
-        safety=build_safety_checker(settings),
+        safety=build_safety_checker(
+            settings.safety_checker,
+            simulated=pipe.identity.simulated,
+            threshold=settings.nsfw_threshold,
+            weights=settings.safety_checker_path,
+            device=settings.device,
+        ),
         worker_name=name,
     )
-    model = served_model(pipe, settings.model_path)
+    model = pipe.identity
     info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat
     queues = [settings.queue_normal, settings.queue_low]
     connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())

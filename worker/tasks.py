@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from PIL import Image
@@ -31,42 +31,20 @@ from core.requests.worker_store import WorkerRequestStore
 from core.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from core.settings import Settings
 from core.storage import LocalStorage
+from model.encoding import data_uri, encode_image
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
+from model.interface import Pipeline
+from model.safety import SafetyChecker, redact
 from model.seeds import resolve_seed
 from worker.batching import claim_companions
-from worker.encoding import data_uri, encode_image
 from worker.progress import ProgressTracker
-from worker.safety import SafetyChecker, redact
 from worker.validation import GenerationShape, validate_input, validation_error
 
 logger = logging.getLogger(__name__)
 
 RECORD_RETRY_S = 60.0
 T = TypeVar("T")
-
-
-class PipelineOutput(Protocol):
-    """What the worker reads of ``model.pipeline.BitDancePipelineOutput``."""
-
-    images: list[list[Image.Image]]
-
-
-class Pipeline(Protocol):
-    """What the worker needs from ``model.pipeline.BitDancePipeline``."""
-
-    parallel_num: int
-
-    def generate_batch(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        height: int,
-        width: int,
-        num_inference_steps: int = 25,
-        progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> PipelineOutput: ...
 
 
 @dataclass

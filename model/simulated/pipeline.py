@@ -11,12 +11,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from PIL import Image
 
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
+from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.resolutions import check_supported_size
 from model.seeds import resolve_seed
 from model.simulated.picture import render_picture
@@ -24,16 +24,10 @@ from model.simulated.profile import LatencyProfile, load_profile
 
 NSFW_WORD = "nsfw"  # a prompt containing it gets images the simulated safety checker flags
 NSFW_INFO_KEY = "simulated_nsfw"
+SIMULATED_PATH = "simulated"  # what BITDANCE_MODEL_PATH names it by
 # The cancel flag is read before a step at most this often: with a GPU's ~0.2 s steps that is every
 # step, as the real pipeline does; with a fast profile's short steps it spares Redis a read per step.
 STOP_CHECK_S = 0.05
-
-
-@dataclass
-class SimulatedOutput:
-    """What ``generate_batch`` returns: each request's pictures, as ``BitDancePipelineOutput.images``."""
-
-    images: list[list[Image.Image]]
 
 
 class SimulatedFailure(RuntimeError):
@@ -41,7 +35,7 @@ class SimulatedFailure(RuntimeError):
 
 
 class SimulatedPipeline:
-    """Stands in for ``BitDancePipeline``; safe to share between threads (one per slot)."""
+    """Stands in for ``BitDancePipeline`` (a :class:`model.interface.Pipeline`); safe to share between threads."""
 
     def __init__(
         self,
@@ -55,6 +49,10 @@ class SimulatedPipeline:
         self.speed = speed
         self.failure_rate = failure_rate
         self.parallel_num = profile.parallel_num
+        # Named by its latency profile: /health and the startup banner say the images are synthetic.
+        self.identity = ModelIdentity(
+            f"simulated ({profile.name})", SIMULATED_PATH, profile.variant, profile.parallel_num, simulated=True
+        )
         self._sleep = sleep
         self._clock = clock
         self._rng = random.Random()
@@ -78,9 +76,9 @@ class SimulatedPipeline:
         height: int,
         width: int,
         num_inference_steps: int = 25,
-        progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> SimulatedOutput:
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> PipelineOutput:
         """Draw each request's pictures, then wait out the rest of the profile's time step by step."""
         if not requests:
             raise ValueError("at least one request is needed")
@@ -105,7 +103,7 @@ class SimulatedPipeline:
                 self._sleep(remaining)
             if progress is not None:
                 progress(patch + 1, total_steps)
-        return SimulatedOutput(pictures)
+        return PipelineOutput(pictures)
 
     def _failure_step(self, total_steps: int) -> int | None:
         if self.failure_rate > 0 and self._rng.random() < self.failure_rate:

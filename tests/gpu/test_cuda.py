@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from model.attention import FLASH_ATTN
+from model.checkpoint.tiny_checkpoint import write_checkpoint
 from model.pipeline import BitDancePipeline, GenerationRequest
-from model.tiny import write_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,7 +31,7 @@ def cuda_pipe(tmp_path_factory: pytest.TempPathFactory) -> BitDancePipeline:
 
 def test_weights_load_on_the_gpu_in_bfloat16(cuda_pipe: BitDancePipeline) -> None:
     assert cuda_pipe.dtype == torch.bfloat16
-    for module in (cuda_pipe.backbone, cuda_pipe.head, cuda_pipe.projector, cuda_pipe.decoder_net):
+    for module in (cuda_pipe.llm, cuda_pipe.head, cuda_pipe.projector, cuda_pipe.autoencoder):
         for name, param in module.named_parameters():
             assert param.is_cuda and param.dtype == torch.bfloat16, name
 

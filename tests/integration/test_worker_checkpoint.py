@@ -1,6 +1,6 @@
 """The worker checks its checkpoint before loading: it refuses a broken one with verify's lines, and
 loads either layout (here the diffusers one, sharded, named by ``BITDANCE_MODEL_PATH``), logging the
-bytes it loaded and the time it took."""
+bytes it loaded and the time it took, having read the checkpoint's configs once for all of it."""
 
 from __future__ import annotations
 
@@ -12,9 +12,22 @@ import sys
 import uuid
 from pathlib import Path
 
-from model.tiny import write_checkpoint
-from model.verify import verify_checkpoint
+from model.checkpoint.tiny_checkpoint import write_checkpoint
+from model.checkpoint.verification import verify_checkpoint
 from stack.launcher import RedisProcess
+
+# ``python -m worker`` that also counts how often the checkpoint's configs are parsed (the spy calls through).
+COUNTING_WORKER = """
+import sys
+import model.checkpoint.configs as configs
+reads = []
+read_head_config = configs._read_head_config
+configs._read_head_config = lambda files: reads.append(files.root) or read_head_config(files)
+from worker.__main__ import main
+code = main(sys.argv[1:])
+print(f"checkpoint configs read {len(reads)} time(s)", file=sys.stderr)
+sys.exit(code)
+"""
 
 
 def run_worker(redis_server: RedisProcess, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -25,7 +38,7 @@ def run_worker(redis_server: RedisProcess, tmp_path: Path, *args: str, **env: st
         "BITDANCE_STORAGE_DIR": str(tmp_path / "storage"),
         **env,
     }
-    command = [sys.executable, "-m", "worker", "--redis-url", redis_server.url, "--burst", *args]
+    command = [sys.executable, "-c", COUNTING_WORKER, "--redis-url", redis_server.url, "--burst", *args]
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -58,3 +71,4 @@ def test_worker_loads_a_sharded_diffusers_checkpoint(redis_server: RedisProcess,
     assert " GB of weights in " in result.stderr
     (ready,) = [line for line in result.stderr.splitlines() if "INFO worker: worker " in line and " ready: " in line]
     assert "16x" in ready and str(checkpoint) in ready  # the variant and the folder it loaded
+    assert "checkpoint configs read 1 time(s)" in result.stderr  # verified, planned and loaded from one read

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.checkpoint.tiny_checkpoint import write_checkpoint
 from model.pipeline import BitDancePipeline
-from model.tiny import write_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.checkpoint import Layout
+from model.checkpoint.layout import Layout
+from model.checkpoint.verification import verify_checkpoint
 from model.pipeline import BitDancePipeline
-from model.verify import verify_checkpoint
 
 REPO_ENV = "BITDANCE_DIFFUSERS_REPO"
 PYTHON_ENV = "BITDANCE_DIFFUSERS_PYTHON"

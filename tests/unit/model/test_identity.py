@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model.identity import TINY_MARKER, identify_checkpoint, is_random_tiny
+from model.checkpoint.layout import TINY_MARKER, identify_checkpoint, is_random_tiny
 from model.pipeline import BitDancePipeline
 
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import Layout, locate_checkpoint, read_configs
+from model.checkpoint.configs import read_configs
+from model.checkpoint.layout import Layout, locate_checkpoint
+from model.checkpoint.loading import load_modules
+from model.checkpoint.tiny_checkpoint import write_checkpoint
 from model.errors import CheckpointError
-from model.loading import load_modules
 from model.pipeline import BitDancePipeline
 from model.tiny import main as tiny_main
-from model.tiny import write_checkpoint
 
 DIFFUSERS_FILES = {
     "model_index.json",
@@ -112,9 +113,9 @@ def test_configs_are_the_same_in_both_layouts(tiny16_dir: Path, tiny16_diffusers
 
 
 def test_every_tensor_is_the_same_in_both_layouts(tiny16_dir: Path, tiny16_diffusers_dir: Path) -> None:
-    native = load_modules(tiny16_dir, torch.device("cpu"), torch.float32)
-    diffusers = load_modules(tiny16_diffusers_dir, torch.device("cpu"), torch.float32)
-    for name in ("backbone", "decoder", "head", "projector"):
+    native = load_modules(read_configs(tiny16_dir), torch.device("cpu"), torch.float32)
+    diffusers = load_modules(read_configs(tiny16_diffusers_dir), torch.device("cpu"), torch.float32)
+    for name in ("llm", "autoencoder", "head", "projector"):
         ours, theirs = getattr(native, name).state_dict(), getattr(diffusers, name).state_dict()
         assert set(ours) == set(theirs)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
@@ -137,18 +138,18 @@ def test_sharded_native_checkpoint_loads_the_same(tiny16_dir: Path, tmp_path: Pa
     assert not (sharded / "model.safetensors").exists()
     assert len(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]) > 0
     assert len(list(sharded.glob("model-0000?-of-00003.safetensors"))) == 3
-    ours = load_modules(sharded, torch.device("cpu"), torch.float32).backbone.state_dict()
+    ours = load_modules(read_configs(sharded), torch.device("cpu"), torch.float32).llm.state_dict()
     reference = load_file(str(tiny16_dir / "model.safetensors"))
     assert all(torch.equal(v, reference[f"model.{k}"]) for k, v in ours.items())
 
 
 def test_bf16_files_load_into_the_requested_dtype(tmp_path: Path, tiny16_dir: Path) -> None:
     bf16 = write_checkpoint(tmp_path / "bf16", parallel_num=16, layout="diffusers", dtype=torch.bfloat16)
-    modules = load_modules(bf16, torch.device("cpu"), torch.bfloat16)
+    modules = load_modules(read_configs(bf16), torch.device("cpu"), torch.bfloat16)
     reference = load_file(str(tiny16_dir / "vision_head.safetensors"))
     for key, value in modules.head.state_dict().items():
         assert value.dtype == torch.bfloat16 and torch.equal(value, reference[key].to(torch.bfloat16)), key
-    upcast = load_modules(bf16, torch.device("cpu"), torch.float32)
+    upcast = load_modules(read_configs(bf16), torch.device("cpu"), torch.float32)
     assert {p.dtype for p in upcast.head.parameters()} == {torch.float32}
 
 

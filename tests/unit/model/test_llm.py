@@ -1,4 +1,4 @@
-"""The backbone driver: preallocated KV cache, row groups, and rows computed exactly as alone."""
+"""The LLM driver: preallocated KV cache, row groups, and rows computed exactly as alone."""
 
 from __future__ import annotations
 

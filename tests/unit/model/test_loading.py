@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.checkpoint.configs import read_configs
+from model.checkpoint.loading import load_modules
 from model.errors import CheckpointError
-from model.loading import load_modules
 from model.pipeline import BitDancePipeline
 
 EXPECTED_FILES = {
@@ -41,20 +42,20 @@ def test_tiny_checkpoint_has_the_native_layout(tiny64_dir: Path) -> None:
 
 
 def test_every_tensor_is_loaded_key_by_key(tiny64_dir: Path) -> None:
-    modules = load_modules(tiny64_dir, torch.device("cpu"), torch.float32)
+    modules = load_modules(read_configs(tiny64_dir), torch.device("cpu"), torch.float32)
     llm = load_file(str(tiny64_dir / "model.safetensors"))
-    for key, value in modules.backbone.state_dict().items():
+    for key, value in modules.llm.state_dict().items():
         assert torch.equal(value, llm[f"model.{key}"]), key
     ae = load_file(str(tiny64_dir / "ae.safetensors"))
-    for key, value in modules.decoder.state_dict().items():
+    for key, value in modules.autoencoder.state_dict().items():
         assert torch.equal(value, ae[f"decoder.{key}"]), key
     for module, name in ((modules.head, "vision_head"), (modules.projector, "projector")):
         stored = load_file(str(tiny64_dir / f"{name}.safetensors"))
         assert set(module.state_dict()) == set(stored)
         for key, value in module.state_dict().items():
             assert torch.equal(value, stored[key]), key
-    assert not any(p.is_meta for p in modules.backbone.parameters())
-    assert modules.backbone.rotary_emb.inv_freq.device.type == "cpu"
+    assert not any(p.is_meta for p in modules.llm.parameters())
+    assert modules.llm.rotary_emb.inv_freq.device.type == "cpu"
 
 
 def test_sharded_weights_load_the_same(tiny16_dir: Path, tmp_path: Path) -> None:
@@ -68,8 +69,8 @@ def test_sharded_weights_load_the_same(tiny16_dir: Path, tmp_path: Path) -> None
         weight_map.update(dict.fromkeys(shard_keys, shard))
     (ckpt / "model.safetensors").unlink()
     (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    modules = load_modules(ckpt, torch.device("cpu"), torch.float32)
-    for key, value in modules.backbone.state_dict().items():
+    modules = load_modules(read_configs(ckpt), torch.device("cpu"), torch.float32)
+    for key, value in modules.llm.state_dict().items():
         assert torch.equal(value, weights[f"model.{key}"])
 
 
@@ -107,7 +108,7 @@ def test_unused_encoder_keys_are_still_required(tiny16_dir: Path, tmp_path: Path
     ae = {k: v for k, v in load_file(str(ckpt / "ae.safetensors")).items() if k != "encoder.conv_in.weight"}
     save_file(ae, str(ckpt / "ae.safetensors"))
     with pytest.raises(CheckpointError, match="ae.safetensors: missing keys encoder.conv_in.weight"):
-        load_modules(ckpt, torch.device("cpu"), torch.float32)
+        load_modules(read_configs(ckpt), torch.device("cpu"), torch.float32)
 
 
 def test_wrong_shape_is_named(tiny16_dir: Path, tmp_path: Path) -> None:
@@ -116,10 +117,10 @@ def test_wrong_shape_is_named(tiny16_dir: Path, tmp_path: Path) -> None:
     projector["fc1.bias"] = torch.ones(3)
     save_file(projector, str(ckpt / "projector.safetensors"))
     with pytest.raises(CheckpointError, match=r"projector.safetensors: shape mismatch fc1.bias \(3,\)"):
-        load_modules(ckpt, torch.device("cpu"), torch.float32)
+        load_modules(read_configs(ckpt), torch.device("cpu"), torch.float32)
 
 
 def test_dtype_is_applied_on_load(tiny16_dir: Path) -> None:
-    modules = load_modules(tiny16_dir, torch.device("cpu"), torch.bfloat16)
+    modules = load_modules(read_configs(tiny16_dir), torch.device("cpu"), torch.bfloat16)
     assert {p.dtype for p in modules.head.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in modules.backbone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in modules.llm.parameters()} == {torch.bfloat16}

@@ -2,10 +2,10 @@
 
 Runs only when ``BITDANCE_OFFICIAL_REPO`` points at an extracted checkout of
 github.com/shallowdream204/BitDance; the official code is imported from there into this process
-(``model.official_runner.load_official``: flash-attn replaced by PyTorch SDPA when absent, the
+(``bench.official.upstream.load_official``: flash-attn replaced by PyTorch SDPA when absent, the
 official LLM loaded in float32 on the CPU), so this environment needs upstream's transformers 4.57
 and einops: both sides then run the same transformers, which exact equality needs. (Through the
-benchmark's own official environment, ``model.official``, the official side runs transformers 4.57
+benchmark's own official environment, ``bench.official.client``, the official side runs transformers 4.57
 while ours runs 5, and the tokens did not agree: 70 % on the tiny 16x checkpoint, 512x512, 10 steps,
 guidance 7.5, from the first patch on; not yet explained.)
 Both sides run single-threaded, where the matrix products of one
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.official import OFFICIAL_ENV
-from model.official_runner import load_official
+from bench.official.client import OFFICIAL_ENV
+from bench.official.upstream import load_official
 from model.pipeline import BitDancePipeline, GenerationRequest
 
 pytestmark = [

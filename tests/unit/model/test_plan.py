@@ -1,4 +1,4 @@
-"""``model.plan``: parameter counts, KV cache and activation bytes, checked against the real pipeline.
+"""The memory plan (``python -m model.plan``): parameters, KV cache and activation bytes against the real pipeline.
 
 The activations are measured by recording every tensor the pipeline creates (a dispatch mode that
 follows each storage until it is freed) while it runs on the CPU in float32, and compared with the
@@ -17,23 +17,21 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from model.autoencoder import AutoencoderConfig, Decoder
-from model.pipeline import BitDancePipeline, GenerationRequest
-from model.plan import (
-    CONFIGS_DIR,
+from model.checkpoint.configs import CONFIGS_DIR, read_configs
+from model.checkpoint.memory_plan import (
     CUDA_RESERVE_BYTES,
     GIB,
     DeviceRules,
     Generation,
-    ModelConfigs,
     build_plan,
     check_device_memory,
     decoder_bytes,
     kv_cache_bytes,
-    main,
     memory_refusal,
-    read_configs,
     sampling_bytes,
 )
+from model.pipeline import BitDancePipeline, GenerationRequest
+from model.plan import main
 
 CPU = DeviceRules.for_device("cpu")
 
@@ -97,7 +95,7 @@ def test_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_a_missing_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path)]) == 2
-    assert "config.json is missing" in capsys.readouterr().err
+    assert "is not a BitDance checkpoint" in capsys.readouterr().err
 
 
 def test_kv_cache_bytes_equal_the_real_cache(pipe16: BitDancePipeline, tiny16_dir: Path) -> None:
@@ -125,7 +123,7 @@ def test_decoder_bytes_equal_the_measured_peak(ch, ch_mult, num_res_blocks, heig
     tokens = torch.sign(torch.randn(1, 32, height // patch, width // patch))
     with torch.inference_mode(), LiveTensors() as live:
         decoder(tokens.clone())
-    planned = decoder_bytes(ModelConfigs(llm=None, head=None, autoencoder=config), height, width, CPU)  # type: ignore[arg-type]
+    planned = decoder_bytes(config, height, width, CPU)
     assert planned == live.peak
 
 
@@ -171,4 +169,4 @@ def test_memory_refusal_when_not_even_one_image_fits() -> None:
 
 
 def test_the_check_is_skipped_off_cuda(tiny16_dir: Path) -> None:
-    assert check_device_memory(tiny16_dir, "cpu", 8) is None
+    assert check_device_memory(read_configs(tiny16_dir), "cpu", 8) is None

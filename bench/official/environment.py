@@ -5,7 +5,7 @@ Upstream's ``gen_image`` needs transformers 4.57 (it indexes ``past_key_values[0
 So the official pipeline runs in a separate virtual environment with upstream's pins
 (``requirements.txt`` of github.com/shallowdream204/BitDance, minus what its text-to-image
 pipeline does not import: gradio, omegaconf, liger-kernel, accelerate, torchvision), in a
-subprocess (:mod:`model.official_runner`) that this project's benchmark and parity tests talk to.
+subprocess (:mod:`bench.official.upstream`) that this project's benchmark and parity tests talk to.
 
 torch is the one deliberate difference: the same ``torch==2.13.0`` this project installs (``make
 install``'s ``TORCH_SPEC``), never an unpinned one, which would pull a multi-GB CUDA build onto CPU

@@ -1,4 +1,4 @@
-"""Load tools of ``stack.bench``: drive ``wrk``, hold many status streams open, read a process's CPU time.
+"""Load tools of ``bench.api_capacity``: drive ``wrk``, hold many status streams open, read a process's CPU time.
 
 ``wrk`` (Debian's package) is the load generator for request rates, so that our API and the
 hello-world app are measured by the same, much faster than Python, client. Status streams are held

@@ -1,7 +1,7 @@
 """The official BitDance pipeline as a subprocess in its own environment: the client side.
 
-``OfficialPipeline(repo)`` prepares upstream's environment if needed (:mod:`model.official_env`),
-starts :mod:`model.official_runner` there on the checkout ``repo`` (an extracted
+``OfficialPipeline(repo)`` prepares upstream's environment if needed (:mod:`bench.official.environment`),
+starts :mod:`bench.official.upstream` there on the checkout ``repo`` (an extracted
 github.com/shallowdream204/BitDance), and forwards calls to it, one JSON line each way. The
 benchmark and the parity tests use it, so the official side always runs with the transformers
 version it was written for, whatever this project's environment has.
@@ -15,10 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from model.official_env import ensure_official_env
+from bench.official.environment import ensure_official_env
 
 OFFICIAL_ENV = "BITDANCE_OFFICIAL_REPO"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class OfficialError(RuntimeError):
@@ -35,7 +35,7 @@ class OfficialPipeline:
         python = ensure_official_env(log=log)
         environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TOKENIZERS_PARALLELISM": "false"}
         self.process = subprocess.Popen(
-            [str(python), "-m", "model.official_runner", str(repo)],
+            [str(python), "-m", "bench.official.upstream", str(repo)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the official code's prints and warnings reach our stderr
@@ -68,7 +68,7 @@ class OfficialPipeline:
     def load_random(
         self, configs: str | Path, tokenizer: str | Path, seed: int, device: str = "cpu", threads: int = 0
     ) -> dict[str, Any]:
-        """Upstream's classes built from ``configs`` with :func:`model.random_weights.fill_random_` weights."""
+        """Upstream's classes built from ``configs``, their weights drawn by ``model.checkpoint.random_weights``."""
         return self.call(
             "load_random", configs=str(configs), tokenizer=str(tokenizer), seed=seed, device=device, threads=threads
         )

@@ -1,4 +1,4 @@
-"""Speed of the model package on random weights: ``python -m model.bench`` (``make bench-model``, ``make bench-gpu``).
+"""Speed of the model on random weights: ``python -m bench.model_speed`` (``make bench-model``, ``make bench-gpu``).
 
 Default: the tiny 64x checkpoint and a mid-size one (written once under ``weights/bench-*``), on the
 CPU and on CUDA when present: seconds per image at batch 1, images per second at batch 4 and 8, and
@@ -12,7 +12,7 @@ same code path, so CI runs it).
 
 With the official code (``--official PATH`` or ``BITDANCE_OFFICIAL_REPO``, an extracted checkout of
 github.com/shallowdream204/BitDance), its pipeline runs in its own environment (transformers 4.57,
-prepared on first use by :mod:`model.official_env`) in a subprocess, on the same weights: the same
+prepared on first use by :mod:`bench.official.environment`) in a subprocess, on the same weights: the same
 checkpoint directory, or for ``--full-size`` the same seeded random weights rebuilt there from the
 same config files (checked by weight checksums). Ratio = our time per image / its time per image.
 Everything printed is also written as JSON (``--json-out``).
@@ -33,19 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
-from model.autoencoder import Decoder
-from model.head import DiffusionHead
-from model.llm import build_backbone
-from model.loading import LoadedModules
-from model.official import OFFICIAL_ENV, OfficialPipeline
+from bench.official.client import OFFICIAL_ENV, OfficialPipeline
+from model.checkpoint.configs import CONFIGS_DIR, read_configs
+from model.checkpoint.layout import COMPONENTS
+from model.checkpoint.memory_plan import build_plan
+from model.checkpoint.modules import MetaModules
+from model.checkpoint.random_weights import fill_random_, fingerprint
+from model.checkpoint.tiny_checkpoint import write_checkpoint
 from model.pipeline import BitDancePipeline, BitDancePipelineOutput, GenerationRequest, default_dtype
-from model.plan import CONFIGS_DIR, build_plan, read_configs
-from model.projector import TokenProjector
 from model.prompts import PromptEncoder
-from model.random_weights import fill_random_, fingerprint
-from model.tiny import write_checkpoint
 
 THREADS_ENV = "BITDANCE_TORCH_THREADS"
 CACHE_DIR = Path("weights")
@@ -285,28 +282,16 @@ def build_random_pipeline(config_dir: Path, device: torch.device, seed: int = WE
     """Our pipeline on ``config_dir``'s shapes with :func:`fill_random_` weights, built on ``device``."""
     configs = read_configs(config_dir)
     dtype = default_dtype(device)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            backbone = build_backbone(configs.llm)
-            decoder = Decoder(configs.autoencoder)
-            head = DiffusionHead(configs.head)
-            projector = TokenProjector(configs.autoencoder.z_channels, configs.llm.hidden_size)
-    finally:
-        torch.set_default_dtype(default)
-    for module, prefix in ((backbone, "model."), (decoder, "decoder."), (head, ""), (projector, "")):
+    modules = MetaModules.build(configs, dtype)
+    for name in COMPONENTS:
+        module, prefix = modules.loaded(name)  # the checkpoint's key prefix seeds each tensor's draws
         module.to_empty(device=device)
         fill_random_(module, seed, prefix)
-        module.eval().requires_grad_(False)
-    with torch.device(device):  # its inv_freq is a non-persistent buffer, rebuilt as loading does
-        backbone.rotary_emb = Qwen3RotaryEmbedding(config=configs.llm)
-    modules = LoadedModules(configs.llm, backbone, decoder, configs.autoencoder, head, projector)
-    return BitDancePipeline(modules, PromptEncoder.from_directory(config_dir), device, dtype)
+    return BitDancePipeline(modules.finish(device), PromptEncoder.from_directory(config_dir), device, dtype)
 
 
 def our_fingerprints(pipe: BitDancePipeline) -> dict[str, float]:
-    modules = {"llm": pipe.backbone, "head": pipe.head, "decoder": pipe.decoder_net, "projector": pipe.projector}
+    modules = {"llm": pipe.llm, "head": pipe.head, "decoder": pipe.autoencoder, "projector": pipe.projector}
     return {name: fingerprint(module) for name, module in modules.items()}
 
 
@@ -382,7 +367,7 @@ def bench_full_size(device: torch.device, args: argparse.Namespace) -> dict[str,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.model_speed", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--official",
         type=Path,

@@ -1,4 +1,4 @@
-"""``python -m loadtest.bench`` (``make bench-loadtest``): the simulated fleet's goals, measured and printed.
+"""``python -m bench.fleet_goals`` (``make bench-loadtest``): the simulated fleet's goals, measured and printed.
 
 Starts its own stack on loopback as ``make run MODEL=simulated SLOTS=64`` does, with the ``flat-2s``
 profile (every request takes exactly 2.0 s of simulated service time), then runs the kit twice:
@@ -40,7 +40,7 @@ GOAL_P50_S, GOAL_P99_S, GOAL_AGREEMENT = 0.050, 0.250, 0.02
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.fleet_goals", description=__doc__.splitlines()[0])
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--clients", type=int, default=500, help="phase A: concurrent status-stream clients")
     p.add_argument("--requests", type=int, default=3000, help="phase A: requests")

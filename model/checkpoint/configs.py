@@ -1,206 +1,36 @@
-"""Where a BitDance checkpoint keeps its configs and weights, in either published layout, and its configs.
+"""A checkpoint's config files, read once and checked against each other: :func:`read_configs`.
 
-The same tensors, under the same names, are published in two folder layouts:
-
-- **native** (``shallowdream204/BitDance-14B-64x`` / ``-16x``), one flat folder: ``config.json`` +
-  ``generation_config.json`` + ``model.safetensors`` (Qwen3) and the tokenizer files, ``ae_config.json``
-  + ``ae.safetensors``, ``vision_head_config.json`` + ``vision_head.safetensors``, ``projector.safetensors``;
-- **diffusers** (``BiliSakura/BitDance-14B-64x-diffusers`` / ``-16x-diffusers``), as that port's
-  ``save_pretrained`` writes it: ``model_index.json`` and one folder per component, ``text_encoder/``
-  (Qwen3 ``config.json``, ``generation_config.json``, ``model.safetensors``), ``tokenizer/``, and
-  ``autoencoder/``, ``diffusion_head/``, ``projector/`` each with a ``config.json`` and
-  ``diffusion_pytorch_model.safetensors``.
-
-Any weight file may instead be sharded as ``<stem>-0000i-of-0000n.safetensors`` listed by
-``<stem>.safetensors.index.json``. The layout is told from the folder itself (``model_index.json``
-means diffusers, ``vision_head_config.json`` native). Nothing here reads a tensor: :func:`locate_checkpoint`
-and :func:`read_configs` need only the config files, so a folder of configs without weights works too.
+The one reader of the configs, for every use: the worker's start (verification, memory plan and
+loading share its result), ``python -m model.verify``, ``python -m model.plan`` (the shipped config
+folders of :data:`CONFIGS_DIR` too: configs without weights are a checkpoint to it) and the
+benchmarks. Errors name the file and the field; every problem is reported, not just the first.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from transformers import Qwen3Config
 
 from model.autoencoder import AutoencoderConfig
+from model.checkpoint.layout import (
+    DIFFUSERS_COMPONENTS,
+    MODEL_INDEX,
+    PIPELINE_CLASS,
+    TOKENIZER_FOLDER,
+    CheckpointFiles,
+    ComponentFiles,
+    Layout,
+    locate_checkpoint,
+    read_json,
+)
 from model.errors import CheckpointError
 from model.head import HeadConfig
 
-__all__ = [
-    "COMPONENTS",
-    "CheckpointConfigs",
-    "CheckpointFiles",
-    "ComponentFiles",
-    "Layout",
-    "ProjectorConfig",
-    "WeightFiles",
-    "locate_checkpoint",
-    "read_configs",
-    "read_json",
-]
-
-# The four weight-bearing parts, by the names used everywhere in this project.
-COMPONENTS = ("llm", "autoencoder", "head", "projector")
-MODEL_INDEX = "model_index.json"
-PIPELINE_CLASS = "BitDanceDiffusionPipeline"
-# model_index.json: component -> (sub-folder, class name as the port records it)
-DIFFUSERS_FOLDERS = {
-    "llm": ("text_encoder", "Qwen3ForCausalLM"),
-    "autoencoder": ("autoencoder", "BitDanceAutoencoder"),
-    "head": ("diffusion_head", "BitDanceDiffusionHead"),
-    "projector": ("projector", "BitDanceProjector"),
-}
-TOKENIZER_FOLDER = "tokenizer"
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# The shipped config folders of the released checkpoints (no weights, no tokenizer).
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROJECTOR_ACTIVATION = "gelu_pytorch_tanh"
-
-
-class Layout(StrEnum):
-    NATIVE = "native"
-    DIFFUSERS = "diffusers"
-
-
-@dataclass(frozen=True)
-class WeightFiles:
-    """One component's safetensors: ``path`` itself, or the shards its ``<path>.index.json`` lists."""
-
-    root: Path
-    path: Path
-
-    @property
-    def index(self) -> Path:
-        return self.path.with_name(self.path.name + ".index.json")
-
-    @property
-    def sharded(self) -> bool:
-        return not self.path.is_file() and self.index.is_file()
-
-    def exists(self) -> bool:
-        return self.path.is_file() or self.index.is_file()
-
-    def label(self) -> str:
-        """The file a message about these weights names: the index when sharded, else the file."""
-        return self.relative(self.index if self.sharded else self.path)
-
-    def relative(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
-
-    def weight_map(self) -> dict[str, Path]:
-        """Tensor name -> the file holding it, as the index says (sharded only)."""
-        raw = read_json(self.root, self.relative(self.index))
-        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise CheckpointError(f"{self.label()}: no weight_map of tensor name -> file name")
-        return {key: self.index.parent / shard for key, shard in weight_map.items()}
-
-    def files(self) -> list[Path]:
-        """Every safetensors file of this component; a missing file or shard is an error naming it."""
-        if self.path.is_file():
-            return [self.path]
-        if not self.index.is_file():
-            raise CheckpointError(f"{self.relative(self.path)}: missing (nor is there {self.index.name} with shards)")
-        shards = sorted(set(self.weight_map().values()))
-        missing = [shard for shard in shards if not shard.is_file()]
-        if missing:
-            listed = ", ".join(self.relative(s) for s in missing)
-            raise CheckpointError(f"{self.label()}: missing shard(s) {listed}")
-        return shards
-
-
-@dataclass(frozen=True)
-class ComponentFiles:
-    """One part of the model: its config file (``None``: derived from the others) and its weights."""
-
-    name: str
-    config: Path | None
-    weights: WeightFiles
-
-
-@dataclass(frozen=True)
-class CheckpointFiles:
-    """Where every file of a checkpoint is, in either layout."""
-
-    root: Path
-    layout: Layout
-    tokenizer_dir: Path
-    llm: ComponentFiles
-    autoencoder: ComponentFiles
-    head: ComponentFiles
-    projector: ComponentFiles
-    model_index: Path | None = None
-
-    def components(self) -> tuple[ComponentFiles, ...]:
-        return (self.llm, self.autoencoder, self.head, self.projector)
-
-    def relative(self, path: Path) -> str:
-        return self.llm.weights.relative(path)
-
-
-def locate_checkpoint(path: str | Path) -> CheckpointFiles:
-    """Tell the layout from the folder and return where its files are (they need not all exist yet)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"checkpoint directory {root} does not exist")
-    if (root / MODEL_INDEX).is_file():
-        return _diffusers_files(root)
-    if (root / "vision_head_config.json").is_file() or (root / "ae_config.json").is_file():
-        return _native_files(root)
-    raise CheckpointError(
-        f"{root} is not a BitDance checkpoint: it has neither {MODEL_INDEX} (diffusers layout) "
-        "nor vision_head_config.json (native layout)"
-    )
-
-
-def _native_files(root: Path) -> CheckpointFiles:
-    def weights(name: str) -> WeightFiles:
-        return WeightFiles(root, root / name)
-
-    return CheckpointFiles(
-        root=root,
-        layout=Layout.NATIVE,
-        tokenizer_dir=root,
-        llm=ComponentFiles("llm", root / "config.json", weights("model.safetensors")),
-        autoencoder=ComponentFiles("autoencoder", root / "ae_config.json", weights("ae.safetensors")),
-        head=ComponentFiles("head", root / "vision_head_config.json", weights("vision_head.safetensors")),
-        projector=ComponentFiles("projector", None, weights("projector.safetensors")),
-    )
-
-
-def _diffusers_files(root: Path) -> CheckpointFiles:
-    def component(name: str) -> ComponentFiles:
-        folder = root / DIFFUSERS_FOLDERS[name][0]
-        weights = "model.safetensors" if name == "llm" else DIFFUSERS_WEIGHTS
-        return ComponentFiles(name, folder / "config.json", WeightFiles(root, folder / weights))
-
-    return CheckpointFiles(
-        root=root,
-        layout=Layout.DIFFUSERS,
-        tokenizer_dir=root / TOKENIZER_FOLDER,
-        llm=component("llm"),
-        autoencoder=component("autoencoder"),
-        head=component("head"),
-        projector=component("projector"),
-        model_index=root / MODEL_INDEX,
-    )
-
-
-def read_json(root: Path, name: str) -> Any:
-    """``root/name`` parsed; a missing or malformed file is an error naming it."""
-    path = root / name
-    if not path.is_file():
-        raise CheckpointError(f"{name}: missing from {root}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{name}: not valid JSON ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -233,8 +63,12 @@ class CheckpointConfigs:
         return self.head.parallel_num
 
 
-def read_configs(files: CheckpointFiles) -> CheckpointConfigs:
-    """Parse every config file and check that they agree; errors name the file and the field."""
+def read_configs(checkpoint: CheckpointFiles | str | Path) -> CheckpointConfigs:
+    """Parse every config file of ``checkpoint`` (a folder, or its located files) and check that they agree.
+
+    A :class:`CheckpointError` lists every problem, one line each, naming the file and the field.
+    """
+    files = checkpoint if isinstance(checkpoint, CheckpointFiles) else locate_checkpoint(checkpoint)
     problems: list[str] = []
     listed_sizes = _read_model_index(files, problems) if files.model_index is not None else None
     llm = _collect(problems, lambda: _read_llm_config(files))
@@ -263,7 +97,7 @@ def _config_name(files: CheckpointFiles, component: ComponentFiles) -> str:
     return files.relative(component.config)
 
 
-def _without_diffusers_fields(raw: dict) -> dict:
+def without_diffusers_fields(raw: dict) -> dict:
     """Drop the ``_class_name`` / ``_diffusers_version`` / ``_name_or_path`` bookkeeping of diffusers."""
     return {k: v for k, v in raw.items() if not k.startswith("_")}
 
@@ -297,7 +131,7 @@ AE_DD_FIELDS = {"ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels", 
 
 def _read_autoencoder_config(files: CheckpointFiles) -> AutoencoderConfig:
     name = _config_name(files, files.autoencoder)
-    raw = _without_diffusers_fields(_json_object(files, name))
+    raw = without_diffusers_fields(_json_object(files, name))
     unknown = sorted(set(raw) - AE_TOP_FIELDS)
     dd = raw.get("ddconfig")
     if not isinstance(dd, dict):
@@ -315,7 +149,7 @@ def _read_autoencoder_config(files: CheckpointFiles) -> AutoencoderConfig:
 
 def _read_head_config(files: CheckpointFiles) -> HeadConfig:
     name = _config_name(files, files.head)
-    raw = _without_diffusers_fields(_json_object(files, name))
+    raw = without_diffusers_fields(_json_object(files, name))
     unknown = sorted(set(raw) - {f.name for f in fields(HeadConfig)})
     if unknown:
         raise CheckpointError(f"{name}: unknown config field(s) {', '.join(unknown)}")
@@ -333,7 +167,7 @@ def _read_projector_config(
             return None
         return ProjectorConfig(autoencoder.z_channels, llm.hidden_size)
     name = _config_name(files, files.projector)
-    raw = _without_diffusers_fields(_json_object(files, name))
+    raw = without_diffusers_fields(_json_object(files, name))
     known = {f.name for f in fields(ProjectorConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -348,7 +182,7 @@ def _reason(exc: Exception) -> str:
     return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
 
 
-MODEL_INDEX_FIELDS = {"supported_image_sizes", TOKENIZER_FOLDER, *(folder for folder, _ in DIFFUSERS_FOLDERS.values())}
+MODEL_INDEX_FIELDS = {"supported_image_sizes", TOKENIZER_FOLDER, *(c.folder for c in DIFFUSERS_COMPONENTS.values())}
 
 
 def _read_model_index(files: CheckpointFiles, problems: list[str]) -> tuple[tuple[int, int], ...] | None:
@@ -359,11 +193,11 @@ def _read_model_index(files: CheckpointFiles, problems: list[str]) -> tuple[tupl
         return None
     if raw.get("_class_name") != PIPELINE_CLASS:
         problems.append(f"{MODEL_INDEX}: _class_name is {raw.get('_class_name')!r}, expected {PIPELINE_CLASS!r}")
-    unknown = sorted(set(_without_diffusers_fields(raw)) - MODEL_INDEX_FIELDS)
+    unknown = sorted(set(without_diffusers_fields(raw)) - MODEL_INDEX_FIELDS)
     if unknown:
         problems.append(f"{MODEL_INDEX}: unknown config field(s) {', '.join(unknown)}")
-    expected = {folder: cls for folder, cls in DIFFUSERS_FOLDERS.values()}
-    for folder, cls in expected.items():
+    for component in DIFFUSERS_COMPONENTS.values():
+        folder, cls = component.folder, component.class_name
         entry = raw.get(folder)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == cls):
             problems.append(f"{MODEL_INDEX}: component {folder} should be [library, {cls!r}], found {entry!r}")

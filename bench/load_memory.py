@@ -1,4 +1,4 @@
-"""``python -m model.bench_load`` (``make bench-load``): host memory needed to load a checkpoint.
+"""``python -m bench.load_memory`` (``make bench-load``): host memory needed to load a checkpoint.
 
 Writes a random checkpoint of at least ``--gb`` GB (the tiny architecture widened and deepened, in
 the native layout), then loads it with ``BitDancePipeline.from_pretrained`` on the CPU in a fresh
@@ -60,7 +60,7 @@ def checkpoint_bytes(path: Path) -> int:
 def write_random_checkpoint(path: Path, gigabytes: float, dtype_name: str) -> int:
     import torch
 
-    from model.tiny import write_checkpoint
+    from model.checkpoint.tiny_checkpoint import write_checkpoint
 
     dtype = getattr(torch, dtype_name)
     element = torch.empty((), dtype=dtype).element_size()
@@ -89,7 +89,7 @@ def measure(path: Path, dtype_name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.bench_load", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.load_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0, help="checkpoint size to write (GB, default 1.0)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="stored and loaded dtypes to measure")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"where to write it (default {DEFAULT_DIR})")

@@ -1,4 +1,4 @@
-"""``python -m stack.bench_sweep`` (part of ``make bench-api``): the recovery sweep's time against queue length.
+"""``python -m bench.recovery_sweep`` (part of ``make bench-api``): the recovery sweep's time against queue length.
 
 For each queue length it fills a private redis-server (append-only file on, as deployed) with queued
 requests written exactly as submit writes them (``add_request``, 1000 per MULTI), adds requests to
@@ -94,7 +94,7 @@ def measure(redis_url: str, queued: int, idle_repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack.bench_sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.recovery_sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--queued", type=int, nargs="+", default=[1000, 100_000], help="queue lengths")
     parser.add_argument("--repeats", type=int, default=5, help="idle sweeps per length")
     args = parser.parse_args(argv)

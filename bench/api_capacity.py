@@ -1,4 +1,4 @@
-"""``python -m stack.bench`` (``make bench-api``): the API's capacity beside a hello-world FastAPI app.
+"""``python -m bench.api_capacity`` (``make bench-api``): the API's capacity beside a hello-world FastAPI app.
 
 Everything runs on loopback, started by this script with ``stack.launcher``'s pieces: a private
 redis-server, the API, and a one-route FastAPI app served by the same uvicorn with the same options
@@ -38,6 +38,15 @@ from typing import Any
 import httpx
 import redis
 
+from bench.http_load import (
+    StatusStream,
+    WrkResult,
+    cpu_seconds,
+    lua_script,
+    open_stream,
+    process_tree,
+    run_wrk,
+)
 from core.settings import Settings
 from stack.launcher import (
     ManagedProcess,
@@ -50,15 +59,6 @@ from stack.launcher import (
     start_api,
     start_worker,
     wait_until_ready,
-)
-from stack.load import (
-    StatusStream,
-    WrkResult,
-    cpu_seconds,
-    lua_script,
-    open_stream,
-    process_tree,
-    run_wrk,
 )
 
 KEY = "bench-key"
@@ -91,7 +91,7 @@ def serve_hello(port: int) -> None:
 
 
 def start_hello(port: int, log_path: Path) -> ManagedProcess:
-    return _spawn("hello-world", python_argv("stack.bench", "--serve-hello", str(port)), None, log_path)
+    return _spawn("hello-world", python_argv("bench.api_capacity", "--serve-hello", str(port)), None, log_path)
 
 
 def wait_for(url: str, process: ManagedProcess, timeout_s: float = 60.0) -> None:
@@ -379,7 +379,7 @@ def raise_open_files_limit(wanted: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.api_capacity", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections for the rate runs")
     parser.add_argument("--pollers", type=int, default=200)

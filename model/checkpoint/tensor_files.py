@@ -27,8 +27,8 @@ from types import TracebackType
 
 import torch
 
-from model.checkpoint import WeightFiles
-from model.errors import CheckpointError
+from model.checkpoint.layout import WeightFiles
+from model.errors import CheckpointError, first_of
 
 # safetensors dtype name -> (torch dtype, bytes per element)
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -137,16 +137,11 @@ def component_tensors(weights: WeightFiles) -> dict[str, TensorEntry]:
             entries[key] = entry
     if absent:
         lines = [
-            f"{weights.relative(path)}: lacks {_first(sorted(keys))} (listed in {weights.index.name})"
+            f"{weights.relative(path)}: lacks {first_of(sorted(keys))} (listed in {weights.index.name})"
             for path, keys in sorted(absent.items())
         ]
         raise CheckpointError("\n".join(lines))
     return entries
-
-
-def _first(keys: list[str], n: int = 5) -> str:
-    more = f" (and {len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
 
 
 class TensorReader:

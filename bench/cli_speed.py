@@ -1,4 +1,4 @@
-"""``python -m stack.cli_bench``: the CLI (``bitdance-generate``) against a worker, same input, one run.
+"""``python -m bench.cli_speed``: the CLI (``bitdance-generate``) against a worker, same input, one run.
 
 Starts a private stack (Redis, API, one CPU worker with the default thread setting) on a tiny 64x
 checkpoint, then alternates: one request through the queue (its ``metrics.inference_time``, the
@@ -64,7 +64,7 @@ def cli_seconds(model: Path, out: Path, *extra: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack.cli_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cli_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (alternating), medians compared")
     parser.add_argument("--model", type=Path, help="checkpoint (default: a tiny 64x one)")
     parser.add_argument("--torch-default-threads", action="store_true", help="also time the CLI with --threads 0")

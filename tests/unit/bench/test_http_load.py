@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stack.load import lua_script
+from bench.http_load import lua_script
 
 
 def test_pollers_wait_between_0_8_and_1_2_times_their_interval() -> None:

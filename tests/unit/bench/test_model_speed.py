@@ -1,4 +1,4 @@
-"""``python -m model.bench --full-size --scale``: the GPU benchmark's code path, run small on the CPU."""
+"""``python -m bench.model_speed --full-size --scale``: the GPU benchmark's code path, run small on the CPU."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.bench import FULL_SIZE_CONFIGS, build_random_pipeline, main, our_fingerprints, write_random_configs
-from model.official import OFFICIAL_ENV
-from model.official_env import TORCH_SPEC_VARIABLE, requirements
-from model.random_weights import fill_random_
+from bench.model_speed import FULL_SIZE_CONFIGS, build_random_pipeline, main, our_fingerprints, write_random_configs
+from bench.official.client import OFFICIAL_ENV
+from model.checkpoint.random_weights import fill_random_
 
 
 @pytest.mark.timeout(900)  # about 30 s of CPU time; generous for a loaded machine
@@ -53,12 +52,3 @@ def test_random_weights_depend_on_the_names_only(tmp_path: Path) -> None:
     one = our_fingerprints(build_random_pipeline(directory, torch.device("cpu"), seed=3))
     two = our_fingerprints(build_random_pipeline(directory, torch.device("cpu"), seed=3))
     assert one == two
-
-
-def test_the_official_environment_pins_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TORCH_SPEC_VARIABLE, raising=False)
-    pins = requirements()
-    assert pins[0] == "torch==2.13.0" and "transformers==4.57.0" in pins and "einops==0.6.1" in pins
-    monkeypatch.setenv(TORCH_SPEC_VARIABLE, "torch")
-    with pytest.raises(ValueError, match="must pin torch"):
-        requirements()

@@ -1,8 +1,8 @@
 """The official pipeline in its own environment, driven over stdin/stdout: the subprocess side.
 
-Started by :class:`model.official.OfficialPipeline` with the python of :mod:`model.official_env`
-(transformers 4.57, einops, upstream's pins) as ``python -m model.official_runner REPO``; it imports
-only torch, the standard library, :mod:`model.random_weights` and the official checkout's code.
+Started by :class:`bench.official.client.OfficialPipeline` with the python of :mod:`bench.official.environment`
+(transformers 4.57, einops, upstream's pins) as ``python -m bench.official.upstream REPO``; it imports
+only torch, the standard library, :mod:`model.checkpoint.random_weights` and the official checkout's code.
 Each request is one JSON line on stdin, each answer one JSON line on stdout (everything the
 official code prints goes to stderr):
 
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model.random_weights import fill_random_, fingerprint
+from model.checkpoint.random_weights import fill_random_, fingerprint
 
 
 def sdpa_flash_attn() -> types.ModuleType:
