@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = settings.torch_threads if args.threads is None else args.threads
     import torch
 
-    from model.errors import CheckpointError
+    from model.exceptions import CheckpointError
     from model.pipeline import BitDancePipeline
 
     if threads:

@@ -21,7 +21,7 @@ from model.checkpoint.configs import CheckpointConfigs, read_configs
 from model.checkpoint.layout import identify_checkpoint
 from model.checkpoint.loading import LoadStats, load_modules
 from model.checkpoint.modules import LoadedModules
-from model.errors import GenerationCancelled
+from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.llm import PatchDecoder

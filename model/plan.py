@@ -14,7 +14,7 @@ from pathlib import Path
 from model.checkpoint.configs import CONFIGS_DIR, read_configs
 from model.checkpoint.layout import COMPONENTS
 from model.checkpoint.memory_plan import DEFAULT_PROMPT_TOKENS, GIB, DeviceRules, MemoryPlan, build_plan
-from model.errors import CheckpointError
+from model.exceptions import CheckpointError
 
 
 def _gib(nbytes: int) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from model.errors import CheckpointError
+from model.exceptions import CheckpointError
 
 CONDITIONAL_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 UNCONDITIONAL_PROMPT = "<|im_start|>assistant\n"

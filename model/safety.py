@@ -44,7 +44,7 @@ class SimulatedSafetyChecker:
     """The simulated model's checker: flags the images the simulated pipeline marked (prompt says "nsfw")."""
 
     def check(self, images: Sequence[Image.Image]) -> list[bool]:
-        from model.simulated.pipeline import NSFW_INFO_KEY
+        from model.simulated.simulated_pipeline import NSFW_INFO_KEY
 
         return [bool(im.info.get(NSFW_INFO_KEY, False)) for im in images]
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_simulated_pipeline(settings: Settings) -> Pipeline:
     """The simulated model (``model.simulated``): no torch, no weights."""
-    from model.simulated.pipeline import SimulatedPipeline
+    from model.simulated.simulated_pipeline import SimulatedPipeline
 
     simulated = SimulatedPipeline.from_settings(
         settings.simulated_profile, settings.simulated_speed, settings.simulated_failure_rate

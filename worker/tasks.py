@@ -32,7 +32,7 @@ from core.schemas import BitDanceInput, BitDanceOutput, ImageFile
 from core.settings import Settings
 from core.storage import LocalStorage
 from model.encoding import data_uri, encode_image
-from model.errors import GenerationCancelled
+from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.interface import Pipeline
 from model.safety import SafetyChecker, redact

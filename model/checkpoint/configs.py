@@ -25,7 +25,7 @@ from model.checkpoint.layout import (
     locate_checkpoint,
     read_json,
 )
-from model.errors import CheckpointError
+from model.exceptions import CheckpointError
 from model.head import HeadConfig
 
 # The shipped config folders of the released checkpoints (no weights, no tokenizer).

@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from model.errors import CheckpointError
+from model.exceptions import CheckpointError
 from model.interface import ModelIdentity
 
 # The four weight-bearing parts, by the names used everywhere in this project.

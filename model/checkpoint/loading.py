@@ -21,7 +21,7 @@ from model.checkpoint.layout import Layout
 from model.checkpoint.modules import LoadedModules, MetaModules
 from model.checkpoint.tensor_files import TensorEntry, TensorReader
 from model.checkpoint.verification import check_tensors
-from model.errors import CheckpointError, first_of
+from model.exceptions import CheckpointError, first_of
 
 
 @dataclass

@@ -28,7 +28,7 @@ from types import TracebackType
 import torch
 
 from model.checkpoint.layout import WeightFiles
-from model.errors import CheckpointError, first_of
+from model.exceptions import CheckpointError, first_of
 
 # safetensors dtype name -> (torch dtype, bytes per element)
 DTYPES: dict[str, tuple[torch.dtype, int]] = {

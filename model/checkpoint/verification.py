@@ -35,7 +35,7 @@ from model.checkpoint.layout import (
 )
 from model.checkpoint.modules import MetaModules
 from model.checkpoint.tensor_files import FLOAT_DTYPES, TensorEntry, component_tensors
-from model.errors import CheckpointError, first_of
+from model.exceptions import CheckpointError, first_of
 from model.positions import MAX_GRID_POSITIONS
 from model.prompts import VISION_START, PromptEncoder, query_token, resolution_token
 from model.resolutions import supported_sizes

@@ -60,7 +60,7 @@ def test_the_walk_finds_each_package() -> None:
     assert {"core.settings", "core.requests.api_store", "core.webhooks.outbox"} <= set(modules_of("core"))
     assert {"server.app", "server.__main__", "server.routes.queue"} <= set(modules_of("server"))
     assert {"worker.__main__", "worker.tasks"} <= set(modules_of("worker"))
-    assert {"model.pipeline", "model.checkpoint.loading", "model.simulated.pipeline"} <= set(model_library())
+    assert {"model.pipeline", "model.checkpoint.loading", "model.simulated.simulated_pipeline"} <= set(model_library())
     assert set(MODEL_CLIS) <= set(modules_of("model")) and not set(MODEL_CLIS) & set(model_library())
 
 

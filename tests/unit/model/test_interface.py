@@ -18,8 +18,8 @@ import pytest
 from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, Pipeline, PipelineOutput
 from model.resolutions import supported_sizes
-from model.simulated.pipeline import SimulatedPipeline
 from model.simulated.profile import load_profile
+from model.simulated.simulated_pipeline import SimulatedPipeline
 from tests.unit.worker.fakes import FakePipeline
 
 

@@ -14,7 +14,7 @@ from model.checkpoint.configs import read_configs
 from model.checkpoint.layout import Layout, locate_checkpoint
 from model.checkpoint.loading import load_modules
 from model.checkpoint.tiny_checkpoint import write_checkpoint
-from model.errors import CheckpointError
+from model.exceptions import CheckpointError
 from model.pipeline import BitDancePipeline
 from model.tiny import main as tiny_main
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint.configs import read_configs
 from model.checkpoint.loading import load_modules
-from model.errors import CheckpointError
+from model.exceptions import CheckpointError
 from model.pipeline import BitDancePipeline
 
 EXPECTED_FILES = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.errors import GenerationCancelled
+from model.exceptions import GenerationCancelled
 from model.pipeline import BitDancePipeline, GenerationRequest
 
 SIZE = (512, 512)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from core.settings import is_simulated_model
-from model.errors import GenerationCancelled
+from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.simulated.picture import render_picture
-from model.simulated.pipeline import NSFW_INFO_KEY, SimulatedFailure, SimulatedPipeline
 from model.simulated.profile import BUILT_IN, LatencyProfile, load_profile
+from model.simulated.simulated_pipeline import NSFW_INFO_KEY, SimulatedFailure, SimulatedPipeline
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from model.errors import GenerationCancelled
+from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 

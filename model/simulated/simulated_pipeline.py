@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from model.errors import GenerationCancelled
+from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.resolutions import check_supported_size
