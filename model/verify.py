@@ -39,6 +39,9 @@ def summary_lines(report: Report) -> list[str]:
         f"variant: parallel_num {report.parallel_num} ({report.parallel_num}x); serves {len(report.sizes)} sizes "
         f"(WxH): {sizes}",
     ]
+    if report.configs is not None:
+        rope = report.configs.rope
+        lines.append(f"rope: {rope.describe()} (from {rope.source} in {report.configs.llm_config_name})")
     for m in report.modules:
         dtypes = ", ".join(f"{d} x{n}" for d, n in sorted(m.dtypes.items()))
         lines.append(

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
 from transformers import Qwen3Config
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from model.autoencoder import AutoencoderConfig
 from model.checkpoint.layout import (
@@ -25,6 +27,7 @@ from model.checkpoint.layout import (
     locate_checkpoint,
     read_json,
 )
+from model.checkpoint.rope import Rope, check_rotary_embedding, head_dim_of, read_rope, with_transformers4_rope
 from model.exceptions import CheckpointError
 from model.head import HeadConfig
 
@@ -51,6 +54,8 @@ class CheckpointConfigs:
     autoencoder: AutoencoderConfig
     head: HeadConfig
     projector: ProjectorConfig
+    # The RoPE the LLM config asks for, whichever transformers wrote it; loading checks the rotary embedding by it.
+    rope: Rope
     # The diffusers layout's model_index.json ``supported_image_sizes`` ([h, w] pairs), as published.
     listed_sizes: tuple[tuple[int, int], ...] | None = None
 
@@ -62,6 +67,11 @@ class CheckpointConfigs:
     def parallel_num(self) -> int:
         return self.head.parallel_num
 
+    @property
+    def llm_config_name(self) -> str:
+        """The LLM config file, as errors name it (``config.json``, ``text_encoder/config.json``)."""
+        return _config_name(self.files, self.files.llm)
+
 
 def read_configs(checkpoint: CheckpointFiles | str | Path) -> CheckpointConfigs:
     """Parse every config file of ``checkpoint`` (a folder, or its located files) and check that they agree.
@@ -71,13 +81,14 @@ def read_configs(checkpoint: CheckpointFiles | str | Path) -> CheckpointConfigs:
     files = checkpoint if isinstance(checkpoint, CheckpointFiles) else locate_checkpoint(checkpoint)
     problems: list[str] = []
     listed_sizes = _read_model_index(files, problems) if files.model_index is not None else None
-    llm = _collect(problems, lambda: _read_llm_config(files))
+    llm_and_rope = _collect(problems, lambda: _read_llm_config(files))
+    llm, rope = llm_and_rope if llm_and_rope is not None else (None, None)
     autoencoder = _collect(problems, lambda: _read_autoencoder_config(files))
     head = _collect(problems, lambda: _read_head_config(files))
     projector = _collect(problems, lambda: _read_projector_config(files, llm, autoencoder))
-    if llm is None or autoencoder is None or head is None or projector is None:
+    if llm is None or rope is None or autoencoder is None or head is None or projector is None:
         raise CheckpointError("\n".join(problems))
-    configs = CheckpointConfigs(files, llm, autoencoder, head, projector, listed_sizes)
+    configs = CheckpointConfigs(files, llm, autoencoder, head, projector, rope, listed_sizes)
     problems += consistency_problems(configs)
     if problems:
         raise CheckpointError("\n".join(problems))
@@ -109,7 +120,8 @@ def _json_object(files: CheckpointFiles, name: str) -> dict:
     return raw
 
 
-def _read_llm_config(files: CheckpointFiles) -> Qwen3Config:
+def _read_llm_config(files: CheckpointFiles) -> tuple[Qwen3Config, Rope]:
+    """The LLM's ``Qwen3Config`` and the RoPE it asks for, its rotary embedding checked against that RoPE."""
     name = _config_name(files, files.llm)
     raw = _json_object(files, name)
     if raw.get("model_type") != "qwen3":
@@ -117,11 +129,16 @@ def _read_llm_config(files: CheckpointFiles) -> Qwen3Config:
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in raw]
     if missing:
         raise CheckpointError(f"{name}: missing field(s) {', '.join(missing)}")
+    rope = read_rope(raw, name)
     try:
-        assert files.llm.config is not None
-        return Qwen3Config.from_pretrained(str(files.llm.config.parent), local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
+        # Not from_pretrained: RoPE goes in the keys every supported transformers reads alike (model.checkpoint.rope)
+        config = Qwen3Config.from_dict(with_transformers4_rope(raw, rope))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{name}: {exc}") from exc
+    with torch.device("cpu"):  # a few floats: what the installed transformers makes of the config, checked now
+        rotary = Qwen3RotaryEmbedding(config=config)
+    check_rotary_embedding(rotary, rope, head_dim_of(config), name)
+    return config, rope
 
 
 AE_TOP_FIELDS = {"ddconfig", "gan_decoder", "checkpoint"}

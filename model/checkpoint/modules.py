@@ -21,6 +21,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 from model.autoencoder import AutoencoderConfig, BinaryAutoencoder, Decoder
 from model.checkpoint.configs import CheckpointConfigs
 from model.checkpoint.layout import COMPONENTS
+from model.checkpoint.rope import check_rotary_embedding, head_dim_of
 from model.head import DiffusionHead
 from model.llm import build_llm
 from model.projector import TokenProjector
@@ -111,9 +112,10 @@ class MetaModules:
         """The loaded parts, once every tensor of theirs is real, ready for inference on ``device``."""
         for name in COMPONENTS:
             self.loaded(name)[0].eval().requires_grad_(False)
-        with torch.device(device):  # its inv_freq is a non-persistent buffer, built on the device
-            self.llm.rotary_emb = Qwen3RotaryEmbedding(config=self.configs.llm)
         configs = self.configs
+        with torch.device(device):  # its inv_freq is a non-persistent buffer, built on the device
+            self.llm.rotary_emb = Qwen3RotaryEmbedding(config=configs.llm)
+        check_rotary_embedding(self.llm.rotary_emb, configs.rope, head_dim_of(configs.llm), configs.llm_config_name)
         return LoadedModules(
             configs.llm, self.llm, self.autoencoder.decoder, configs.autoencoder, self.head, self.projector, stats
         )

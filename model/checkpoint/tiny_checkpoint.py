@@ -34,6 +34,7 @@ from model.checkpoint.layout import (
     layout_files,
 )
 from model.checkpoint.random_weights import fill_random_, random_tensor
+from model.checkpoint.rope import read_rope, with_transformers4_rope
 from model.checkpoint.tensor_files import write_safetensors
 from model.head import DiffusionHead, HeadConfig
 from model.llm import build_llm
@@ -275,6 +276,7 @@ def write_llm(parts: TinyParts, files: ComponentFiles, shards: int) -> None:
     folder = files.config.parent
     folder.mkdir(parents=True, exist_ok=True)
     parts.llm_config.save_pretrained(str(folder))
+    portable_llm_config(files.config)
     generation = {"bos_token_id": parts.llm_config.bos_token_id, "eos_token_id": parts.llm_config.eos_token_id}
     (folder / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
     save_weights(parts.llm, files.weights.path, shards)
@@ -307,6 +309,19 @@ def portable_tokenizer_config(path: Path) -> None:
     elif isinstance(extra, dict) and extra:
         config["extra_special_tokens"] = extra
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def portable_llm_config(path: Path) -> None:
+    """Rewrite the LLM's ``config.json`` with RoPE in the transformers 4 keys, which transformers 5 reads too.
+
+    transformers 5's ``save_pretrained`` writes RoPE only as ``rope_parameters``, a key 4.57 does
+    not know: it then ran the checkpoint with its default theta 10000 instead of 1e6, silently
+    (the official code, on transformers 4.57, agreed with us on 70 % of the tokens). The released
+    configs, and 4.57, write ``rope_theta`` + ``rope_scaling: null``; both versions read that alike.
+    """
+    raw = json.loads(path.read_text())
+    portable = with_transformers4_rope(raw, read_rope(raw, path.name))
+    path.write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: Path, shards: int = 1) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,18 @@ def tiny64_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny16_diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same weights as ``tiny16_dir``, in the diffusers layout, every component in two shards."""
     return write_checkpoint(tmp_path_factory.mktemp("tiny16-diffusers"), parallel_num=16, layout="diffusers", shards=2)
+
+
+@pytest.fixture(scope="session")
+def tiny16_transformers5_dir(tiny16_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny16_dir`` with its ``config.json`` as transformers 5's ``save_pretrained`` writes it: RoPE only as
+    ``rope_parameters`` (what ``model.tiny`` wrote before it rewrote the file; 4.57 ignores that key)."""
+    target = tmp_path_factory.mktemp("tiny16-transformers5") / "ckpt"
+    shutil.copytree(tiny16_dir, target)
+    config = {k: v for k, v in json.loads((target / "config.json").read_text()).items() if not k.startswith("rope_")}
+    config["rope_parameters"] = {"rope_theta": 1000000.0, "rope_type": "default"}  # model.tiny's RoPE
+    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return target
 
 
 @pytest.fixture(scope="session")
