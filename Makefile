@@ -17,7 +17,15 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
+# The oldest transformers the project allows (pyproject: transformers>=4.57,<6), in a venv of its own: `make test`
+# runs the model tests there too, so a version the project allows is a version it tests.
+TRANSFORMERS_457_SPEC ?= transformers==4.57.*
+VENV_TRANSFORMERS_457 := .run/venv-transformers-4.57
+PY_TRANSFORMERS_457 := $(VENV_TRANSFORMERS_457)/bin/python
+TESTS_TRANSFORMERS_457 ?= tests/unit/model
+
 .PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli chaos lint format
+.PHONY: install-transformers457 test-transformers457
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +35,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Rebuilt only when pyproject.toml changes (the stamp), like .venv; the same torch pin, from the local wheel.
+$(VENV_TRANSFORMERS_457)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TRANSFORMERS_457)
+	$(PY_TRANSFORMERS_457) -m pip install -q --upgrade pip
+	$(PY_TRANSFORMERS_457) -m pip install -q "$(TORCH_SPEC)"
+	$(PY_TRANSFORMERS_457) -m pip install -q -e ".[model]" "$(TRANSFORMERS_457_SPEC)" "pytest>=8" "pytest-timeout>=2.3"
+	touch $@
+
+install-transformers457: $(VENV_TRANSFORMERS_457)/.installed
 
 # A private redis-server is started by the project itself; only the binary is needed.
 redis:
@@ -72,8 +90,14 @@ run: install redis
 		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(SLOTS),--slots $(SLOTS)) --api-workers $(API_WORKERS)
 
-test: install redis js-deps deploy-tools browser
+# The main suite's cross-version test runs the 4.57 side in that venv, so it is built first.
+test: install install-transformers457 redis js-deps deploy-tools browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(MAKE) --no-print-directory test-transformers457
+
+# The model tests under transformers 4.57 (their cross-version test runs the 5.x side in .venv).
+test-transformers457: install install-transformers457
+	$(PY_TRANSFORMERS_457) -m pytest -q -p no:cacheprovider $(TESTS_TRANSFORMERS_457)
 
 tiny: install
 	$(PY) -m model.tiny weights/tiny-64x --parallel-num 64
