@@ -2,6 +2,7 @@
 
 - ``layout``: where a checkpoint keeps its files, in either published layout (native, diffusers);
 - ``configs``: its config files read once, checked against each other (``read_configs``);
+- ``rope``: the LLM config's RoPE, read alike under transformers 4.57 and 5.x, and the rotary embedding's check;
 - ``modules``: the modules those configs imply, built on the meta device: the shapes the files must hold;
 - ``tensor_files``: safetensors headers checked, tensors read one at a time, files written aligned;
 - ``verification``: every check on a checkpoint without loading it (``python -m model.verify``);
