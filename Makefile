@@ -93,11 +93,12 @@ run: install redis
 # The main suite's cross-version test runs the 4.57 side in that venv, so it is built first.
 test: install install-transformers457 redis js-deps deploy-tools browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
-	$(MAKE) --no-print-directory test-transformers457
+	$(PYTEST_TRANSFORMERS_457)
 
 # The model tests under transformers 4.57 (their cross-version test runs the 5.x side in .venv).
+PYTEST_TRANSFORMERS_457 = $(PY_TRANSFORMERS_457) -m pytest -q -p no:cacheprovider $(TESTS_TRANSFORMERS_457)
 test-transformers457: install install-transformers457
-	$(PY_TRANSFORMERS_457) -m pytest -q -p no:cacheprovider $(TESTS_TRANSFORMERS_457)
+	$(PYTEST_TRANSFORMERS_457)
 
 tiny: install
 	$(PY) -m model.tiny weights/tiny-64x --parallel-num 64
