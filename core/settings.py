@@ -125,11 +125,32 @@ class Settings(BaseSettings):
     )
 
     # --- webhooks -------------------------------------------------------------------------------
-    webhook_timeout_s: float = 15.0
+    webhook_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "Deadline of one whole delivery attempt: DNS, connecting, sending and the response's status "
+            "and headers (the body of a 2xx is never read, of another answer at most 2 KiB). A receiver "
+            "that answers slowly, or drips bytes, is cut off at it and retried later."
+        ),
+    )
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 2.0
     webhook_backoff_max_s: float = 1800.0
     webhook_poll_interval_s: float = Field(default=0.2, description="How often idle dispatchers look for due webhooks.")
+    webhook_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Delivery attempts one process (the API, each worker) makes at once.",
+    )
+    webhook_concurrency_per_host: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Of those, attempts to one receiver (scheme, host and port) at once; a webhook for a receiver "
+            "at its cap waits (without using an attempt) so that a slow receiver holds few of the slots."
+        ),
+    )
     webhook_allow_private: bool = Field(
         default=False,
         description=(

@@ -20,7 +20,8 @@ from core.requests.api_store import RequestStore
 from core.requests.records import Keys
 from core.settings import Settings
 from core.storage import LocalStorage
-from core.webhooks.outbox import WebhookDispatcher, build_outbox
+from core.webhooks.dispatcher import WebhookDispatcher
+from core.webhooks.outbox import build_outbox
 from server.auth import KeyRing
 from server.change_feed import ChangeFeed
 from server.error_handlers import (
