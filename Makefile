@@ -17,7 +17,7 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli chaos lint format
+.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-webhooks bench-loadtest loadtest bench-cli chaos lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,10 @@ bench-load: install
 bench-api: install redis wrk
 	$(PY) -m bench.api_capacity
 	$(PY) -m bench.recovery_sweep
+
+# Honest webhooks' delay (p50/p99) with 10 tarpit receivers holding their connections, and without.
+bench-webhooks: install redis
+	$(PY) -m bench.webhook_isolation
 
 # Drive a running server (make run ...) or any fal-compatible endpoint: see README, "Load testing".
 loadtest: install

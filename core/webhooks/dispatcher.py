@@ -5,8 +5,8 @@ It runs an event loop of its own: up to ``webhook_concurrency`` attempts are in 
 at most ``webhook_concurrency_per_host`` of them to one receiver (``core.webhooks.receivers``), and
 each is bounded by ``webhook_timeout_s`` as a whole (``core.webhooks.delivery``). So a receiver that
 never answers, or drips its answer, holds a few slots for one deadline, and every other webhook is
-sent as soon as it is due. Only as many webhooks are leased as there are free slots, so none waits
-under a lease for a slot.
+sent as soon as it is due. Only as many webhooks are leased as there are free slots; one whose
+receiver is busy waits in that receiver's line (briefly, bounded) or goes back to the outbox.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class WebhookDispatcher(threading.Thread):
 
     @property
     def in_flight(self) -> int:
-        """Attempts being made now (read from another thread: a snapshot)."""
+        """Webhooks leased by this process now, attempts and those waiting for their receiver (a snapshot)."""
         return len(self._in_flight)
 
     def run(self) -> None:
@@ -68,7 +68,9 @@ class WebhookDispatcher(threading.Thread):
             self.outbox.sender.close()
 
     async def _lease(self) -> list[str]:
-        free = self.max_in_flight - len(self._in_flight)
+        # Those waiting in line for a busy receiver hold no slot: they never keep others' webhooks from
+        # being leased (a receiver's line is bounded: core.webhooks.receivers).
+        free = self.max_in_flight - (len(self._in_flight) - self.slots.waiting)
         if free <= 0:
             return []
         try:

@@ -30,13 +30,13 @@ from core.requests import scripts
 from core.requests.records import Keys, RequestRecord, as_str, decoded
 from core.settings import Settings
 from core.webhooks.delivery import WebhookSender, webhook_body
-from core.webhooks.receivers import ReceiverSlots, receiver_of
+from core.webhooks.receivers import ReceiverSlots, SlotOutcome, receiver_of
 from core.webhooks.signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 
 LEASE_MARGIN_S = 5.0
-RECEIVER_BUSY_RETRY_S = 0.5  # a webhook whose receiver is at its cap is looked at again this much later
+RECEIVER_BUSY_RETRY_S = 0.5  # a webhook whose receiver stayed at its cap is looked at again this much later
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ class WebhookOutbox:
     # --- one attempt --------------------------------------------------------------------------------
 
     async def attempt(self, rid: str, slots: ReceiverSlots) -> None:
-        """One attempt for the leased webhook ``rid``, unless its receiver is at its cap in ``slots``
-        (then it is postponed, no attempt counted).
+        """One attempt for the leased webhook ``rid`` once its receiver has a free slot in ``slots``; if
+        none frees in time, it is postponed (no attempt counted).
 
         Cancelled (the dispatcher stopping), the webhook is made due again at once, for any
         dispatcher; the receiver may have got it already (at-least-once).
@@ -130,7 +130,12 @@ class WebhookOutbox:
         if due is None:
             return
         receiver = receiver_of(due.url)
-        if not slots.take(receiver):
+        try:
+            taken = await slots.take(receiver)
+        except asyncio.CancelledError:
+            self._give_back(rid)
+            raise
+        if taken is not SlotOutcome.TAKEN:
             await anyio.to_thread.run_sync(self.postpone, rid, RECEIVER_BUSY_RETRY_S)
             return
         try:
