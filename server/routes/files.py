@@ -136,6 +136,12 @@ def _stored(request: Request, meta: StoredFile) -> JSONResponse:
     return JSONResponse({"file_url": urls_of(request).absolute(meta.url_path), "size": meta.size})
 
 
+def _declared_bytes(request: Request) -> int | None:
+    """The body's Content-Length, reserved before the body is read (the server checked it is a number)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
 @router.put("/storage/upload/{upload_token}", summary="Upload target (the upload_url)")
 async def put_upload(
     upload_token: str,
@@ -143,7 +149,9 @@ async def put_upload(
     uploads: Annotated[UploadService, Depends(upload_service)],
     content_type: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    return _stored(request, await uploads.receive_file(upload_token, request.stream(), content_type))
+    """The whole file; a second PUT to the same upload gets 409 (the first file is never replaced)."""
+    stored = await uploads.receive_file(upload_token, request.stream(), content_type, _declared_bytes(request))
+    return _stored(request, stored)
 
 
 @router.put("/storage/upload/{upload_token}/{part_number}", response_model=UploadPart, summary="Upload one part")
@@ -153,17 +161,26 @@ async def put_part(
     request: Request,
     uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> UploadPart:
-    """Parts of one upload together stay within ``max_upload_bytes``; a part replaces its earlier copy."""
-    etag = await uploads.receive_part(upload_token, part_number, request.stream())
+    """Parts of one upload together, sent one after the other or in parallel, stay within
+    ``max_upload_bytes``; a part replaces its earlier copy."""
+    etag = await uploads.receive_part(upload_token, part_number, request.stream(), _declared_bytes(request))
     return UploadPart(partNumber=part_number, etag=etag)
+
+
+async def known_upload(upload_token: str, uploads: Annotated[UploadService, Depends(upload_service)]) -> str:
+    """The path's upload token, when it names an upload (404 otherwise): dependencies run before the
+    body is validated, so an unknown token never gets its body looked at."""
+    await uploads.check_known(upload_token)
+    return upload_token
 
 
 @router.post("/storage/upload/{upload_token}/complete", summary="Assemble a multipart upload")
 async def complete_multipart(
-    upload_token: str,
+    upload_token: Annotated[str, Depends(known_upload)],
     body: UploadComplete,
     request: Request,
     uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> JSONResponse:
+    """One completion wins: another one gets 409 while it runs, and the same answer after it."""
     meta = await uploads.complete(upload_token, [part.partNumber for part in body.parts])
     return _stored(request, meta)
