@@ -35,9 +35,15 @@ def field_error(loc: Sequence[str | int], msg: str, kind: str) -> RequestValidat
     return RequestValidationError([{"loc": list(loc), "msg": msg, "type": kind}])
 
 
-def json_safe(value: Any) -> Any:
+MAX_ECHO_DEPTH = 8  # of a 422's echoed ``input``/``ctx``: deeper levels are elided
+ELIDED = "..."
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` made encodable as strict UTF-8 JSON: non-finite floats become their names
-    (``"NaN"``, ``"Infinity"``), lone surrogates and undecodable bytes become U+FFFD."""
+    (``"NaN"``, ``"Infinity"``), lone surrogates and undecodable bytes become U+FFFD, and containers
+    nested deeper than ``MAX_ECHO_DEPTH`` become ``"..."`` (so the recursion is bounded whatever the
+    input; ``server.json_bodies`` bounds bodies too)."""
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -46,13 +52,15 @@ def json_safe(value: Any) -> Any:
         return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, dict | list | tuple | set | frozenset) and depth >= MAX_ECHO_DEPTH:
+        return ELIDED
     if isinstance(value, dict):
-        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+        return {str(json_safe(k, depth + 1)): json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(item) for item in value]
+        return [json_safe(item, depth + 1) for item in value]
     if value is None or isinstance(value, bool | int):
         return value
-    return json_safe(str(value))
+    return json_safe(str(value), depth)
 
 
 def validation_items(errors: Sequence[Any]) -> list[dict[str, Any]]:

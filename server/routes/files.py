@@ -8,10 +8,11 @@ then POST ``{upload_url}/complete``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
@@ -22,11 +23,12 @@ from core.storage import LocalStorage, StoredFile, file_url_path
 from server.auth import Caller, authenticate
 from server.deps import settings_of, storage_of, upload_service
 from server.file_types import MAX_CONTENT_TYPE_CHARS, OCTET_STREAM, download_headers, is_valid_content_type
+from server.json_bodies import JsonBoundedRoute
 from server.object_lifecycle import LIFECYCLE_PREFERENCE_HEADER, UPLOAD_LIFECYCLE_HEADER, parse_object_lifecycle
 from server.uploads import UploadService
 from server.urls import urls_of
 
-router = APIRouter(tags=["storage"])
+router = APIRouter(tags=["storage"], route_class=JsonBoundedRoute)
 
 
 MAX_UPLOAD_PARTS = 10_000  # as S3 multipart uploads
@@ -167,16 +169,23 @@ async def put_part(
     return UploadPart(partNumber=part_number, etag=etag)
 
 
-async def known_upload(upload_token: str, uploads: Annotated[UploadService, Depends(upload_service)]) -> str:
-    """The path's upload token, when it names an upload (404 otherwise): dependencies run before the
-    body is validated, so an unknown token never gets its body looked at."""
-    await uploads.check_known(upload_token)
-    return upload_token
+class KnownUploadRoute(JsonBoundedRoute):
+    """The completion's route: its upload token is checked (404 when it names no upload) before its body
+    is even parsed, so no body of an unknown token is looked at."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def token_first(request: Request) -> Response:
+            uploads: UploadService = request.app.state.uploads
+            await uploads.check_known(request.path_params["upload_token"])
+            return await handler(request)
+
+        return token_first
 
 
-@router.post("/storage/upload/{upload_token}/complete", summary="Assemble a multipart upload")
 async def complete_multipart(
-    upload_token: Annotated[str, Depends(known_upload)],
+    upload_token: str,
     body: UploadComplete,
     request: Request,
     uploads: Annotated[UploadService, Depends(upload_service)],
@@ -184,3 +193,12 @@ async def complete_multipart(
     """One completion wins: another one gets 409 while it runs, and the same answer after it."""
     meta = await uploads.complete(upload_token, [part.partNumber for part in body.parts])
     return _stored(request, meta)
+
+
+router.add_api_route(
+    "/storage/upload/{upload_token}/complete",
+    complete_multipart,
+    methods=["POST"],
+    summary="Assemble a multipart upload",
+    route_class_override=KnownUploadRoute,
+)
