@@ -36,6 +36,7 @@ def field_error(loc: Sequence[str | int], msg: str, kind: str) -> RequestValidat
 
 
 MAX_ECHO_DEPTH = 8  # of a 422's echoed ``input``/``ctx``: deeper levels are elided
+MAX_ECHO_CHARS = 1024  # of one echoed string: the rest is elided (a 40 KB prompt is not sent back whole)
 ELIDED = "..."
 
 
@@ -43,15 +44,16 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` made encodable as strict UTF-8 JSON: non-finite floats become their names
     (``"NaN"``, ``"Infinity"``), lone surrogates and undecodable bytes become U+FFFD, and containers
     nested deeper than ``MAX_ECHO_DEPTH`` become ``"..."`` (so the recursion is bounded whatever the
-    input; ``server.json_bodies`` bounds bodies too)."""
+    input; ``server.json_bodies`` bounds bodies too); strings are cut at ``MAX_ECHO_CHARS``."""
     if isinstance(value, float):
         if math.isfinite(value):
             return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        text = _SURROGATE.sub("\ufffd", value)
+        return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + ELIDED
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return json_safe(value.decode("utf-8", "replace"), depth)
     if isinstance(value, dict | list | tuple | set | frozenset) and depth >= MAX_ECHO_DEPTH:
         return ELIDED
     if isinstance(value, dict):

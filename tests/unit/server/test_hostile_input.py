@@ -288,3 +288,13 @@ def test_metrics_key_requirement(open_app: Callable[..., FastAPI], overrides: di
     else:
         answered = keyless
     assert answered.status_code == 200 and "bitdance_queue_depth" in answered.text
+
+
+@pytest.mark.parametrize("route", [SUBMIT, RUN, PROXY])
+def test_a_prompt_of_too_many_tokens_is_a_422(app: FastAPI, route: str) -> None:
+    """Issue 19, item 8: 10,000 x U+1D400 fits the 10,000-character cap but is 40,000 tokens."""
+    path, headers = routes_for(route)
+    response = post_raw(app, path, json.dumps({"prompt": "\U0001d400" * 10_000}), **headers)
+    [item] = assert_fal_422(response, ["body", "prompt"])
+    assert item["type"] == "string_too_long" and "10000 tokens" in item["msg"]
+    assert len(response.content) < 6_000  # the 40 KB prompt is not echoed back whole (1024 characters)
