@@ -37,7 +37,15 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None, description="Override for absolute URLs (else built from the request)."
     )
-    cors_allow_origins: Annotated[list[str], NoDecode] = ["*"]
+    cors_allow_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description=(
+            "Origins whose pages may call the API from a browser (CORS), comma-separated; * for any. Unset: "
+            "any origin when API keys are set (a page still needs a key), none without keys, so that a "
+            "page on another site cannot drive an open server through its visitors' browsers. The "
+            "playground is same-origin and needs none."
+        ),
+    )
 
     # --- auth -----------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -182,6 +190,13 @@ class Settings(BaseSettings):
     def is_open(self) -> bool:
         """True when no API keys are configured: every caller is accepted (loopback only)."""
         return not self.api_keys
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """The origins CORS allows: ``cors_allow_origins`` when set, else any with keys and none without."""
+        if self.cors_allow_origins is not None:
+            return self.cors_allow_origins
+        return ["*"] if self.api_keys else []
 
     @property
     def is_metrics_keyed(self) -> bool:

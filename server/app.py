@@ -158,11 +158,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RoutingMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_allow_origins,
-        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
-        allow_headers=["*"],
-        expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"],
-    )
+    if settings.cors_origins:  # none by default without keys: no page elsewhere may drive an open server
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"],
+        )
     return app

@@ -77,14 +77,15 @@ async def get_file(
     storage: Annotated[LocalStorage, Depends(storage_of)],
     settings: Annotated[Settings, Depends(settings_of)],
 ) -> FileResponse:
+    # With files_require_key the caller is authenticated before the file is looked up: 401 for a missing or
+    # invalid key whether the file exists or not, 404 for a file of another key as for an unknown one.
+    caller = await authenticate(request) if settings.files_require_key else None
     found = await anyio.to_thread.run_sync(storage.lookup, token, file_name)
     if found is None:
         raise FileNotFoundError_()
     meta, path = found
-    if settings.files_require_key:
-        caller = await authenticate(request)
-        if caller.key_id != meta.owner:
-            raise FileNotFoundError_()
+    if caller is not None and caller.key_id != meta.owner:
+        raise FileNotFoundError_()
     media_type, headers = download_headers(meta.content_type, meta.file_name)
     return FileResponse(path, media_type=media_type, headers=headers)
 
