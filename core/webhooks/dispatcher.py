@@ -58,6 +58,7 @@ class WebhookDispatcher(threading.Thread):
         self._wake = asyncio.Event()
         try:
             while not self.stopped.is_set():
+                self._wake.clear()  # before leasing: a slot freed from now on wakes the idle wait below
                 leased = await self._lease()
                 for rid in leased:
                     self._start(rid)
@@ -101,7 +102,6 @@ class WebhookDispatcher(threading.Thread):
 
     async def _idle(self) -> None:
         assert self._wake is not None
-        self._wake.clear()
         if self.stopped.is_set():
             return
         try:
