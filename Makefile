@@ -24,7 +24,7 @@ VENV_TRANSFORMERS_457 := .run/venv-transformers-4.57
 PY_TRANSFORMERS_457 := $(VENV_TRANSFORMERS_457)/bin/python
 TESTS_TRANSFORMERS_457 ?= tests/unit/model
 
-.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli chaos lint format
+.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-webhooks bench-loadtest loadtest bench-cli chaos lint format
 .PHONY: install-transformers457 test-transformers457
 
 $(VENV)/.installed: pyproject.toml
@@ -125,6 +125,10 @@ bench-load: install
 bench-api: install redis wrk
 	$(PY) -m bench.api_capacity
 	$(PY) -m bench.recovery_sweep
+
+# Honest webhooks' delay (p50/p99) with 10 tarpit receivers holding their connections, and without.
+bench-webhooks: install redis
+	$(PY) -m bench.webhook_isolation
 
 # Drive a running server (make run ...) or any fal-compatible endpoint: see README, "Load testing".
 loadtest: install

@@ -83,6 +83,10 @@ class FileNotFoundError_(FalError):  # noqa: N801 - avoids shadowing the builtin
     status_code, error_type, default_detail = 404, None, "File not found"
 
 
+class ConflictError(FalError):
+    status_code, error_type, default_detail = 409, "bad_request", "Conflict"
+
+
 class PayloadTooLargeError(FalError):
     status_code, error_type, default_detail = 413, "bad_request", "Request body too large"
 
@@ -117,6 +121,13 @@ class RunnerDisconnectedError(FalError):
 
 class ServiceUnavailableError(FalError):
     status_code, error_type, default_detail = 503, "runner_scheduling_failure", "Service unavailable"
+
+
+class InsufficientStorageError(FalError):
+    """The object store's disk (or quota) is full: nothing was stored, and nothing partial was kept."""
+
+    status_code, error_type = 507, "insufficient_storage"
+    default_detail = "Not enough storage space on the server: the file was not stored"
 
 
 class ServerShuttingDownError(FalError):

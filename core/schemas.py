@@ -3,7 +3,13 @@
 The bounds live here so that FastAPI's 422 body (``{"detail": [{"loc", "msg", "type"}]}``) is fal's
 shape without any hand-written validation. Chosen limits that fal does not publish:
 
-- ``prompt``: 1 to ``PROMPT_MAX_CHARS`` (10000) characters, not only whitespace, no lone surrogate.
+- ``prompt``: 1 to ``PROMPT_MAX_CHARS`` (10000) characters, not only whitespace, no lone surrogate,
+  and at most ``PROMPT_MAX_TOKENS`` (10000) tokens by ``prompt_token_bound``: the API has no
+  tokenizer, and the prompt's UTF-8 bytes (after the NFC normalization the checkpoint's tokenizer
+  applies) bound the byte-level BPE tokens from above, each token covering at least one byte. So an
+  ASCII prompt may still have 10000 characters, while 10000 x U+1D400 (4 bytes and up to 4 tokens
+  each: 40000 tokens) is refused; ``tests/unit/model/test_prompt_token_bound.py`` checks the bound
+  against the checkpoint tokenizer's real counts.
 - ``image_size`` as ``{"width", "height"}``: each 256..2048 px; the request is snapped to the nearest
   size the checkpoint supports (closest aspect ratio, then area) and the output reports the actual size.
 - ``seed``: 0..2**63-1.
@@ -12,12 +18,14 @@ shape without any hand-written validation. Chosen limits that fal does not publi
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, field_validator
 from pydantic_core import PydanticCustomError
 
 PROMPT_MAX_CHARS = 10_000
+PROMPT_MAX_TOKENS = 10_000  # as bounded by prompt_token_bound
 IMAGE_SIDE_MIN = 256
 IMAGE_SIDE_MAX = 2048
 SEED_MAX = 2**63 - 1
@@ -25,6 +33,15 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\\ud800" escape: not 
 
 ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 OutputFormat = Literal["jpeg", "png"]
+
+
+def prompt_token_bound(prompt: str) -> int:
+    """An upper bound of the tokens a byte-level BPE tokenizer makes of ``prompt``: its UTF-8 bytes,
+    after NFC normalization (which Qwen's tokenizer applies, and which may lengthen a text: U+1D160
+    becomes three code points) or before it, whichever is longer. Every token, special tokens
+    included, stands for at least one byte."""
+    raw = len(prompt.encode("utf-8", "surrogatepass"))
+    return max(raw, len(unicodedata.normalize("NFC", prompt).encode("utf-8", "surrogatepass")))
 
 
 class ImageSize(BaseModel):
@@ -83,6 +100,13 @@ class BitDanceInput(BaseModel):
             raise ValueError("prompt must not be empty")
         if _LONE_SURROGATE.search(value):
             raise PydanticCustomError("string_unicode", "Input should be valid Unicode text (no lone surrogates)")
+        if prompt_token_bound(value) > PROMPT_MAX_TOKENS:
+            raise PydanticCustomError(
+                "string_too_long",
+                "Prompt should have at most {max_tokens} tokens, counted as its UTF-8 bytes (an upper bound "
+                "of its tokens): {max_tokens} ASCII characters, fewer of other scripts or emoji",
+                {"max_tokens": PROMPT_MAX_TOKENS},
+            )
         return value
 
     @field_validator("image_size", mode="wrap")

@@ -37,7 +37,15 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         default=None, description="Override for absolute URLs (else built from the request)."
     )
-    cors_allow_origins: Annotated[list[str], NoDecode] = ["*"]
+    cors_allow_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description=(
+            "Origins whose pages may call the API from a browser (CORS), comma-separated; * for any. Unset: "
+            "any origin when API keys are set (a page still needs a key), none without keys, so that a "
+            "page on another site cannot drive an open server through its visitors' browsers. The "
+            "playground is same-origin and needs none."
+        ),
+    )
 
     # --- auth -----------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -125,11 +133,32 @@ class Settings(BaseSettings):
     )
 
     # --- webhooks -------------------------------------------------------------------------------
-    webhook_timeout_s: float = 15.0
+    webhook_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "Deadline of one whole delivery attempt: DNS, connecting, sending and the response's status "
+            "and headers (the body of a 2xx is never read, of another answer at most 2 KiB). A receiver "
+            "that answers slowly, or drips bytes, is cut off at it and retried later."
+        ),
+    )
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 2.0
     webhook_backoff_max_s: float = 1800.0
     webhook_poll_interval_s: float = Field(default=0.2, description="How often idle dispatchers look for due webhooks.")
+    webhook_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Delivery attempts one process (the API, each worker) makes at once.",
+    )
+    webhook_concurrency_per_host: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Of those, attempts to one receiver (scheme, host and port) at once; a webhook for a receiver "
+            "at its cap waits (without using an attempt) so that a slow receiver holds few of the slots."
+        ),
+    )
     webhook_allow_private: bool = Field(
         default=False,
         description=(
@@ -161,6 +190,13 @@ class Settings(BaseSettings):
     def is_open(self) -> bool:
         """True when no API keys are configured: every caller is accepted (loopback only)."""
         return not self.api_keys
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """The origins CORS allows: ``cors_allow_origins`` when set, else any with keys and none without."""
+        if self.cors_allow_origins is not None:
+            return self.cors_allow_origins
+        return ["*"] if self.api_keys else []
 
     @property
     def is_metrics_keyed(self) -> bool:

@@ -1,15 +1,21 @@
 """Local object storage: files under unguessable names, with content type, owner and expiry.
 
 Layout: ``<root>/<token>/<file_name>`` plus ``<root>/<token>/.meta.json``; ``token`` is 128 random
-bits (URL-safe), so a file URL is a capability. Staging for uploads lives in ``<root>/.staging``:
-files being received, and one ``parts-<upload token>`` folder per multipart upload (part ``n`` in
-file ``n``); whatever is left there by a failed or abandoned upload is removed by
-``delete_abandoned_staging``. All methods are blocking (filesystem): the API calls them through
-``anyio.to_thread``.
+bits (URL-safe), so a file URL is a capability. A token's folder is created once, by the commit
+that fills it: a second commit under the same token fails (``FileExistsError``) instead of
+replacing the first file. Staging for uploads lives in ``<root>/.staging``: files being received,
+and one ``parts-<upload token>`` folder per multipart upload, each part received under a unique
+name (which copy of a part number is kept is the upload ledger's, ``server.upload_ledger``);
+whatever is left there by a failed or abandoned upload is removed by ``delete_abandoned_staging``.
+
+A full disk (``ENOSPC``, ``EDQUOT``) is ``InsufficientStorageError`` (fal's error shape, 507), and
+a write that fails leaves nothing behind: no empty or partial file, no folder without metadata.
+All methods are blocking (filesystem): the API calls them through ``anyio.to_thread``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import mimetypes
 import os
@@ -18,8 +24,12 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from core.errors import InsufficientStorageError
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -43,6 +53,24 @@ class UploadTooLargeError(ValueError):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"Upload larger than {max_bytes} bytes")
         self.max_bytes = max_bytes
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in DISK_FULL_ERRNOS
+
+
+@contextmanager
+def disk_full_as_507() -> Iterator[None]:
+    """Turn a full disk (or quota) inside the block into ``InsufficientStorageError``."""
+    try:
+        yield
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise InsufficientStorageError() from exc
+        raise
 
 
 def new_token() -> str:
@@ -70,6 +98,19 @@ def _last_modified(entry: Path) -> float:
     if entry.is_dir():
         times += [child.stat().st_mtime for child in entry.iterdir()]
     return max(times)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` all at once: written to a neighbour, then renamed over it (readers never see
+    a partial file; a failed write leaves no neighbour behind)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def file_url_path(token: str, file_name: str) -> str:
@@ -110,10 +151,14 @@ class LocalStorage:
         self, data: bytes, *, file_name: str, content_type: str, owner: str, ttl_s: int | None = None
     ) -> StoredFile:
         """Store ``data`` under a fresh token."""
-        fd, tmp = tempfile.mkstemp(dir=self.staging)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        return self.commit(Path(tmp), file_name=file_name, content_type=content_type, owner=owner, ttl_s=ttl_s)
+        staged = self.new_staged_path()
+        try:
+            with disk_full_as_507(), open(staged, "wb") as handle:
+                handle.write(data)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return self.commit(staged, file_name=file_name, content_type=content_type, owner=owner, ttl_s=ttl_s)
 
     def commit(
         self,
@@ -125,30 +170,46 @@ class LocalStorage:
         ttl_s: int | None = None,
         token: str | None = None,
     ) -> StoredFile:
-        """Move a staged file into place under ``token`` (fresh when omitted) and write its metadata."""
+        """Move a staged file into place under ``token`` (fresh when omitted) and write its metadata.
+
+        The staged file is gone afterwards, whatever happens. ``FileExistsError`` when ``token`` holds
+        a file already (it is never replaced); on any failure nothing of the new file is left.
+        """
         token = token or new_token()
         if not is_token(token):
+            staged.unlink(missing_ok=True)
             raise ValueError("invalid storage token")
         name = safe_file_name(file_name, content_type)
         folder = self.root / token
-        folder.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, folder / name)
-        ttl = ttl_s if ttl_s is not None else self.default_ttl_s
-        now = time.time()
-        meta = StoredFile(
-            token=token,
-            file_name=name,
-            content_type=content_type or "application/octet-stream",
-            size=(folder / name).stat().st_size,
-            owner=owner,
-            created_at=now,
-            expires_at=now + ttl if ttl is not None else None,
-        )
-        (folder / META_NAME).write_text(json.dumps(asdict(meta)))
+        try:
+            folder.mkdir()  # once per token: a second commit under it fails here
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        try:
+            with disk_full_as_507():
+                os.replace(staged, folder / name)
+                ttl = ttl_s if ttl_s is not None else self.default_ttl_s
+                now = time.time()
+                meta = StoredFile(
+                    token=token,
+                    file_name=name,
+                    content_type=content_type or "application/octet-stream",
+                    size=(folder / name).stat().st_size,
+                    owner=owner,
+                    created_at=now,
+                    expires_at=now + ttl if ttl is not None else None,
+                )
+                write_atomically(folder / META_NAME, json.dumps(asdict(meta)).encode())
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return meta
 
     def new_staged_path(self) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.staging)
+        with disk_full_as_507():
+            fd, tmp = tempfile.mkstemp(dir=self.staging)
         os.close(fd)
         return Path(tmp)
 
@@ -159,54 +220,57 @@ class LocalStorage:
             raise ValueError("invalid upload token")
         return self.staging / f"{PARTS_FOLDER_PREFIX}{upload_token}"
 
-    def part_numbers(self, upload_token: str) -> list[int]:
-        """The numbers of the parts received so far, ascending."""
-        folder = self.parts_folder(upload_token)
-        if not folder.is_dir():
-            return []
-        return sorted(int(entry.name) for entry in folder.iterdir() if entry.name.isdigit())
-
-    def parts_size(self, upload_token: str, excluding: int | None = None) -> int:
-        """Bytes received so far for this upload (without part ``excluding``, about to be replaced)."""
-        folder = self.parts_folder(upload_token)
-        return sum((folder / str(n)).stat().st_size for n in self.part_numbers(upload_token) if n != excluding)
-
     def new_incoming_part(self, upload_token: str) -> Path:
-        """A fresh file to receive a part into; ``keep_part`` gives it its number once complete."""
+        """A fresh, uniquely named file to receive a part into (the ledger records which copy is kept)."""
         folder = self.parts_folder(upload_token)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=INCOMING_PART_PREFIX)
+        with disk_full_as_507():
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=INCOMING_PART_PREFIX)
         os.close(fd)
         return Path(tmp)
 
-    def keep_part(self, upload_token: str, incoming: Path, part_number: int) -> None:
-        os.replace(incoming, self.parts_folder(upload_token) / str(part_number))
+    def part_path(self, upload_token: str, file_name: str) -> Path:
+        """Where a received part is kept; only names ``new_incoming_part`` makes are accepted."""
+        if not file_name.startswith(INCOMING_PART_PREFIX) or os.path.basename(file_name) != file_name:
+            raise ValueError("invalid part file name")
+        return self.parts_folder(upload_token) / file_name
 
-    def assemble_parts(self, upload_token: str, part_numbers: list[int], max_bytes: int) -> Path:
-        """Concatenate the parts (streamed, never whole in memory) into a staged file; the parts go.
+    def discard_part(self, upload_token: str, file_name: str) -> None:
+        """Remove a received part (a replaced copy, or one refused); its folder too once empty."""
+        self.part_path(upload_token, file_name).unlink(missing_ok=True)
+        try:
+            self.parts_folder(upload_token).rmdir()
+        except OSError:  # other parts are still there (or it is gone already)
+            pass
 
-        Raises ``MissingPartError`` or ``UploadTooLargeError`` (then nothing new is left behind).
+    def assemble_parts(self, upload_token: str, parts: Sequence[tuple[int, str]], max_bytes: int) -> Path:
+        """Concatenate the parts ``(number, file name)`` in order (streamed, never whole in memory) into a
+        staged file. The parts stay until ``delete_parts`` (after the commit: a failed one can be retried).
+
+        Raises ``MissingPartError`` (a part file vanished), ``UploadTooLargeError`` or
+        ``InsufficientStorageError`` (then nothing new is left behind).
         """
-        folder = self.parts_folder(upload_token)
-        paths = [folder / str(n) for n in part_numbers]
-        for number, path in zip(part_numbers, paths, strict=True):
+        paths = [self.part_path(upload_token, name) for _, name in parts]
+        for (number, _), path in zip(parts, paths, strict=True):
             if not path.is_file():
                 raise MissingPartError(number)
         if sum(path.stat().st_size for path in paths) > max_bytes:
             raise UploadTooLargeError(max_bytes)
         staged = self.new_staged_path()
         try:
-            with open(staged, "wb") as out:
+            with disk_full_as_507(), open(staged, "wb") as out:
                 for path in paths:
                     with open(path, "rb") as part:
                         shutil.copyfileobj(part, out, COPY_CHUNK_BYTES)
-                    if out.tell() > max_bytes:  # a part replaced since the sizes were summed
+                    if out.tell() > max_bytes:
                         raise UploadTooLargeError(max_bytes)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        shutil.rmtree(folder, ignore_errors=True)
         return staged
+
+    def delete_parts(self, upload_token: str) -> None:
+        shutil.rmtree(self.parts_folder(upload_token), ignore_errors=True)
 
     def delete_abandoned_staging(self, max_age_s: float, now: float | None = None) -> int:
         """Remove staged files and part folders untouched for ``max_age_s`` (their upload expired)."""

@@ -46,6 +46,11 @@ class PromptEncoder:
     def conditional_ids(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(CONDITIONAL_TEMPLATE.format(prompt=prompt), add_special_tokens=False)
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt``'s conditional row, chat template included (what the memory plan's
+        ``prompt_tokens`` counts)."""
+        return len(self.conditional_ids(prompt))
+
     def unconditional_ids(self) -> list[int]:
         return self.tokenizer.encode(UNCONDITIONAL_PROMPT, add_special_tokens=False)
 

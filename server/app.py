@@ -20,7 +20,8 @@ from core.requests.api_store import RequestStore
 from core.requests.records import Keys
 from core.settings import Settings
 from core.storage import LocalStorage
-from core.webhooks.outbox import WebhookDispatcher, build_outbox
+from core.webhooks.dispatcher import WebhookDispatcher
+from core.webhooks.outbox import build_outbox
 from server.auth import KeyRing
 from server.change_feed import ChangeFeed
 from server.error_handlers import (
@@ -157,11 +158,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RoutingMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_allow_origins,
-        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
-        allow_headers=["*"],
-        expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"],
-    )
+    if settings.cors_origins:  # none by default without keys: no page elsewhere may drive an open server
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type"],
+        )
     return app

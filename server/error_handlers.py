@@ -35,24 +35,34 @@ def field_error(loc: Sequence[str | int], msg: str, kind: str) -> RequestValidat
     return RequestValidationError([{"loc": list(loc), "msg": msg, "type": kind}])
 
 
-def json_safe(value: Any) -> Any:
+MAX_ECHO_DEPTH = 8  # of a 422's echoed ``input``/``ctx``: deeper levels are elided
+MAX_ECHO_CHARS = 1024  # of one echoed string: the rest is elided (a 40 KB prompt is not sent back whole)
+ELIDED = "..."
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` made encodable as strict UTF-8 JSON: non-finite floats become their names
-    (``"NaN"``, ``"Infinity"``), lone surrogates and undecodable bytes become U+FFFD."""
+    (``"NaN"``, ``"Infinity"``), lone surrogates and undecodable bytes become U+FFFD, and containers
+    nested deeper than ``MAX_ECHO_DEPTH`` become ``"..."`` (so the recursion is bounded whatever the
+    input; ``server.json_bodies`` bounds bodies too); strings are cut at ``MAX_ECHO_CHARS``."""
     if isinstance(value, float):
         if math.isfinite(value):
             return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        text = _SURROGATE.sub("\ufffd", value)
+        return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + ELIDED
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return json_safe(value.decode("utf-8", "replace"), depth)
+    if isinstance(value, dict | list | tuple | set | frozenset) and depth >= MAX_ECHO_DEPTH:
+        return ELIDED
     if isinstance(value, dict):
-        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+        return {str(json_safe(k, depth + 1)): json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(item) for item in value]
+        return [json_safe(item, depth + 1) for item in value]
     if value is None or isinstance(value, bool | int):
         return value
-    return json_safe(str(value))
+    return json_safe(str(value), depth)
 
 
 def validation_items(errors: Sequence[Any]) -> list[dict[str, Any]]:

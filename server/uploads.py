@@ -3,8 +3,15 @@
 ``initiate`` keeps a ``PendingUpload`` in Redis under an unguessable upload token (for
 ``upload_ttl_s``); a single PUT, or parts then ``complete``, receive the bytes into staging and
 commit them to ``LocalStorage`` under the file token that ``initiate`` promised, then forget the
-session. Every upload, parts together, stays within ``max_upload_bytes``. Built once per app and
-fetched by ``server.routes.files`` through ``server.deps``.
+session. What an upload holds and who completes it is its ledger's (``server.upload_ledger``):
+
+- every byte is reserved before it is written, so an upload, parts together and parts sent in
+  parallel alike, stays within ``max_upload_bytes`` (413 beyond; the refused bytes are removed);
+- one completion wins: a second one gets ``409`` while the first runs and the same answer after
+  it (a second PUT of the whole file gets ``409``); parts sent once the completion began get 409;
+- a full disk is ``507``, with nothing left behind.
+
+Built once per app and fetched by ``server.routes.files`` through ``server.deps``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any, NamedTuple
 import anyio
 import redis.asyncio as aioredis
 
-from core.errors import FileNotFoundError_, PayloadTooLargeError
+from core.errors import BadRequestError, ConflictError, FileNotFoundError_, PayloadTooLargeError
 from core.requests.records import Keys
 from core.settings import Settings
 from core.storage import (
@@ -27,11 +34,13 @@ from core.storage import (
     MissingPartError,
     StoredFile,
     UploadTooLargeError,
+    disk_full_as_507,
     is_token,
     new_token,
     safe_file_name,
 )
 from server.file_types import OCTET_STREAM, is_valid_content_type
+from server.upload_ledger import ClaimOutcome, KeptPart, Reservation, UploadLedger
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,13 @@ class Initiated(NamedTuple):
     file_name: str
 
 
+class Received(NamedTuple):
+    """Bytes written to a staged file: how many (all reserved in the ledger) and their MD5 hex (an etag)."""
+
+    size: int
+    etag: str
+
+
 class UploadService:
     """Upload sessions in Redis, their bytes in ``LocalStorage``."""
 
@@ -77,6 +93,7 @@ class UploadService:
         self.storage = storage
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
+        self.ledger = UploadLedger(client)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -99,66 +116,151 @@ class UploadService:
             raise FileNotFoundError_("Upload not found or expired")
         return PendingUpload.from_json(raw)
 
+    async def check_known(self, upload_token: str) -> None:
+        """``FileNotFoundError_`` unless the token names an upload, open or completed (checked before a
+        completion's body is read)."""
+        session = self.keys.upload(upload_token)
+        if not is_token(upload_token) or not await self.client.exists(session, UploadLedger.key(session)):
+            raise FileNotFoundError_("Upload not found or expired")
+
+    async def _check_open(self, upload_token: str) -> PendingUpload:
+        """The session, when bytes may still be sent to it (409 once a completion has begun)."""
+        if is_token(upload_token):
+            await self._reserve(upload_token, 0)
+        return await self.pending(upload_token)
+
     async def receive_file(
-        self, upload_token: str, chunks: AsyncIterable[bytes], content_type: str | None
+        self,
+        upload_token: str,
+        chunks: AsyncIterable[bytes],
+        content_type: str | None,
+        declared_bytes: int | None = None,
     ) -> StoredFile:
         """A single-request upload: the whole body, stored as the session's file.
 
-        ``content_type`` (the PUT's) is used when initiate gave none that is valid."""
-        pending = await self.pending(upload_token)
+        ``content_type`` (the PUT's) is used when initiate gave none that is valid; ``declared_bytes``
+        (its Content-Length) is reserved before the first byte is read."""
+        pending = await self._check_open(upload_token)
         staged = await anyio.to_thread.run_sync(self.storage.new_staged_path)
+        received = None
         try:
-            await self._receive_to(chunks, staged, self.max_upload_bytes)
+            received = await self._receive_to(chunks, staged, upload_token, declared_bytes)
+            claim = await self.ledger.claim(self.keys.upload(upload_token))
+            if claim.outcome is not ClaimOutcome.CLAIMED:  # another PUT (or a complete) won
+                raise ConflictError("Upload already completed or being completed")
+            return await self._commit(staged, pending, content_type, upload_token)
         except BaseException:
             staged.unlink(missing_ok=True)
+            if received is not None:
+                await self._release(upload_token, received.size)
             raise
-        return await self._commit(staged, pending, content_type, upload_token)
 
-    async def receive_part(self, upload_token: str, part_number: int, chunks: AsyncIterable[bytes]) -> str:
+    async def receive_part(
+        self, upload_token: str, part_number: int, chunks: AsyncIterable[bytes], declared_bytes: int | None = None
+    ) -> str:
         """One part of a multipart upload (replacing its earlier copy); its etag (MD5 hex)."""
-        await self.pending(upload_token)
+        await self._check_open(upload_token)
         storage = self.storage
-        received = await anyio.to_thread.run_sync(storage.parts_size, upload_token, part_number)
         incoming = await anyio.to_thread.run_sync(storage.new_incoming_part, upload_token)
+        received = None
         try:
-            etag = await self._receive_to(chunks, incoming, self.max_upload_bytes - received)
-            await anyio.to_thread.run_sync(storage.keep_part, upload_token, incoming, part_number)
+            received = await self._receive_to(chunks, incoming, upload_token, declared_bytes)
+            part = KeptPart(part_number, incoming.name, received.size)
+            kept, replaced = await self.ledger.keep_part(self.keys.upload(upload_token), part)
+            if not kept:
+                raise ConflictError("Upload already completed or being completed: part not kept")
         except BaseException:
-            incoming.unlink(missing_ok=True)
+            await anyio.to_thread.run_sync(storage.discard_part, upload_token, incoming.name)
+            if received is not None:
+                await self._release(upload_token, received.size)
             raise
-        return etag
+        if replaced:
+            await anyio.to_thread.run_sync(storage.discard_part, upload_token, replaced)
+        return received.etag
 
     async def complete(self, upload_token: str, part_numbers: list[int]) -> StoredFile:
-        """Assemble the parts (``part_numbers`` in order; empty: every part received) into the file."""
-        pending = await self.pending(upload_token)
-        storage = self.storage
-        numbers = part_numbers or await anyio.to_thread.run_sync(storage.part_numbers, upload_token)
+        """Assemble the parts (``part_numbers`` in order; empty: every part received) into the file.
+
+        One call wins the completion; a second one gets 409 while it runs and its answer after."""
+        session = self.keys.upload(upload_token)
+        claim = await self.ledger.claim(session) if is_token(upload_token) else None
+        if claim is None or claim.outcome is ClaimOutcome.MISSING:
+            raise FileNotFoundError_("Upload not found or expired")
+        if claim.outcome is ClaimOutcome.COMPLETING:
+            raise ConflictError("Upload is being completed by another request")
+        if claim.outcome is ClaimOutcome.COMPLETED:
+            assert claim.answer is not None
+            return StoredFile(**claim.answer)
         try:
+            pending = await self.pending(upload_token)
+            numbers = part_numbers or sorted(claim.parts)
+            if not numbers:
+                raise BadRequestError("Upload has no parts: upload at least one part before completing")
+            missing = [n for n in numbers if n not in claim.parts]
+            if missing:
+                raise FileNotFoundError_(str(MissingPartError(missing[0])))
+            chosen = [(n, claim.parts[n].file_name) for n in numbers]
             staged = await anyio.to_thread.run_sync(
-                storage.assemble_parts, upload_token, numbers, self.max_upload_bytes
+                self.storage.assemble_parts, upload_token, chosen, self.max_upload_bytes
             )
         except MissingPartError as exc:
+            await self.ledger.reopen(session)
             raise FileNotFoundError_(str(exc)) from exc
         except UploadTooLargeError as exc:
+            await self.ledger.reopen(session)
             raise PayloadTooLargeError(str(exc)) from exc
+        except BaseException:
+            await self.ledger.reopen(session)
+            raise
         return await self._commit(staged, pending, None, upload_token)
 
-    async def _receive_to(self, chunks: AsyncIterable[bytes], path: Path, limit: int) -> str:
-        """Write ``chunks`` to ``path`` (at most ``limit`` bytes); returns their MD5 hex (the part etag)."""
+    async def _reserve(self, upload_token: str, nbytes: int) -> None:
+        outcome = await self.ledger.reserve(self.keys.upload(upload_token), nbytes, self.max_upload_bytes)
+        if outcome is Reservation.TOO_LARGE:
+            raise PayloadTooLargeError(f"Upload larger than {self.max_upload_bytes} bytes")
+        if outcome is Reservation.NOT_OPEN:
+            raise ConflictError("Upload already completed or being completed")
+        if outcome is Reservation.NO_SESSION:
+            raise FileNotFoundError_("Upload not found or expired")
+
+    async def _release(self, upload_token: str, nbytes: int) -> None:
+        await self.ledger.release(self.keys.upload(upload_token), nbytes)
+
+    async def _receive_to(
+        self, chunks: AsyncIterable[bytes], path: Path, upload_token: str, declared_bytes: int | None
+    ) -> Received:
+        """Write ``chunks`` to ``path``, each byte reserved in the ledger before it is written: the declared
+        size up front (a body that cannot fit is refused before it is read), then any chunk beyond it.
+        413 when the upload's reservations would pass ``max_upload_bytes``. What was reserved and not
+        written is released, and on failure everything this call reserved."""
         digest = hashlib.md5(usedforsecurity=False)
-        size = 0
-        async with await anyio.open_file(path, "wb") as handle:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"Upload larger than {self.max_upload_bytes} bytes")
-                digest.update(chunk)
-                await handle.write(chunk)
-        return digest.hexdigest()
+        size = reserved = 0
+        try:
+            if declared_bytes:
+                await self._reserve(upload_token, declared_bytes)
+                reserved = declared_bytes
+            async with await anyio.open_file(path, "wb") as handle:
+                async for chunk in chunks:
+                    if size + len(chunk) > reserved:
+                        needed = size + len(chunk) - reserved
+                        await self._reserve(upload_token, needed)
+                        reserved += needed
+                    digest.update(chunk)
+                    with disk_full_as_507():
+                        await handle.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            await self._release(upload_token, reserved)
+            raise
+        await self._release(upload_token, reserved - size)
+        return Received(size, digest.hexdigest())
 
     async def _commit(
         self, staged: Path, pending: PendingUpload, content_type: str | None, upload_token: str
     ) -> StoredFile:
+        """Store the staged file under the promised token (this call holds the claimed completion)."""
+        session = self.keys.upload(upload_token)
+
         def commit() -> StoredFile:
             return self.storage.commit(
                 staged,
@@ -171,10 +273,14 @@ class UploadService:
 
         try:
             meta = await anyio.to_thread.run_sync(commit)
+        except FileExistsError as exc:  # only if the ledger was lost (Redis flushed): never replace a file
+            raise ConflictError("Upload already completed") from exc
         except BaseException:
-            staged.unlink(missing_ok=True)
+            await self.ledger.reopen(session)
             raise
-        await self.client.delete(self.keys.upload(upload_token))
+        await self.ledger.finish(session, asdict(meta), self.settings.upload_ttl_s)
+        await self.client.delete(session)
+        await anyio.to_thread.run_sync(self.storage.delete_parts, upload_token)
         return meta
 
 

@@ -22,6 +22,7 @@ from core.storage import LocalStorage
 from core.webhooks.outbox import build_outbox
 from model.interface import Pipeline
 from model.safety import build_safety_checker
+from worker.batching import BatchMemory
 from worker.gpu_worker import GpuWorker
 from worker.names import default_worker_name
 from worker.slots import SlotPool
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings, simulated, "simulated", slots=settings.simulated_slots, burst=args.burst)
     import torch
 
-    from model.checkpoint.memory_plan import check_device_memory  # heavy (torch): only the worker process
+    from model.checkpoint.memory_plan import BatchMemoryLimit, check_device_memory  # heavy (torch)
     from model.checkpoint.verification import verify_checkpoint
     from model.pipeline import BitDancePipeline
 
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             stats.seconds,
             stats.bytes_loaded / 1e9 / max(stats.seconds, 1e-9),
         )
-    return serve(settings, pipe, settings.device, burst=args.burst)
+    memory = BatchMemoryLimit.for_worker(
+        report.configs, settings.device, settings.max_batch_images, pipe.prompts.prompt_tokens
+    )
+    return serve(settings, pipe, settings.device, burst=args.burst, batch_memory=memory)
 
 
 def load_simulated_pipeline(settings: Settings) -> Pipeline:
@@ -105,9 +109,16 @@ def load_simulated_pipeline(settings: Settings) -> Pipeline:
     return simulated
 
 
-def serve(settings: Settings, pipe: Pipeline, device: str, slots: int = 1, burst: bool = False) -> int:
+def serve(
+    settings: Settings,
+    pipe: Pipeline,
+    device: str,
+    slots: int = 1,
+    burst: bool = False,
+    batch_memory: BatchMemory | None = None,
+) -> int:
     """Serve the queues with the loaded pipeline: one RQ worker, or a pool of ``slots`` (the simulated
-    model's, whose "GPU time" is a wait)."""
+    model's, whose "GPU time" is a wait). ``batch_memory`` bounds what one batch may need (a real model's)."""
     name = settings.worker_name or default_worker_name(device)
     store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
     store = WorkerRequestStore(store_client, settings)
@@ -124,6 +135,7 @@ def serve(settings: Settings, pipe: Pipeline, device: str, slots: int = 1, burst
             device=settings.device,
         ),
         worker_name=name,
+        batch_memory=batch_memory,
     )
     model = pipe.identity
     info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat

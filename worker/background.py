@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import redis
 
 from core.requests.worker_store import WorkerRequestStore
-from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox
+from core.webhooks.dispatcher import WebhookDispatcher
+from core.webhooks.outbox import WebhookOutbox
 from worker import recovery
 from worker.wakeup import QueueWakeup
 

@@ -37,7 +37,7 @@ from model.generation_request import GenerationRequest
 from model.interface import Pipeline
 from model.safety import SafetyChecker, redact
 from model.seeds import resolve_seed
-from worker.batching import claim_companions
+from worker.batching import BatchMemory, claim_companions
 from worker.progress import ProgressTracker
 from worker.validation import GenerationShape, validate_input, validation_error
 
@@ -57,6 +57,7 @@ class WorkerServices:
     storage: LocalStorage
     safety: SafetyChecker
     worker_name: str
+    batch_memory: BatchMemory | None = None  # the loaded checkpoint's budget per batch (None: no model memory)
 
 
 def with_redis_retry(action: Callable[[], T], what: str, budget_s: float = RECORD_RETRY_S) -> T:
@@ -134,7 +135,8 @@ class TaskRunner:
             max_images = self.services.settings.max_batch_images
             if max_images > 1:
                 pipe = self.services.pipe
-                batch += claim_companions(self.store, name, record, pipe.parallel_num, max_images)
+                memory = self.services.batch_memory
+                batch += claim_companions(self.store, name, record, pipe.parallel_num, max_images, memory)
                 self.current_requests = tuple(r.request_id for r in batch)
             outcomes = self.execute(batch)
         finally:

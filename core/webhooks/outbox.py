@@ -1,21 +1,28 @@
 """Durable webhook delivery: an outbox in Redis that the API and every worker drain.
 
 A request that completes with a ``fal_webhook`` enters the outbox (a sorted set of request ids by
-next attempt time) in the same Lua step that completes it (``core.requests.scripts``). Dispatchers, a
-thread in each API and worker process, take due entries one attempt at a time under a lease. So a
-webhook survives the death of the process that completed its request or of the one delivering it,
-and Redis restarts (append-only file); it is delivered at least once, retried with exponential
-backoff up to ``webhook_max_attempts``, and its state is kept on the record
-(``webhook_status``: pending, delivered or failed; ``webhook_attempts``).
+next attempt time) in the same Lua step that completes it (``core.requests.scripts``). Dispatchers
+(``core.webhooks.dispatcher``, a thread in each API and worker process) lease due entries and make
+one attempt for each, many at once. A lease lasts one attempt's deadline plus a margin, so a webhook
+survives the death of the process that completed its request or of the one delivering it, and Redis
+restarts (append-only file); it is delivered at least once, retried with exponential backoff up to
+``webhook_max_attempts``, and its state is kept on the record (``webhook_status``: pending,
+delivered or failed; ``webhook_attempts``).
+
+The Redis side here is blocking (``redis.Redis``): :meth:`WebhookOutbox.attempt`, the async part that
+sends, runs each Redis call on a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+import anyio
 import redis
 
 from core.protocol import RequestStatus
@@ -23,11 +30,23 @@ from core.requests import scripts
 from core.requests.records import Keys, RequestRecord, as_str, decoded
 from core.settings import Settings
 from core.webhooks.delivery import WebhookSender, webhook_body
+from core.webhooks.receivers import ReceiverSlots, SlotOutcome, receiver_of
 from core.webhooks.signing import WebhookSigner
 
 logger = logging.getLogger(__name__)
 
 LEASE_MARGIN_S = 5.0
+RECEIVER_BUSY_RETRY_S = 0.5  # a webhook whose receiver stayed at its cap is looked at again this much later
+
+
+@dataclass(frozen=True)
+class DueWebhook:
+    """A leased webhook, read from its record: where it goes and what it says."""
+
+    request_id: str
+    url: str
+    body: dict[str, Any]
+    owner: str
 
 
 class WebhookOutbox:
@@ -49,34 +68,45 @@ class WebhookOutbox:
 
     @property
     def lease_s(self) -> float:
-        """How long one attempt may take before another dispatcher may try again."""
+        """How long one attempt may take before another dispatcher may try again: its deadline, plus a margin
+        for the Redis calls around it."""
         return self.settings.webhook_timeout_s + LEASE_MARGIN_S
 
     def pending(self) -> list[str]:
         return [as_str(rid) for rid in self.client.zrange(self.keys.webhooks, 0, -1)]
 
-    def deliver_due(self, limit: int = 16) -> int:
-        """Make one attempt for each of up to ``limit`` due webhooks; returns how many were attempted."""
+    # --- blocking Redis steps of an attempt ---------------------------------------------------------
+
+    def lease_due(self, limit: int) -> list[str]:
+        """Lease up to ``limit`` due webhooks (oldest first) to this process for one attempt each."""
         now = self._clock()
         due = self.client.zrangebyscore(self.keys.webhooks, "-inf", repr(now), start=0, num=limit)
-        attempted = 0
+        leased = []
         for rid in map(as_str, due):
             call = scripts.lease_webhook_call(self.keys, request_id=rid, now=now, lease_until=now + self.lease_s)
-            taken = self._lease(keys=call.keys, args=call.args)
-            if taken:
-                self._attempt(rid)
-                attempted += 1
-        return attempted
+            if self._lease(keys=call.keys, args=call.args):
+                leased.append(rid)
+        return leased
 
-    def _attempt(self, rid: str) -> None:
-        key = self.keys.record(rid)
-        data = decoded(self.client.hgetall(key))
+    def read_due(self, rid: str) -> DueWebhook | None:
+        """The leased webhook's URL and body; ``None`` (and out of the outbox) when there is nothing to send."""
+        data = decoded(self.client.hgetall(self.keys.record(rid)))
         if not data or not data.get("webhook") or data.get("status") != RequestStatus.COMPLETED.value:
             self.client.zrem(self.keys.webhooks, rid)  # expired, or nothing to send
-            return
+            return None
         record = RequestRecord.from_hash(rid, data)
-        attempt = int(self.client.hincrby(key, "webhook_attempts", 1))
-        if self.sender.send(data["webhook"], webhook_body(record), rid, record.owner, attempt):
+        return DueWebhook(rid, data["webhook"], webhook_body(record), record.owner)
+
+    def count_attempt(self, rid: str) -> int:
+        return int(self.client.hincrby(self.keys.record(rid), "webhook_attempts", 1))
+
+    def postpone(self, rid: str, delay_s: float) -> None:
+        """Give a leased webhook back, due again in ``delay_s`` (no attempt was made)."""
+        self.client.zadd(self.keys.webhooks, {rid: self._clock() + delay_s}, xx=True)
+
+    def record_outcome(self, rid: str, attempt: int, delivered: bool) -> None:
+        key = self.keys.record(rid)
+        if delivered:
             self.client.hset(key, "webhook_status", "delivered")
             self.client.zrem(self.keys.webhooks, rid)
         elif attempt >= max(self.settings.webhook_max_attempts, 1):
@@ -87,32 +117,59 @@ class WebhookOutbox:
             retry_at = self._clock() + self.sender.backoff_s(attempt)
             self.client.zadd(self.keys.webhooks, {rid: retry_at})
 
+    # --- one attempt --------------------------------------------------------------------------------
 
-class WebhookDispatcher(threading.Thread):
-    """Background thread draining the outbox: attempts due webhooks, idles ``interval_s`` when none."""
+    async def attempt(self, rid: str, slots: ReceiverSlots) -> None:
+        """One attempt for the leased webhook ``rid`` once its receiver has a free slot in ``slots``; if
+        none frees in time, it is postponed (no attempt counted).
 
-    def __init__(self, outbox: WebhookOutbox, name: str = "webhooks") -> None:
-        super().__init__(name=name, daemon=True)
-        self.outbox = outbox
-        self.interval_s = outbox.settings.webhook_poll_interval_s
-        self.stopped = threading.Event()
+        Cancelled (the dispatcher stopping), the webhook is made due again at once, for any
+        dispatcher; the receiver may have got it already (at-least-once).
+        """
+        due = await anyio.to_thread.run_sync(self.read_due, rid)
+        if due is None:
+            return
+        receiver = receiver_of(due.url)
+        try:
+            taken = await slots.take(receiver)
+        except asyncio.CancelledError:
+            self._give_back(rid)
+            raise
+        if taken is not SlotOutcome.TAKEN:
+            await anyio.to_thread.run_sync(self.postpone, rid, RECEIVER_BUSY_RETRY_S)
+            return
+        try:
+            number = await anyio.to_thread.run_sync(self.count_attempt, rid)
+            delivered = await self.sender.send(due.url, due.body, rid, due.owner, number)
+            await anyio.to_thread.run_sync(self.record_outcome, rid, number, delivered)
+        except asyncio.CancelledError:
+            self._give_back(rid)
+            raise
+        finally:
+            slots.give_back(receiver)
 
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            attempted = 0
-            try:
-                attempted = self.outbox.deliver_due()
-            except redis.RedisError as exc:
-                logger.warning("webhook outbox unavailable: %s", exc)
-            except Exception:  # the thread must survive anything one delivery throws
-                logger.exception("webhook dispatcher error")
-            if not attempted:
-                self.stopped.wait(self.interval_s)
+    def _give_back(self, rid: str) -> None:
+        try:
+            self.postpone(rid, 0.0)
+        except redis.RedisError:  # its lease runs out instead
+            logger.warning("webhook request_id=%s stays leased until its lease ends", rid)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self.stopped.set()
-        if self.is_alive():
-            self.join(timeout_s)
+    def deliver_due(self, limit: int = 16) -> int:
+        """Lease and attempt up to ``limit`` due webhooks at once, and wait for them; how many were leased.
+
+        The dispatcher does this continuously; this one-shot form is for scripts and tests.
+        """
+        leased = self.lease_due(limit)
+        if leased:
+            slots = ReceiverSlots(self.settings.webhook_concurrency_per_host)
+
+            async def attempt_all() -> None:
+                async with anyio.create_task_group() as tasks:
+                    for rid in leased:
+                        tasks.start_soon(self.attempt, rid, slots)
+
+            asyncio.run(attempt_all())
+        return len(leased)
 
 
 def build_outbox(client: redis.Redis, settings: Settings) -> WebhookOutbox:

@@ -8,10 +8,11 @@ then POST ``{upload_url}/complete``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
@@ -22,11 +23,12 @@ from core.storage import LocalStorage, StoredFile, file_url_path
 from server.auth import Caller, authenticate
 from server.deps import settings_of, storage_of, upload_service
 from server.file_types import MAX_CONTENT_TYPE_CHARS, OCTET_STREAM, download_headers, is_valid_content_type
+from server.json_bodies import JsonBoundedRoute
 from server.object_lifecycle import LIFECYCLE_PREFERENCE_HEADER, UPLOAD_LIFECYCLE_HEADER, parse_object_lifecycle
 from server.uploads import UploadService
 from server.urls import urls_of
 
-router = APIRouter(tags=["storage"])
+router = APIRouter(tags=["storage"], route_class=JsonBoundedRoute)
 
 
 MAX_UPLOAD_PARTS = 10_000  # as S3 multipart uploads
@@ -75,14 +77,15 @@ async def get_file(
     storage: Annotated[LocalStorage, Depends(storage_of)],
     settings: Annotated[Settings, Depends(settings_of)],
 ) -> FileResponse:
+    # With files_require_key the caller is authenticated before the file is looked up: 401 for a missing or
+    # invalid key whether the file exists or not, 404 for a file of another key as for an unknown one.
+    caller = await authenticate(request) if settings.files_require_key else None
     found = await anyio.to_thread.run_sync(storage.lookup, token, file_name)
     if found is None:
         raise FileNotFoundError_()
     meta, path = found
-    if settings.files_require_key:
-        caller = await authenticate(request)
-        if caller.key_id != meta.owner:
-            raise FileNotFoundError_()
+    if caller is not None and caller.key_id != meta.owner:
+        raise FileNotFoundError_()
     media_type, headers = download_headers(meta.content_type, meta.file_name)
     return FileResponse(path, media_type=media_type, headers=headers)
 
@@ -136,6 +139,12 @@ def _stored(request: Request, meta: StoredFile) -> JSONResponse:
     return JSONResponse({"file_url": urls_of(request).absolute(meta.url_path), "size": meta.size})
 
 
+def _declared_bytes(request: Request) -> int | None:
+    """The body's Content-Length, reserved before the body is read (the server checked it is a number)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
 @router.put("/storage/upload/{upload_token}", summary="Upload target (the upload_url)")
 async def put_upload(
     upload_token: str,
@@ -143,7 +152,9 @@ async def put_upload(
     uploads: Annotated[UploadService, Depends(upload_service)],
     content_type: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    return _stored(request, await uploads.receive_file(upload_token, request.stream(), content_type))
+    """The whole file; a second PUT to the same upload gets 409 (the first file is never replaced)."""
+    stored = await uploads.receive_file(upload_token, request.stream(), content_type, _declared_bytes(request))
+    return _stored(request, stored)
 
 
 @router.put("/storage/upload/{upload_token}/{part_number}", response_model=UploadPart, summary="Upload one part")
@@ -153,17 +164,42 @@ async def put_part(
     request: Request,
     uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> UploadPart:
-    """Parts of one upload together stay within ``max_upload_bytes``; a part replaces its earlier copy."""
-    etag = await uploads.receive_part(upload_token, part_number, request.stream())
+    """Parts of one upload together, sent one after the other or in parallel, stay within
+    ``max_upload_bytes``; a part replaces its earlier copy."""
+    etag = await uploads.receive_part(upload_token, part_number, request.stream(), _declared_bytes(request))
     return UploadPart(partNumber=part_number, etag=etag)
 
 
-@router.post("/storage/upload/{upload_token}/complete", summary="Assemble a multipart upload")
+class KnownUploadRoute(JsonBoundedRoute):
+    """The completion's route: its upload token is checked (404 when it names no upload) before its body
+    is even parsed, so no body of an unknown token is looked at."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def token_first(request: Request) -> Response:
+            uploads: UploadService = request.app.state.uploads
+            await uploads.check_known(request.path_params["upload_token"])
+            return await handler(request)
+
+        return token_first
+
+
 async def complete_multipart(
     upload_token: str,
     body: UploadComplete,
     request: Request,
     uploads: Annotated[UploadService, Depends(upload_service)],
 ) -> JSONResponse:
+    """One completion wins: another one gets 409 while it runs, and the same answer after it."""
     meta = await uploads.complete(upload_token, [part.partNumber for part in body.parts])
     return _stored(request, meta)
+
+
+router.add_api_route(
+    "/storage/upload/{upload_token}/complete",
+    complete_multipart,
+    methods=["POST"],
+    summary="Assemble a multipart upload",
+    route_class_override=KnownUploadRoute,
+)

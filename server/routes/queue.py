@@ -18,6 +18,7 @@ from core.protocol import CancelResponse, QueueStatus, RequestStatus, SubmitResp
 from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate, caller_of
 from server.deps import request_service, status_stream
+from server.json_bodies import JsonBoundedRoute
 from server.json_response import FastJSONResponse
 from server.object_lifecycle import parse_object_lifecycle
 from server.request_ids import name_request
@@ -26,7 +27,7 @@ from server.routes.request_http import checked_webhook_url, parse_start_timeout,
 from server.status_stream import StatusStream
 from server.urls import Urls, request_urls, urls_of
 
-router = APIRouter(prefix="/queue", tags=["queue"])
+router = APIRouter(prefix="/queue", tags=["queue"], route_class=JsonBoundedRoute)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

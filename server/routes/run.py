@@ -19,13 +19,14 @@ from fastapi.responses import JSONResponse
 from core.schemas import BitDanceInput, BitDanceOutput
 from server.auth import Caller, authenticate
 from server.deps import request_service
+from server.json_bodies import JsonBoundedRoute
 from server.object_lifecycle import parse_object_lifecycle
 from server.request_ids import name_request
 from server.requests_service import RequestService
 from server.routes.request_http import parse_start_timeout, result_response
 from server.urls import urls_of
 
-router = APIRouter(tags=["run"])
+router = APIRouter(tags=["run"], route_class=JsonBoundedRoute)
 
 
 @router.post("/{endpoint_id:path}", response_model=BitDanceOutput, summary="Run and wait for the output")

@@ -182,3 +182,30 @@ def test_multipart_uploads_are_bounded_and_leave_nothing_behind(hardened_api: Ha
     assert len(httpx.get(done.json()["file_url"]).content) == part
     assert not (hardened_api.settings.storage_dir / ".staging" / f"parts-{base.rsplit('/', 1)[1]}").exists()
     assert part < HARDENED_MAX_UPLOAD_BYTES < 2 * part
+
+
+DEEP_ROUTES = [
+    (SUBMIT, {}),
+    (f"/{APP}", {}),
+    ("/api/fal/proxy", {"x-fal-target-url": f"https://queue.fal.run/{APP}"}),
+    ("/storage/upload/initiate", {}),
+    (f"/storage/upload/{'A' * 22}/complete", {}),
+]
+
+
+def test_deep_json_is_answered_with_a_bounded_log(hardened_api: HardenedApi) -> None:
+    """Issue 19, item 5: before, 200 such requests wrote 31.5 MB of traceback (500s); the completion of an
+    unknown upload parsed its body before looking at its token."""
+    log = hardened_api.settings.storage_dir.parent / "api.log"
+    before = log.stat().st_size
+    codes = []
+    with hardened_api.client() as client:
+        for path, headers in DEEP_ROUTES:
+            for depth in (490, 1000, 100_000):
+                body = ('{"prompt": ' + "[" * depth + "]" * depth + "}").encode()  # echoed by a 422 before
+                response = client.post(path, content=body, headers={"Content-Type": "application/json", **headers})
+                codes.append(response.status_code)
+                assert len(response.content) < 500
+    assert codes == [422] * 12 + [404] * 3
+    time.sleep(0.2)  # the access lines are written
+    assert log.stat().st_size - before < 15 * 400  # one access line each, no traceback

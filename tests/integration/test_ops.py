@@ -58,7 +58,7 @@ def test_upload_flow_like_the_js_client(live_stack: LiveStack) -> None:
     download = httpx.get(target["file_url"])
     assert download.content == b"hello bitdance"
     assert download.headers["content-type"].startswith("text/plain") and download.headers["content-length"] == "14"
-    assert httpx.put(target["upload_url"], content=b"again").status_code == 404  # single use
+    assert httpx.put(target["upload_url"], content=b"again").status_code == 409  # single use: already completed
 
 
 def test_https_api_with_local_ca(tls_api_server: TlsApi) -> None:

@@ -174,10 +174,11 @@ def test_delivery_is_pinned_to_the_checked_address() -> None:
     assert unpinned.url == "http://localhost:9/hook" and not unpinned.headers
 
 
-def put_part(storage: LocalStorage, token: str, number: int, data: bytes) -> None:
+def put_part(storage: LocalStorage, token: str, data: bytes) -> str:
+    """A received part (the ledger would record which number it is); its file name."""
     incoming = storage.new_incoming_part(token)
     incoming.write_bytes(data)
-    storage.keep_part(token, incoming, number)
+    return incoming.name
 
 
 def staged_files(storage: LocalStorage) -> list[str]:
@@ -187,34 +188,51 @@ def staged_files(storage: LocalStorage) -> list[str]:
 def test_assembly_streams_caps_and_cleans_up(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     token = new_token()
-    put_part(storage, token, 2, b"b" * 10)
-    put_part(storage, token, 1, b"a" * 10)
-    put_part(storage, token, 1, b"A" * 5)  # a part sent again replaces the earlier copy
-    assert storage.part_numbers(token) == [1, 2] and storage.parts_size(token) == 15
-    assert storage.parts_size(token, excluding=1) == 10
+    second = put_part(storage, token, b"b" * 10)
+    first = put_part(storage, token, b"A" * 5)
+    gone = put_part(storage, token, b"a" * 10)
+    storage.discard_part(token, gone)  # a replaced copy
     with pytest.raises(MissingPartError):
-        storage.assemble_parts(token, [1, 3], max_bytes=100)
+        storage.assemble_parts(token, [(1, first), (3, gone)], max_bytes=100)
     with pytest.raises(UploadTooLargeError):
-        storage.assemble_parts(token, [1, 2, 1, 2], max_bytes=20)  # the cap counts what is assembled
+        storage.assemble_parts(token, [(1, first), (2, second), (3, first), (4, second)], max_bytes=20)
+    with pytest.raises(ValueError):
+        storage.assemble_parts(token, [(1, "../../etc/passwd")], max_bytes=100)  # only names it made
     assert staged_files(storage) == []  # no half-assembled file left by a failure
-    staged = storage.assemble_parts(token, [1, 2], max_bytes=15)
+    staged = storage.assemble_parts(token, [(1, first), (2, second)], max_bytes=15)
     assert staged.read_bytes() == b"A" * 5 + b"b" * 10
+    storage.delete_parts(token)  # after the commit
     assert not storage.parts_folder(token).exists()
+
+
+def test_a_token_is_committed_once(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    token = new_token()
+    first = storage.new_staged_path()
+    first.write_bytes(b"first")
+    storage.commit(first, file_name="f.txt", content_type="text/plain", owner="o", token=token)
+    second = storage.new_staged_path()
+    second.write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        storage.commit(second, file_name="f.txt", content_type="text/plain", owner="o", token=token)
+    assert not second.exists()
+    found = storage.lookup(token, "f.txt")
+    assert found is not None and found[1].read_bytes() == b"first"
 
 
 def test_janitor_removes_abandoned_staging_only(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     old_token, live_token = new_token(), new_token()
-    put_part(storage, old_token, 1, b"x")
-    put_part(storage, live_token, 1, b"y")
+    old_part = put_part(storage, old_token, b"x")
+    live_part = put_part(storage, live_token, b"y")
     stale = storage.new_staged_path()
     fresh = storage.new_staged_path()
     long_ago = time.time() - 7200
-    for path in (stale, storage.parts_folder(old_token), storage.parts_folder(old_token) / "1"):
+    for path in (stale, storage.parts_folder(old_token), storage.part_path(old_token, old_part)):
         os.utime(path, (long_ago, long_ago))
     assert storage.delete_abandoned_staging(max_age_s=3600) == 2
     assert not stale.exists() and not storage.parts_folder(old_token).exists()
-    assert fresh.exists() and storage.part_numbers(live_token) == [1]
+    assert fresh.exists() and storage.part_path(live_token, live_part).exists()
 
 
 def test_settings_document_their_defaults() -> None:

@@ -13,14 +13,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from stack.launcher import RedisProcess
 
-from .asgi import call, make_app
+from .asgi import KEY, call, make_app
 
 SUBMIT = "/queue/fal-ai/bitdance"
 RUN = "/fal-ai/bitdance"
@@ -200,12 +202,27 @@ def test_out_of_range_part_numbers_are_422(app: FastAPI, part: str) -> None:
     assert_fal_422(response, ["path", "part_number"])
 
 
-def test_duplicate_or_out_of_range_parts_in_complete_are_422(app: FastAPI) -> None:
-    path = f"/storage/upload/{'A' * 22}/complete"
+def test_duplicate_or_out_of_range_parts_in_complete_are_422(open_app: Callable[..., FastAPI]) -> None:
     same = {"partNumber": 1, "etag": "e"}
-    assert_fal_422(call(app, "POST", path, json={"parts": [same] * 400}, key=None), ["body", "parts"])
     huge = {"partNumber": 10**300, "etag": "e"}
-    assert_fal_422(call(app, "POST", path, json={"parts": [huge]}, key=None), ["body", "parts", 0, "partNumber"])
+
+    async def go() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=open_app(), raise_app_exceptions=False)
+        headers = {"Authorization": f"Key {KEY}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers=headers) as client:
+            upload_url = (await client.post("/storage/upload/initiate-multipart", json={})).json()["upload_url"]
+            path = urlsplit(upload_url).path + "/complete"
+            unknown = f"/storage/upload/{'A' * 22}/complete"
+            return [
+                await client.post(unknown, json={"parts": [same] * 400}),
+                await client.post(path, json={"parts": [same] * 400}),
+                await client.post(path, json={"parts": [huge]}),
+            ]
+
+    unknown, repeated, out_of_range = anyio.run(go)
+    assert unknown.status_code == 404  # the token is checked before the body (issue 19, item 5)
+    assert_fal_422(repeated, ["body", "parts"])
+    assert_fal_422(out_of_range, ["body", "parts", 0, "partNumber"])
 
 
 @pytest.mark.parametrize(
@@ -271,3 +288,13 @@ def test_metrics_key_requirement(open_app: Callable[..., FastAPI], overrides: di
     else:
         answered = keyless
     assert answered.status_code == 200 and "bitdance_queue_depth" in answered.text
+
+
+@pytest.mark.parametrize("route", [SUBMIT, RUN, PROXY])
+def test_a_prompt_of_too_many_tokens_is_a_422(app: FastAPI, route: str) -> None:
+    """Issue 19, item 8: 10,000 x U+1D400 fits the 10,000-character cap but is 40,000 tokens."""
+    path, headers = routes_for(route)
+    response = post_raw(app, path, json.dumps({"prompt": "\U0001d400" * 10_000}), **headers)
+    [item] = assert_fal_422(response, ["body", "prompt"])
+    assert item["type"] == "string_too_long" and "10000 tokens" in item["msg"]
+    assert len(response.content) < 6_000  # the 40 KB prompt is not echoed back whole (1024 characters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -44,14 +45,19 @@ def sender_for(settings: Settings) -> WebhookSender:
 BODY: dict[str, Any] = {"request_id": "r", "status": "OK", "payload": {}}
 
 
+def send(sender: WebhookSender, url: str, body: dict[str, Any], request_id: str, user_id: str) -> bool:
+    """One delivery attempt, on an event loop of its own (as a dispatcher makes it)."""
+    return asyncio.run(sender.send(url, body, request_id, user_id))
+
+
 def test_delivery_refuses_a_loopback_receiver_by_default(
     make_settings: Callable[..., Settings], listener: WebhookListener
 ) -> None:
     """Submit-time checks can be bypassed (a record written earlier, DNS changed since): delivery checks again."""
     sender = sender_for(make_settings(webhook_allow_private=False))
-    assert sender.send(listener.url, BODY, "r", "owner") is False
-    assert sender.send(listener.url.replace("127.0.0.1", "localhost"), BODY, "r", "owner") is False
-    assert sender.send("file:///etc/passwd", BODY, "r", "owner") is False
+    assert send(sender, listener.url, BODY, "r", "owner") is False
+    assert send(sender, listener.url.replace("127.0.0.1", "localhost"), BODY, "r", "owner") is False
+    assert send(sender, "file:///etc/passwd", BODY, "r", "owner") is False
     time.sleep(0.2)
     assert listener.attempts == 0  # nothing reached the receiver
 
@@ -60,7 +66,7 @@ def test_delivery_to_a_private_receiver_when_allowed(
     make_settings: Callable[..., Settings], listener: WebhookListener
 ) -> None:
     sender = sender_for(make_settings(webhook_allow_private=True))
-    assert sender.send(listener.url, BODY, "r", "owner") is True
+    assert send(sender, listener.url, BODY, "r", "owner") is True
     assert listener.received.get(timeout=5)["body"] == BODY
 
 
@@ -82,7 +88,7 @@ def test_a_redirect_is_not_followed(make_settings: Callable[..., Settings], list
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         sender = sender_for(make_settings(webhook_allow_private=True))
-        assert sender.send(f"http://127.0.0.1:{server.server_address[1]}/hook", BODY, "r", "owner") is False
+        assert send(sender, f"http://127.0.0.1:{server.server_address[1]}/hook", BODY, "r", "owner") is False
         time.sleep(0.2)
         assert listener.attempts == 0
     finally:

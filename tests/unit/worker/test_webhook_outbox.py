@@ -10,7 +10,8 @@ import pytest
 from core.errors import RequestTimeoutError
 from core.settings import Settings
 from core.webhooks.delivery import WebhookSender
-from core.webhooks.outbox import WebhookDispatcher, WebhookOutbox, build_outbox
+from core.webhooks.dispatcher import WebhookDispatcher
+from core.webhooks.outbox import WebhookOutbox, build_outbox
 from core.webhooks.signing import WebhookSigner, verify
 from tests.integration.helpers import WebhookListener
 
