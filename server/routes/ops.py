@@ -19,6 +19,7 @@ from server import metrics
 from server.auth import authenticate
 from server.deps import drain_of, health_check, request_store, settings_of, webhook_signer
 from server.health import HealthCheck
+from server.http_limits import TRACKER_STATE_KEY, ConnectionTracker
 from server.json_response import FastJSONResponse
 from server.shutdown import Drain
 from server.urls import Urls, request_urls
@@ -82,12 +83,15 @@ async def prometheus_metrics(
 ) -> Response:
     if settings.is_metrics_keyed:
         await authenticate(request)
+    tracker: ConnectionTracker | None = request.scope.get("state", {}).get(TRACKER_STATE_KEY)
     snapshot = metrics.Snapshot(
         queue_depth=await store.queue_depth(),
         by_status=await store.status_counts(),
         stats=await store.stats(),
         workers_alive=await store.alive_workers(),
         webhook_backlog=await store.webhook_backlog(),
+        http_refusals=dict(tracker.counts()) if tracker else {},
+        http_connections=len(tracker.connections) if tracker else None,
     )
     return Response(metrics.render(snapshot), media_type=metrics.CONTENT_TYPE)
 
