@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # --- storage --------------------------------------------------------------------------------
     storage_dir: Path = Path(".run/storage")
     default_file_ttl_s: int | None = None
+    file_expiry_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the API removes expired files and abandoned uploads."
+    )
     jpeg_quality: int = 95
 
     # --- worker ---------------------------------------------------------------------------------
