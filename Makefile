@@ -17,7 +17,7 @@ JS_DIR := tests/e2e/js
 LOADTEST_URL ?= http://$(HOST):$(PORT)
 LOADTEST_ARGS ?= --concurrency 8 --requests 200 --status stream
 
-.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli chaos lint format
+.PHONY: run test install redis wrk nginx browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-loadtest loadtest bench-cli chaos lint format
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml --extra model -c requirements/constraints.txt $(LOCK_FLAGS) \
 		-o requirements/worker.txt
 
+# nginx for tests/deploy/test_nginx.py (the shipped nginx.conf in front of the real API): Debian's package
+# (about 0.5 MB) unpacked into .run/nginx: nothing installed system-wide, no service started.
+NGINX_DIR := .run/nginx
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x $(NGINX_DIR)/usr/sbin/nginx || { \
+		echo "nginx not found: unpacking Debian's nginx package into $(NGINX_DIR)"; \
+		mkdir -p $(NGINX_DIR) && cd $(NGINX_DIR) && \
+		{ apt-get download -qq nginx 2>/dev/null || { apt-get update -qq && apt-get download -qq nginx; }; } && \
+		dpkg-deb -x nginx_*.deb . && rm -f nginx_*.deb; }
+
 # The HTTP load generator of `make bench-api`.
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
@@ -72,7 +82,7 @@ run: install redis
 		$(if $(filter 1 true yes,$(TLS)),--tls) $(if $(MODEL),--model $(MODEL)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(SLOTS),--slots $(SLOTS)) --api-workers $(API_WORKERS)
 
-test: install redis js-deps deploy-tools browser
+test: install redis js-deps deploy-tools browser nginx
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 tiny: install
