@@ -16,7 +16,10 @@ callback stops llhttp where it is and ``feed_data`` raises ``HttpParserCallbackE
    httptools' ``+=`` of a growing value costs anything. A read that began with another request's tail
    counts nothing (no false refusal after a large body); a head that arrived whole in one read larger
    than the limit is measured from what was parsed. Over the limit: 431, or, when an answer is being
-   written on that connection, no 431 in its middle: the connection closes after its answers.
+   written on that connection, no 431 in its middle: the connection closes after its answers. A chunked
+   body's chunk headers and trailers (headers after the body, which httptools grows the same way) are
+   counted alike; over the limit the connection is closed (the request's body is cut: the app sees a
+   disconnect).
 2. **Head time**: a connection with no request in flight (new, or answered and idle) must complete a
    head within ``header_timeout_s`` of becoming so, however it trickles it (slowloris): then 408, or a
    quiet close if it sent nothing. uvicorn's 5 s keep-alive still closes idle connections first.
@@ -70,7 +73,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.tracker = ConnectionTracker.of(self.server_state, limits, self.loop)
         self.app_state.setdefault(TRACKER_STATE_KEY, self.tracker)  # every request's scope["state"] has it
         self.head_pending = False  # a request began and its head is not complete
-        self.head_bytes = 0  # bytes of the pending head counted in earlier reads
+        self.chunk_pending = False  # a chunk header (or, after the last chunk, the trailers) is not complete
+        self.head_bytes = 0  # bytes of the pending head (or chunk header) counted in earlier reads
         self.read_bytes = 0  # length of the read being parsed
         self.began_in_read = False  # on_message_begin ran during this read ...
         self.other_bytes_in_read = False  # ... after another request's bytes in the same read
@@ -130,11 +134,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self.head_pending:
+        if self.head_pending or self.chunk_pending:
             if not (self.began_in_read and self.other_bytes_in_read):
-                self.head_bytes += len(data)  # the whole read was this head's
-            if self.head_bytes > self.limits.max_header_bytes:
+                self.head_bytes += len(data)  # the whole read was this head's (or chunk header's)
+            if self.head_bytes <= self.limits.max_header_bytes:
+                return
+            if self.head_pending:
                 self.head_too_large()
+            else:
+                self.tracker.count(Refusal.HEADER_TOO_LARGE)
+                self.transport.close()  # endless trailers: the body is cut, the app sees a disconnect
 
     # --- parser callbacks ----------------------------------------------------------------------------
 
@@ -159,12 +168,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self.chunk_pending = False
         self.other_bytes_in_read = True
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.other_bytes_in_read = True
         super().on_message_complete()
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line was parsed: its data follows, or, for the last chunk, the trailers."""
+        self.chunk_pending = True
+        self.head_bytes = 0
+        self.began_in_read = True
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_pending = False
+        self.other_bytes_in_read = True
 
     def on_response_complete(self) -> None:
         started_next = bool(self.pipeline)  # uvicorn starts the next queued request

@@ -199,6 +199,25 @@ def test_a_100_mb_head_is_cut_short_and_the_api_stays_responsive(bounded_api: Bo
     assert latencies and max(latencies) < 2.0, max(latencies)  # before: 6 s and more
 
 
+def test_endless_trailers_of_a_chunked_body_are_cut_short(bounded_api: BoundedApi) -> None:
+    """Trailers (headers after a chunked body) grew like a header value: read whole, without end."""
+    sent = 0
+    start = head(f"/queue/{APP}", method="POST", extra=f"Authorization: Key {KEY_A}\r\n".encode())
+    start = start[:-2] + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with bounded_api.connect() as sock:
+        try:
+            sock.sendall(start + b"2\r\n{}\r\n0\r\nX-Trailer: ")
+            piece = b"a" * (256 * 1024)
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        _, closed = read_until_closed(sock, 10)
+    assert closed and sent < 32 * 1024 * 1024, sent  # before: all 64 MB read, the connection kept
+    assert httpx.get(f"{bounded_api.url}/health/live", timeout=10).status_code == 200
+
+
 # --- head time ----------------------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ UVICORN_SOURCES = {
 }
 # What the subclass reads or calls on uvicorn's protocol besides the methods it overrides.
 UVICORN_MEMBERS = ("_unset_keepalive_if_required", "send_400_response", "_should_upgrade", "handle_websocket_upgrade")
+ADDED_CALLBACKS = ("on_chunk_header", "on_chunk_complete")  # httptools callbacks uvicorn does not use
 UVICORN_ATTRIBUTES = ("pipeline", "flow", "cycle", "parser", "connections", "server_state", "app_state", "loop")
 
 
@@ -70,6 +71,8 @@ def test_every_overridden_method_is_still_uvicorns_as_read() -> None:
         assert name in vars(BoundedHttpToolsProtocol)
     for name in UVICORN_MEMBERS:
         assert callable(getattr(HttpToolsProtocol, name, None)), name
+    for name in ADDED_CALLBACKS:  # ours alone: a uvicorn that grew them would be shadowed
+        assert not hasattr(HttpToolsProtocol, name) and name in vars(BoundedHttpToolsProtocol), name
 
 
 def test_the_attributes_the_subclass_reads_exist() -> None:
