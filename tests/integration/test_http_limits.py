@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from stack.launcher import ManagedProcess, RedisProcess, base_url, free_port, start_api, wait_until_ready
-from tests.conftest import KEY_A, stack_settings
+from tests.conftest import KEY_A, TlsApi, stack_settings
 from tests.integration.helpers import APP, FAST, poll_until
 
 HEAD_LIMIT = 65536
@@ -216,6 +217,18 @@ def test_endless_trailers_of_a_chunked_body_are_cut_short(bounded_api: BoundedAp
         _, closed = read_until_closed(sock, 10)
     assert closed and sent < 32 * 1024 * 1024, sent  # before: all 64 MB read, the connection kept
     assert httpx.get(f"{bounded_api.url}/health/live", timeout=10).status_code == 200
+
+
+def test_an_oversized_head_gets_its_431_over_tls(tls_api_server: TlsApi) -> None:
+    """Over TLS there is no half-close: the answer is written, input dropped, then the connection closed."""
+    context = ssl.create_default_context(cafile=str(tls_api_server.ca_file))
+    port = int(tls_api_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            send_pieces(sock, head(pad=HEAD_LIMIT + 4000), 16384)
+            data, closed = read_until_closed(sock, 10)
+    status, _, body = fal_error(data)
+    assert status == 431 and closed and body["error_type"] == "bad_request"
 
 
 # --- head time ----------------------------------------------------------------------------------------
