@@ -73,7 +73,8 @@ class HttpLimits:
         (default: the process's soft ``RLIMIT_NOFILE``; ``raise_open_files_limit`` lifts it first)."""
         if open_files is None:
             open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        allowed = max(MIN_CONNECTIONS, open_files - FILES_RESERVED - max(64, settings.max_connections // 8))
+        available = open_files - FILES_RESERVED  # for connections, the hard bound's slack included
+        allowed = max(MIN_CONNECTIONS, available - max(64, available // 9))  # so that hard_connections fits
         connections = settings.max_connections
         if open_files != resource.RLIM_INFINITY and connections > allowed:
             logger.warning(
