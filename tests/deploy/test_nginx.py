@@ -120,12 +120,13 @@ class ProxiedApi:
 @pytest.fixture(scope="module")
 def proxied_api(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedApi]:
     """The real API (its own key prefix: no worker) behind a real nginx running the shipped config."""
+    binary = tool("nginx")  # skips before anything is started when there is none
     root = tmp_path_factory.mktemp("nginx-proxy")
     settings = stack_settings(redis_server, root / "storage", key_prefix=f"nginx{free_port()}")
     api = start_api(settings, None, root / "api.log")
     port = free_port()
     conf = local_conf(root, port, settings.port)
-    argv = [tool("nginx"), "-g", "daemon off;", "-e", "stderr", "-p", str(conf.parent), "-c", str(conf)]
+    argv = [binary, "-g", "daemon off;", "-e", "stderr", "-p", str(conf.parent), "-c", str(conf)]
     with open(root / "nginx.log", "wb") as log:
         nginx = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
