@@ -24,7 +24,7 @@ VENV_TRANSFORMERS_457 := .run/venv-transformers-4.57
 PY_TRANSFORMERS_457 := $(VENV_TRANSFORMERS_457)/bin/python
 TESTS_TRANSFORMERS_457 ?= tests/unit/model
 
-.PHONY: run test install redis wrk browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-webhooks bench-loadtest loadtest bench-cli chaos lint format
+.PHONY: run test install redis wrk nginx browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-webhooks bench-loadtest loadtest bench-cli chaos lint format
 .PHONY: install-transformers457 test-transformers457
 
 $(VENV)/.installed: pyproject.toml
@@ -67,6 +67,16 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml --extra model -c requirements/constraints.txt $(LOCK_FLAGS) \
 		-o requirements/worker.txt
 
+# nginx for tests/deploy/test_nginx.py (the shipped nginx.conf in front of the real API): Debian's package
+# (about 0.5 MB) unpacked into .run/nginx: nothing installed system-wide, no service started.
+NGINX_DIR := .run/nginx
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x $(NGINX_DIR)/usr/sbin/nginx || { \
+		echo "nginx not found: unpacking Debian's nginx package into $(NGINX_DIR)"; \
+		mkdir -p $(NGINX_DIR) && cd $(NGINX_DIR) && \
+		{ apt-get download -qq nginx 2>/dev/null || { apt-get update -qq && apt-get download -qq nginx; }; } && \
+		dpkg-deb -x nginx_*.deb . && rm -f nginx_*.deb; }
+
 # The HTTP load generator of `make bench-api`.
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
@@ -91,7 +101,7 @@ run: install redis
 		$(if $(SLOTS),--slots $(SLOTS)) --api-workers $(API_WORKERS)
 
 # The main suite's cross-version test runs the 4.57 side in that venv, so it is built first.
-test: install install-transformers457 redis js-deps deploy-tools browser
+test: install install-transformers457 redis js-deps deploy-tools browser nginx
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PYTEST_TRANSFORMERS_457)
 

@@ -87,12 +87,24 @@ class ConflictError(FalError):
     status_code, error_type, default_detail = 409, "bad_request", "Conflict"
 
 
+class RequestHeaderTimeoutError(FalError):
+    """A connection did not complete its request head in ``BITDANCE_HEADER_TIMEOUT_S`` (``server.http_limits``)."""
+
+    status_code, error_type, default_detail = 408, "request_timeout", "Request header timeout"
+
+
 class PayloadTooLargeError(FalError):
     status_code, error_type, default_detail = 413, "bad_request", "Request body too large"
 
 
 class UnsupportedMediaTypeError(FalError):
     status_code, error_type, default_detail = 415, "bad_request", "Request body must be JSON"
+
+
+class HeaderFieldsTooLargeError(FalError):
+    """A request head over ``BITDANCE_MAX_HEADER_BYTES`` (``server.http_limits``)."""
+
+    status_code, error_type, default_detail = 431, "bad_request", "Request header fields too large"
 
 
 class QueueFullError(FalError):

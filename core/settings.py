@@ -46,6 +46,31 @@ class Settings(BaseSettings):
             "playground is same-origin and needs none."
         ),
     )
+    max_header_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description=(
+            "Largest request head (request line and headers) one request may send; beyond it the API answers "
+            "431 in fal's error shape and closes the connection (server.http_limits)."
+        ),
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How long a connection with no request in flight (new, or idle between requests) may take to send "
+            "a complete request head; then 408 (or a quiet close if it sent nothing): slowloris connections."
+        ),
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description=(
+            "Open connections per API process. At the bound a new connection pushes out the oldest one with "
+            "no request in flight; if every one has a request in flight it gets 503 in fal's error shape. "
+            "Lowered to what the open-files limit allows."
+        ),
+    )
 
     # --- auth -----------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -92,6 +117,9 @@ class Settings(BaseSettings):
     # --- storage --------------------------------------------------------------------------------
     storage_dir: Path = Path(".run/storage")
     default_file_ttl_s: int | None = None
+    file_expiry_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the API removes expired files and abandoned uploads."
+    )
     jpeg_quality: int = 95
 
     # --- worker ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from typing import Any
 
 from core.settings import Settings, is_loopback_host
 from server.access_log import configure_api_logging
+from server.bounded_protocol import bounded_http_protocol
+from server.http_limits import HttpLimits, raise_open_files_limit
 from server.serving import serve_app, serve_processes
 from server.shutdown import ANSWER_MARGIN_S
 
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.warning("no API keys configured: refusing to listen on %s, using 127.0.0.1", host)
             host = "127.0.0.1"
         logger.warning("no API keys configured (BITDANCE_API_KEYS): open server, listening on %s only", host)
+    raise_open_files_limit()  # before the limits are computed: the connection bound fits the descriptors
     options = uvicorn_options(settings, host)
     if settings.api_workers > 1:
         serve_processes(settings, options)
@@ -58,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def uvicorn_options(settings: Settings, host: str) -> dict[str, Any]:
-    """How uvicorn serves the API (also used by the benchmark's hello-world app, for a fair comparison)."""
+    """How uvicorn serves the API (also used by the benchmark's hello-world app, for a fair comparison):
+    its HTTP protocol is uvicorn's httptools one within the limits of ``server.http_limits``."""
     return {
+        "http": bounded_http_protocol(HttpLimits.from_settings(settings)),
         "host": host,
         "port": settings.port,
         "ssl_certfile": str(settings.tls_cert_file) if settings.tls_cert_file else None,

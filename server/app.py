@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.abc
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -23,7 +25,7 @@ from core.storage import LocalStorage
 from core.webhooks.dispatcher import WebhookDispatcher
 from core.webhooks.outbox import build_outbox
 from server.auth import KeyRing
-from server.change_feed import ChangeFeed
+from server.change_feed import RECONNECT_DELAY_MAX_S, RECONNECT_DELAY_S, ChangeFeed
 from server.error_handlers import (
     fal_error_handler,
     redis_unavailable_handler,
@@ -38,34 +40,48 @@ from server.routes.proxy import PROXY_PATH, ProxyDispatcher
 from server.shutdown import Drain
 from server.status_cache import QueueSnapshot, StatusReader
 from server.status_stream import StatusStream
+from server.supervised_loops import LoopStatus, LoopSupervisor, every
 from server.uploads import UploadService
 
 logger = logging.getLogger(__name__)
 
-FILE_JANITOR_INTERVAL_S = 60.0
+# The names /health/ready gives a background loop that cannot run (server.supervised_loops).
+FILE_EXPIRY_LOOP, CHANGE_FEED_LOOP, DRAIN_WAKEUP_LOOP = "file_expiry", "change_feed", "drain_wakeup"
+WEBHOOKS_THREAD = "webhooks"
 DRAIN_POLL_S = 0.2
 API_REDIS_CONNECTIONS = 64
 API_REDIS_POOL_WAIT_S = 10.0
 
 
 async def _expire_files(storage: LocalStorage, upload_ttl_s: float) -> None:
-    while True:
-        removed = await anyio.to_thread.run_sync(storage.delete_expired)
-        if removed:
-            logger.info("removed %d expired files", removed)
-        # a staged upload or part folder untouched for longer than an upload lives was abandoned
-        abandoned = await anyio.to_thread.run_sync(storage.delete_abandoned_staging, upload_ttl_s)
-        if abandoned:
-            logger.info("removed %d abandoned uploads", abandoned)
-        await anyio.sleep(FILE_JANITOR_INTERVAL_S)
+    """One janitor pass: expired files, and staged uploads or part folders untouched for longer than
+    an upload lives (abandoned)."""
+    removed = await anyio.to_thread.run_sync(storage.delete_expired)
+    if removed:
+        logger.info("removed %d expired files", removed)
+    abandoned = await anyio.to_thread.run_sync(storage.delete_abandoned_staging, upload_ttl_s)
+    if abandoned:
+        logger.info("removed %d abandoned uploads", abandoned)
 
 
-async def _wake_streams_on_drain(drain: Drain, feed: ChangeFeed) -> None:
+async def _wake_streams_on_drain(drain: Drain, feed: ChangeFeed, status: LoopStatus) -> None:
     """Streams sleep until their request changes; when the drain begins (from a signal handler,
     which cannot touch the loop) they are woken once, to end with the grace period."""
     while not drain.is_draining:
+        status.ran()
         await anyio.sleep(DRAIN_POLL_S)
     feed.wake_all()
+
+
+def start_background_loops(app: FastAPI, tasks: anyio.abc.TaskGroup) -> None:
+    """The API process's loops, each under ``app.state.loops`` (restarted with backoff when it fails)."""
+    settings: Settings = app.state.settings
+    loops: LoopSupervisor = app.state.loops
+    storage, feed, drain = app.state.storage, app.state.change_feed, app.state.drain
+    janitor = partial(_expire_files, storage, settings.upload_ttl_s)
+    tasks.start_soon(loops.supervise, FILE_EXPIRY_LOOP, partial(every, settings.file_expiry_interval_s, janitor))
+    tasks.start_soon(loops.supervise, CHANGE_FEED_LOOP, feed.run, RECONNECT_DELAY_S, RECONNECT_DELAY_MAX_S)
+    tasks.start_soon(loops.supervise, DRAIN_WAKEUP_LOOP, partial(_wake_streams_on_drain, drain, feed))
 
 
 @asynccontextmanager
@@ -74,10 +90,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     outbox_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
     dispatcher = WebhookDispatcher(build_outbox(outbox_client, settings))
     dispatcher.start()  # webhooks of requests the API completes (cancelled or expired while queued) and any due
+    app.state.loops.watch_thread(WEBHOOKS_THREAD, dispatcher)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_expire_files, app.state.storage, settings.upload_ttl_s)
-        tasks.start_soon(app.state.change_feed.run)
-        tasks.start_soon(_wake_streams_on_drain, app.state.drain, app.state.change_feed)
+        start_background_loops(app, tasks)
         try:
             yield
         finally:
@@ -118,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sync_redis = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     app.state.request_store = RequestStore(app.state.redis, settings)
     app.state.drain = Drain(settings.shutdown_grace_s)  # begun by server.__main__ on SIGTERM
+    app.state.loops = LoopSupervisor()  # the background loops the lifespan runs, and which are down
     app.state.health = HealthCheck(app.state.request_store)
     # Pub/sub gets its own client without retries: a dropped connection must surface, so that the
     # feed reconnects and wakes every stream (see server.change_feed).

@@ -8,7 +8,9 @@ moves while it is queued) and sleeps until woken, so an open stream costs nothin
 does not change, and a change reaches it one Redis round trip later.
 
 Pub/sub is not durable: after the connection drops, every watch is woken once it is back (each
-stream then re-reads its request), so a change is never lost, at most coalesced.
+stream then re-reads its request), so a change is never lost, at most coalesced. ``run`` is one
+connection's life and raises when it drops; the API's ``LoopSupervisor`` connects again (with backoff)
+and reports the feed down until it is back.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import redis
 import redis.asyncio as aioredis
 
 from core.requests.records import LOGS_CHANGED, Keys
+from server.supervised_loops import LoopStatus
 
 logger = logging.getLogger(__name__)
 
-RECONNECT_DELAY_S = 0.5
+RECONNECT_DELAY_S = 0.5  # the first retry after the connection failed (doubled per failure in a row)
+RECONNECT_DELAY_MAX_S = 2.0  # streams wait for the feed: retry often
 
 
 class FeedListener(Protocol):
@@ -107,29 +111,28 @@ class ChangeFeed:
     def watching(self) -> int:
         return sum(len(w) for w in self._watches.values())
 
-    async def run(self) -> None:
-        """Listen until cancelled; reconnect (and wake everyone) after a Redis failure."""
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+    async def run(self, status: LoopStatus | None = None) -> None:
+        """Connect and listen until cancelled, or until the connection fails (raised; run it again to
+        reconnect: everyone is woken once connected). ``status`` hears when the feed is connected."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(self._pattern)
+            await pubsub.subscribe(self._queue_channel)
+            await pubsub.get_message(timeout=1.0)  # the replies: subscriptions are in place
+            await pubsub.get_message(timeout=1.0)
+            self._reset()
+            self.connected.set()
+            if status is not None:
+                status.ran()
+            self._wake_all()  # whatever changed before (re)connecting
+            await self._listen(pubsub)
+        finally:
+            self.connected.clear()
+            self._reset()
             try:
-                await pubsub.psubscribe(self._pattern)
-                await pubsub.subscribe(self._queue_channel)
-                await pubsub.get_message(timeout=1.0)  # the replies: subscriptions are in place
-                await pubsub.get_message(timeout=1.0)
-                self._reset()
-                self.connected.set()
-                self._wake_all()  # whatever changed before (re)connecting
-                await self._listen(pubsub)
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("status change feed lost its Redis connection (%s); reconnecting", exc)
-            finally:
-                self.connected.clear()
-                self._reset()
-                try:
-                    await pubsub.aclose()
-                except (redis.RedisError, OSError):
-                    pass
-            await asyncio.sleep(RECONNECT_DELAY_S)
+                await pubsub.aclose()
+            except (redis.RedisError, OSError):
+                pass
 
     async def _listen(self, pubsub: Any) -> None:
         while True:

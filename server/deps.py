@@ -34,6 +34,7 @@ request_service = from_app_state("requests")  # server.requests_service.RequestS
 status_stream = from_app_state("status_stream")  # server.status_stream.StatusStream
 upload_service = from_app_state("uploads")  # server.uploads.UploadService
 storage_of = from_app_state("storage")  # core.storage.LocalStorage
+background_loops = from_app_state("loops")  # server.supervised_loops.LoopSupervisor
 
 
 def webhook_signer(request: Request) -> WebhookSigner:

@@ -7,7 +7,7 @@ number of requests per status come from the queue lists and the status sets at s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -27,6 +27,9 @@ class Snapshot:
     stats: Mapping[str, str]
     workers_alive: int
     webhook_backlog: int
+    # This API process's own figures (server.http_limits), absent where it runs without them (tests' ASGI).
+    http_refusals: Mapping[str, int] = field(default_factory=dict)
+    http_connections: int | None = None
 
 
 class SnapshotCollector(Collector):
@@ -65,6 +68,24 @@ class SnapshotCollector(Collector):
         backlog = GaugeMetricFamily("bitdance_webhook_backlog", "Webhooks in the outbox (due or backing off)")
         backlog.add_metric([], snap.webhook_backlog)
         yield backlog
+        yield from self._http_metrics()
+
+    def _http_metrics(self) -> Iterable[Metric]:
+        """The answering API process's connections and refusals (per process, unlike the Redis-wide rest)."""
+        snap = self.snapshot
+        if snap.http_connections is not None:
+            connections = GaugeMetricFamily("bitdance_http_connections", "Open HTTP connections of this API process")
+            connections.add_metric([], snap.http_connections)
+            yield connections
+        if snap.http_refusals:
+            refusals = CounterMetricFamily(
+                "bitdance_http_refusals",
+                "Connections this API process refused or closed on its own, by reason (server.http_limits)",
+                labels=["reason"],
+            )
+            for reason, count in snap.http_refusals.items():
+                refusals.add_metric([reason], float(count))
+            yield refusals
 
     def _inference_histogram(self) -> Metric:
         stats = self.snapshot.stats

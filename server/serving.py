@@ -3,7 +3,8 @@
 A module of its own (not ``server.__main__``) because ``--workers N`` starts its processes with
 multiprocessing's spawn, which imports the function each process runs. Each process is handed the
 parent's ``Settings`` itself (pickled by spawn), so it serves exactly the configuration the parent
-parsed, command-line flags included, without a round trip through ``os.environ``.
+parsed, command-line flags included, without a round trip through ``os.environ``, and the same uvicorn
+options: their HTTP protocol (``server.bounded_protocol``) with its limits, enforced per process.
 """
 
 from __future__ import annotations

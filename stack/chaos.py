@@ -8,11 +8,15 @@ on the tiny 16x checkpoint with short leases and small requests (512x512, 10 ste
 - **restart-redis**: ``kill -9`` Redis with requests queued and running and a sync run waiting
   (the launcher restarts it on its append-only file);
 - **restart-api**: SIGTERM the API with sync runs and status streams open (it drains, the launcher
-  restarts it; a run answered at the end of the drain is fetched from the queue by its request id).
+  restarts it; a run answered at the end of the drain is fetched from the queue by its request id);
+- **abuse** (``stack.abuse``): 100 MB headers, slowloris, pipelining without reading, and every
+  connection slot held by a request in flight, against the API's HTTP limits.
 
 Each scenario prints submitted / completed OK / completed with error / lost (``stuck``: not COMPLETED
-by the deadline, counted as lost). Exit status 1 if any request is lost or stuck, or a status stream
-broke instead of ending cleanly. Loopback only.
+by the deadline, counted as lost); each abuse scenario prints sent / refused as designed / served /
+5xx / lost and the API's RSS and ``/health/live`` latency during it. Exit status 1 if any request is
+lost or stuck, a status stream broke instead of ending cleanly, or an abuse scenario lost a
+connection, drew an unexpected 5xx or made ``/health/live`` fail where it should answer. Loopback only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import httpx
 import redis
 
 from core.requests.records import Keys
+from server.http_limits import raise_open_files_limit
+from stack.abuse import AbuseScale, print_abuse_table, run_abuse
 from stack.launcher import ensure_tiny_checkpoint, free_port, python_argv
 
 APP = "fal-ai/bitdance"
@@ -49,6 +55,9 @@ CHAOS_ENVIRONMENT = {
     "BITDANCE_SHUTDOWN_GRACE_S": "3",
     "BITDANCE_TORCH_THREADS": "1",
     "BITDANCE_MAX_REQUEUES": "1",
+    # The abuse scenarios fill every connection slot and wait out the header timeout: small ones.
+    "BITDANCE_MAX_CONNECTIONS": "512",
+    "BITDANCE_HEADER_TIMEOUT_S": "3",
 }
 
 
@@ -409,8 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=900.0, help="how long requests may take to complete")
     parser.add_argument("--model", type=Path, help="checkpoint (default: a tiny 16x one)")
     parser.add_argument("--data-dir", type=Path, help="keep the stack's data and logs here")
+    parser.add_argument(
+        "--abuse", choices=["full", "short", "none"], default="full", help="size of the abuse scenarios (stack.abuse)"
+    )
     args = parser.parse_args(argv)
+    raise_open_files_limit()  # the abuse scenarios hold thousands of sockets
     tallies: list[Tally] = []
+    abuse_tallies = []
     with launched(args.model, args.data_dir) as stack:
         client = Client(stack.url)
         print(f"stack up at {stack.url} (logs: {stack.data_dir / 'stack.log'})", flush=True)
@@ -420,10 +434,25 @@ def main(argv: list[str] | None = None) -> int:
         tallies.append(restart_redis(stack, client, args.redis_restarts, args.per_round, args.settle_s))
         print("(c) SIGTERM the API with sync runs and status streams open ...", flush=True)
         tallies.append(restart_api(stack, client, args.api_restarts, args.per_round, args.settle_s))
+        if args.abuse != "none":
+            print("(d) abuse the API's HTTP server (headers, slowloris, pipelining, connection flood) ...", flush=True)
+            scale = AbuseScale() if args.abuse == "full" else AbuseScale.short()
+            stack.wait_healthy()
+            abuse_tallies = run_abuse(
+                stack.url,
+                lambda: stack.pid_of("api"),
+                scale,
+                int(CHAOS_ENVIRONMENT["BITDANCE_MAX_CONNECTIONS"]),
+                float(CHAOS_ENVIRONMENT["BITDANCE_HEADER_TIMEOUT_S"]),
+            )
         listed = wait_for_dead_workers_to_expire(stack)
     print_table(tallies)
+    if abuse_tallies:
+        print()
+        print_abuse_table(abuse_tallies)
     print(f"workers listed in Redis at the end (after {args.kills} kills): {listed} (1 alive)")
-    return 0 if all(t.is_clean for t in tallies) and listed == 1 else 1
+    clean = all(t.is_clean for t in tallies) and all(t.is_clean for t in abuse_tallies)
+    return 0 if clean and listed == 1 else 1
 
 
 def wait_for_dead_workers_to_expire(stack: LaunchedStack) -> int | None:

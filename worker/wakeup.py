@@ -38,6 +38,7 @@ class QueueWakeup(threading.Thread):
         self.channel = keys.queue_grew
         self.connected = threading.Event()
         self.stopped = threading.Event()
+        self.failures = 0  # subscriptions lost so far
         self._heard = 0
         self._changed = threading.Condition()
 
@@ -61,10 +62,20 @@ class QueueWakeup(threading.Thread):
             try:
                 self._listen()
             except (redis.RedisError, OSError) as exc:
+                self.failures += 1
                 logger.warning("queue wakeup: lost the subscription (%s); polling until it is back", exc)
+            except Exception:  # the thread's boundary: anything else is logged and the listener restarted
+                self.failures += 1
+                logger.exception("queue wakeup failed; polling until it is back")
             self.connected.clear()
             self._wake(everyone=True)  # whatever was announced meanwhile is found by looking
             self.stopped.wait(RECONNECT_S)
+
+    @property
+    def is_down(self) -> bool:
+        """Not subscribed since its last failure (idle dequeuers poll meanwhile), or ended unstopped."""
+        ended = self.ident is not None and not self.is_alive() and not self.stopped.is_set()
+        return ended or (self.failures > 0 and not self.connected.is_set())
 
     def _listen(self) -> None:
         pubsub: Any = self.client.pubsub(ignore_subscribe_messages=True)

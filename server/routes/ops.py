@@ -17,29 +17,40 @@ from core.settings import Settings
 from core.webhooks.signing import WebhookSigner
 from server import metrics
 from server.auth import authenticate
-from server.deps import drain_of, health_check, request_store, settings_of, webhook_signer
+from server.deps import background_loops, drain_of, health_check, request_store, settings_of, webhook_signer
 from server.health import HealthCheck
+from server.http_limits import TRACKER_STATE_KEY, ConnectionTracker
 from server.json_response import FastJSONResponse
 from server.shutdown import Drain
+from server.supervised_loops import LoopSupervisor
 from server.urls import Urls, request_urls
 
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health", summary="Redis reachable and workers alive (200), else 503 (also while shutting down)")
+@router.get(
+    "/health",
+    summary="Redis reachable, workers alive, background loops running (200), else 503 (also while shutting down)",
+)
 async def health(
-    check: Annotated[HealthCheck, Depends(health_check)], drain: Annotated[Drain, Depends(drain_of)]
+    check: Annotated[HealthCheck, Depends(health_check)],
+    drain: Annotated[Drain, Depends(drain_of)],
+    loops: Annotated[LoopSupervisor, Depends(background_loops)],
 ) -> JSONResponse:
     """What Redis says is at most a second old (``server.health``); shutting down is reported at once.
 
     ``workers``: how many are alive; ``live_workers``: each one's name, device and loaded ``model``
     (``name``, ``path``, ``variant``, ``parallel_num``, ``random``: the tiny random checkpoint, whose
-    images are noise; ``simulated``: a simulated model)."""
+    images are noise; ``simulated``: a simulated model); ``loops_down``: the API's background loops
+    that cannot run now, each with its last error (only when there are any)."""
     current = await check.current()
-    healthy = current.is_healthy and not drain.is_draining
+    down = loops.down()
+    healthy = current.is_healthy and not drain.is_draining and not down
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "redis": current.redis_ok}
     body["workers"] = current.workers
     body["live_workers"] = [dict(worker) for worker in current.live_workers]
+    if down:
+        body["loops_down"] = down
     if drain.is_draining:
         body["shutting_down"] = True
     return FastJSONResponse(body, status_code=200 if healthy else 503)
@@ -51,19 +62,28 @@ async def health_live() -> JSONResponse:
 
 
 @router.get(
-    "/health/ready", summary="Redis reachable: requests are accepted (200), else 503 (also while shutting down)"
+    "/health/ready",
+    summary="Redis reachable and the background loops running: requests are accepted (200), else 503 "
+    "(also while shutting down)",
 )
 async def health_ready(
-    store: Annotated[RequestStore, Depends(request_store)], drain: Annotated[Drain, Depends(drain_of)]
+    store: Annotated[RequestStore, Depends(request_store)],
+    drain: Annotated[Drain, Depends(drain_of)],
+    loops: Annotated[LoopSupervisor, Depends(background_loops)],
 ) -> JSONResponse:
-    """Readiness of this API replica; unlike ``/health`` it does not wait for a worker (requests queue)."""
+    """Readiness of this API replica; unlike ``/health`` it does not wait for a worker (requests queue).
+    ``loops_down`` names the background loops that cannot run (file expiry, the change feed that wakes
+    status streams, ...) with their last error; each is being restarted with backoff meanwhile."""
     try:
         await store.client.ping()
         redis_ok = True
     except redis.RedisError:
         redis_ok = False
-    ready = redis_ok and not drain.is_draining
+    down = loops.down()
+    ready = redis_ok and not drain.is_draining and not down
     body: dict[str, Any] = {"status": "ok" if ready else "unavailable", "redis": redis_ok}
+    if down:
+        body["loops_down"] = down
     if drain.is_draining:
         body["shutting_down"] = True
     return JSONResponse(body, status_code=200 if ready else 503)
@@ -82,12 +102,15 @@ async def prometheus_metrics(
 ) -> Response:
     if settings.is_metrics_keyed:
         await authenticate(request)
+    tracker: ConnectionTracker | None = request.scope.get("state", {}).get(TRACKER_STATE_KEY)
     snapshot = metrics.Snapshot(
         queue_depth=await store.queue_depth(),
         by_status=await store.status_counts(),
         stats=await store.stats(),
         workers_alive=await store.alive_workers(),
         webhook_backlog=await store.webhook_backlog(),
+        http_refusals=dict(tracker.counts()) if tracker else {},
+        http_connections=len(tracker.connections) if tracker else None,
     )
     return Response(metrics.render(snapshot), media_type=metrics.CONTENT_TYPE)
 

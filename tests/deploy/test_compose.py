@@ -13,7 +13,7 @@ import yaml
 
 from core.settings import Settings
 
-from .conftest import DOCKER, tool
+from .conftest import DEPLOY, DOCKER, tool
 
 GPU_SERVICES = [f"worker-{n}" for n in range(8)]
 
@@ -46,7 +46,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_no_top_level_name_and_all_services(config: dict[str, Any]) -> None:
     raw = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     assert "name" not in raw, "Debian's docker-compose rejects a top-level name"
-    assert set(config["services"]) == {"redis", "api", *GPU_SERVICES}
+    assert set(config["services"]) == {"redis", "api", "proxy", *GPU_SERVICES}
 
 
 def test_one_worker_per_gpu_profile(config: dict[str, Any]) -> None:
@@ -71,7 +71,8 @@ def test_env_example_sets_only_real_settings() -> None:
         for line in (DOCKER / "env.example").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    unknown = {n for n in names if n.startswith("BITDANCE_") and n != "BITDANCE_PUBLISH_PORT"} - fields
+    compose_only = {"BITDANCE_PUBLISH_PORT", "BITDANCE_PUBLISH_ADDR"}  # read by compose.yaml itself
+    unknown = {n for n in names if n.startswith("BITDANCE_") and n not in compose_only} - fields
     assert not unknown
 
 
@@ -102,3 +103,29 @@ def test_missing_required_settings_are_named(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode != 0 and "BITDANCE_API_KEYS" in out.stderr
+
+
+def test_clients_reach_the_api_through_nginx_published_on_loopback_by_default(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    api, proxy = config["services"]["api"], config["services"]["proxy"]
+    assert "ports" not in api and api["expose"] == ["8000"]  # the API itself is not published
+    assert proxy["ports"] == ["127.0.0.1:8000:8080/tcp"]
+    opened = compose_config(tmp_path, {"BITDANCE_PUBLISH_ADDR": "0.0.0.0", "BITDANCE_PUBLISH_PORT": "9000"})
+    assert opened.returncode == 0, opened.stderr
+    assert yaml.safe_load(opened.stdout)["services"]["proxy"]["ports"] == ["0.0.0.0:9000:8080/tcp"]
+
+
+def test_the_proxy_is_the_official_nginx_pinned_non_root_read_only(config: dict[str, Any]) -> None:
+    proxy = config["services"]["proxy"]
+    name, tag = proxy["image"].split(":")
+    assert name == "nginx" and tag[0].isdigit() and tag.count(".") >= 1  # a pinned release, not latest
+    assert proxy["read_only"] is True and proxy["tmpfs"] == ["/tmp"] and proxy["user"] == "101:101"
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "/health/live" in " ".join(proxy["healthcheck"]["test"])
+    assert proxy["stop_grace_period"] == config["services"]["api"]["stop_grace_period"]
+    raw = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["proxy"]
+    (mount,) = raw["volumes"]
+    source, target, mode = mount.split(":")
+    assert target == "/etc/nginx/nginx.conf" and mode == "ro"
+    assert (DOCKER / source).resolve() == DEPLOY / "k8s" / "base" / "nginx.conf"  # the file Kubernetes uses

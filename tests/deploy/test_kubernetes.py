@@ -132,7 +132,8 @@ def test_workers_get_time_to_finish_an_image_and_share_storage(objects: list[dic
     assert worker["terminationGracePeriodSeconds"] >= 600
     claims = {v["persistentVolumeClaim"]["claimName"] for v in worker["volumes"]}
     api = by_kind(objects, "Deployment")["bitdance-api"]["spec"]["template"]["spec"]
-    assert "bitdance-storage" in claims & {v["persistentVolumeClaim"]["claimName"] for v in api["volumes"]}
+    api_claims = {v["persistentVolumeClaim"]["claimName"] for v in api["volumes"] if "persistentVolumeClaim" in v}
+    assert "bitdance-storage" in claims & api_claims
     pvcs = by_kind(objects, "PersistentVolumeClaim")
     assert pvcs["bitdance-storage"]["spec"]["accessModes"] == ["ReadWriteMany"]
     redis = by_kind(objects, "StatefulSet")["bitdance-redis"]["spec"]
@@ -153,3 +154,32 @@ def test_keda_scales_workers_on_the_real_queue_names() -> None:
     namespace = service["metadata"]["namespace"]
     for trigger in scaled["spec"]["triggers"]:
         assert trigger["metadata"]["address"] == f"bitdance-redis.{namespace}.svc.cluster.local:6379"
+
+
+def test_the_api_is_reached_through_its_nginx_sidecar_only(objects: list[dict[str, Any]]) -> None:
+    pod = by_kind(objects, "Deployment")["bitdance-api"]["spec"]["template"]
+    spec = pod["spec"]
+    (proxy,) = spec["initContainers"]
+    assert proxy["restartPolicy"] == "Always"  # a native sidecar: up before the API, down after it
+    assert proxy["image"].startswith("nginx:") and proxy["image"].split(":")[1][0].isdigit()
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True and proxy["securityContext"]["runAsUser"] == 101
+    assert {"ip": "127.0.0.1", "hostnames": ["api"]} in spec["hostAliases"]  # nginx.conf's upstream api:8000
+    api = container(objects, "bitdance-api")
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    assert env["BITDANCE_HOST"] == "127.0.0.1" and env["BITDANCE_PORT"] == "8000"
+    assert env["BITDANCE_METRICS_REQUIRE_KEY"] == "true"  # loopback alone would open /metrics
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert "ports" not in api and ports == {"http": 8080}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert api[probe]["httpGet"]["port"] == "http"  # through the proxy
+    service = by_kind(objects, "Service")["bitdance-api"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["http"])
+    mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    conf = volumes[mounts["/etc/nginx/nginx.conf"]["name"]]["configMap"]["name"]
+    assert (
+        by_kind(objects, "ConfigMap")[conf]["data"]["nginx.conf"]
+        == (DEPLOY / "k8s" / "base" / "nginx.conf").read_text()
+    )
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]

@@ -54,7 +54,9 @@ def test_api_without_redis_is_live_but_not_ready(live_stack: LiveStack, tmp_path
 
         poll_until(answered, timeout_s=60, interval_s=0.2)
         ready = httpx.get(f"{url}/health/ready", timeout=30)
-        assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "redis": False}
+        body = ready.json()
+        assert ready.status_code == 503 and body["status"] == "unavailable" and body["redis"] is False
+        assert set(body.get("loops_down", {})) <= {"change_feed"}  # it cannot connect either (named with its error)
     finally:
         api.stop()
 
