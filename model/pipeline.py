@@ -26,6 +26,7 @@ from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.llm import PatchDecoder
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
+from model.precision import autocast
 from model.prompts import PromptEncoder, image_prefix_tokens
 from model.resolutions import check_supported_size, supported_sizes
 from model.sampler import GuidanceLayout, NoiseSource, SamplerSchedule, SamplerStep, euler_maruyama, uses_guidance
@@ -120,8 +121,9 @@ class BitDancePipeline:
                 ``diffusion_head/``, ``projector/`` folders); weights single-file or sharded. The
                 layout is told from the folder itself.
             device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-            dtype: weight dtype; default bfloat16 on CUDA (run under bf16 autocast, as upstream)
-                and float32 on the CPU.
+            dtype: weight dtype; default bfloat16 on CUDA and float32 on the CPU. CUDA always runs
+                under bf16 autocast (as upstream); bfloat16 on the CPU runs under CPU autocast with
+                the same arithmetic (norms and softmax in float32: ``model.precision``).
         """
         return cls.from_configs(read_configs(path), device, dtype)
 
@@ -345,7 +347,6 @@ class BitDancePipeline:
         with self._autocast():
             return to_uint8_pixels(self.autoencoder(grid.to(self.dtype)))
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        """bf16 autocast on CUDA and for bf16 weights on the CPU: the GPU's arithmetic (``model.precision``)."""
+        return autocast(self.device, self.dtype)
