@@ -22,27 +22,39 @@ from torch import nn
 AUTOCAST_DTYPE = torch.bfloat16
 
 
-def _float32(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.float()
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32: itself when it already is (not even an op is dispatched: the plain path)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+def _float32_or_none(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else _float32(tensor)
 
 
 class Float32LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` computed in float32 (input, weight and bias), as CUDA autocast computes it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, _float32(self.weight), _float32(self.bias), self.eps)
+        weight, bias = _float32_or_none(self.weight), _float32_or_none(self.bias)
+        return F.layer_norm(_float32(x), self.normalized_shape, weight, bias, self.eps)
 
 
 class Float32GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` computed in float32 (input, weight and bias), as CUDA autocast computes it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, _float32(self.weight), _float32(self.bias), self.eps)
+        weight, bias = _float32_or_none(self.weight), _float32_or_none(self.bias)
+        return F.group_norm(_float32(x), self.num_groups, weight, bias, self.eps)
 
 
 def float32_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``softmax`` in float32, as CUDA autocast computes it."""
-    return F.softmax(x.float(), dim=dim)
+    return F.softmax(_float32(x), dim=dim)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The weights' dtype unless asked otherwise: bf16 on CUDA (as upstream), float32 on the CPU."""
+    return AUTOCAST_DTYPE if device.type == "cuda" else torch.float32
 
 
 def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:
