@@ -35,7 +35,7 @@ SCALE_SUFFIX = "_scale"  # ``<module>.weight`` -> ``<module>.weight_scale``
 QUANTIZED_COMPONENTS = ("llm", "head")
 # Head linears kept in the compute dtype, by their names inside ``DiffusionHead``.
 HEAD_KEPT = frozenset({"net.input_proj", "net.final_layer.linear", "net.time_embed.mlp.0"})
-QUANTIZE_ROWS = 1024  # rows quantised at once: bounds the float32 temporary of a large weight
+QUANTIZE_CHUNK = 1 << 22  # elements quantised at once (16 MiB of float32): bounds the temporary
 
 
 def check_quantization(value: str | None) -> str | None:
@@ -58,22 +58,44 @@ def fp8_dtype() -> torch.dtype:
 
 
 @torch.no_grad()
-def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8(weight: torch.Tensor, scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[out, in]`` weight -> (``float8_e4m3fn`` ``[out, in]``, float32 scales ``[out, 1]``), on its device.
 
     Each row is scaled so that its largest magnitude is 448 (an all-zero row gets scale 1), then
-    rounded to nearest. Rows are done :data:`QUANTIZE_ROWS` at a time, so the float32 temporary
-    stays small whatever the weight's size.
+    rounded to nearest. ``weight`` is only read (it may be a view of a mapped file), a block of
+    rows at a time through one float32 buffer of :data:`QUANTIZE_CHUNK` elements (``scratch``,
+    when given, is reused: a load quantising hundreds of weights allocates it once); the
+    quantised weight and its scales are the only other allocations.
     """
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
-    amax = weight.abs().amax(dim=1, keepdim=True).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    rows, columns = weight.shape
+    block = max(1, QUANTIZE_CHUNK // max(columns, 1))
+    if scratch is None or scratch.numel() < min(block, rows) * columns or scratch.device != weight.device:
+        scratch = torch.empty(min(block, rows) * columns, dtype=torch.float32, device=weight.device)
     quantized = torch.empty(weight.shape, dtype=fp8_dtype(), device=weight.device)
-    for start in range(0, weight.shape[0], QUANTIZE_ROWS):
-        rows = slice(start, start + QUANTIZE_ROWS)
-        quantized[rows] = (weight[rows].float() / scale[rows]).clamp_(-FP8_MAX, FP8_MAX)
+    scale = torch.empty(rows, 1, dtype=torch.float32, device=weight.device)
+    blocks = [slice(start, min(start + block, rows)) for start in range(0, rows, block)]
+    for part in blocks:
+        values = scratch[: (part.stop - part.start) * columns].view(-1, columns)
+        torch.amax(values.copy_(weight[part]).abs_(), dim=1, keepdim=True, out=scale[part])
+    scale.div_(FP8_MAX).masked_fill_(scale == 0, 1.0)
+    for part in blocks:
+        values = scratch[: (part.stop - part.start) * columns].view(-1, columns)
+        quantized[part].copy_(values.copy_(weight[part]).div_(scale[part]).clamp_(-FP8_MAX, FP8_MAX))
     return quantized, scale
+
+
+class Fp8Quantizer:
+    """:func:`quantize_fp8` for a whole load: one float32 buffer for every weight, on one device."""
+
+    def __init__(self) -> None:
+        self.scratch: torch.Tensor | None = None
+
+    def __call__(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scratch is None or self.scratch.device != weight.device:
+            self.scratch = torch.empty(QUANTIZE_CHUNK, dtype=torch.float32, device=weight.device)
+        return quantize_fp8(weight, self.scratch)
 
 
 def scale_rows(scale: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -82,8 +104,12 @@ def scale_rows(scale: torch.Tensor, out_features: int) -> torch.Tensor:
 
 
 def dequantize(quantized: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``q * scale`` in ``dtype`` (computed in float32): a pre-quantised weight loaded without quantization."""
-    return (quantized.float() * scale_rows(scale, quantized.shape[0])).to(dtype)
+    """``q * scale`` in ``dtype`` (computed in float32): a pre-quantised weight loaded without quantization.
+
+    Written into its result, with no temporary (``quantized`` may be a view of a mapped file).
+    """
+    out = torch.empty(quantized.shape, dtype=dtype, device=quantized.device)
+    return out.copy_(quantized).mul_(scale_rows(scale, quantized.shape[0]).to(quantized.device))
 
 
 class Fp8Linear(nn.Module):
@@ -107,9 +133,9 @@ class Fp8Linear(nn.Module):
             layer.set_weight(linear.weight)
         return layer
 
-    def set_weight(self, weight: torch.Tensor) -> None:
+    def set_weight(self, weight: torch.Tensor, quantizer: Fp8Quantizer | None = None) -> None:
         """Quantise a full-precision ``[out, in]`` weight into this layer, on the weight's device."""
-        self.set_quantized(*quantize_fp8(weight))
+        self.set_quantized(*(quantizer(weight) if quantizer is not None else quantize_fp8(weight)))
 
     def set_quantized(self, quantized: torch.Tensor, scale: torch.Tensor) -> None:
         """Take an fp8 weight and its scale (any shape :func:`scale_rows` accepts) as they are."""

@@ -22,7 +22,14 @@ from model.checkpoint.modules import LoadedModules, MetaModules
 from model.checkpoint.tensor_files import TensorEntry, TensorReader
 from model.checkpoint.verification import check_tensors
 from model.exceptions import CheckpointError, first_of
-from model.quantization import QUANTIZED_COMPONENTS, Fp8Linear, check_quantization, dequantize, swap_to_fp8
+from model.quantization import (
+    QUANTIZED_COMPONENTS,
+    Fp8Linear,
+    Fp8Quantizer,
+    check_quantization,
+    dequantize,
+    swap_to_fp8,
+)
 
 
 @dataclass
@@ -47,7 +54,12 @@ def place(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def load_tensor(
-    module: nn.Module, name: str, entry: TensorEntry, scale: TensorEntry | None, reader: TensorReader
+    module: nn.Module,
+    name: str,
+    entry: TensorEntry,
+    scale: TensorEntry | None,
+    reader: TensorReader,
+    quantizer: Fp8Quantizer,
 ) -> None:
     """Read one tensor into ``module`` as ``name``; the fp8 cases each way:
 
@@ -59,11 +71,14 @@ def load_tensor(
     owner = module.get_submodule(owner_name) if owner_name else module
     if isinstance(owner, Fp8Linear) and leaf == "weight":
         if scale is None:
-            owner.set_weight(reader.read_as_stored(entry))
+            with reader.source(entry) as weight:  # on the CPU: quantised straight from the mapped file
+                owner.set_weight(weight, quantizer)
         else:
             owner.set_quantized(reader.read_as_stored(entry), reader.read_as_stored(scale))
     elif scale is not None:
-        place(module, name, dequantize(reader.read_as_stored(entry), reader.read_as_stored(scale), reader.dtype))
+        scales = reader.read_as_stored(scale)
+        with reader.source(entry) as quantized:
+            place(module, name, dequantize(quantized, scales, reader.dtype))
     else:
         place(module, name, reader.read(entry))
 
@@ -81,9 +96,10 @@ def stream_into(
     ``scales``: the scales of the entries stored in fp8 (weight key -> scale entry), read with them.
     """
     scales = scales or {}
+    quantizer = Fp8Quantizer()
     wanted = sorted((e.file, e.start, k) for k, e in entries.items() if k.startswith(prefix))
     for _, _, key in wanted:
-        load_tensor(module, key.removeprefix(prefix), entries[key], scales.get(key), reader)
+        load_tensor(module, key.removeprefix(prefix), entries[key], scales.get(key), reader, quantizer)
     still_meta = [name for name, tensor in module.state_dict().items() if tensor.is_meta]
     if still_meta:  # unreachable after the key check; kept as a safety net
         raise CheckpointError(f"{label}: not loaded: {first_of(still_meta)}")

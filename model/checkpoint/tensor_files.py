@@ -16,11 +16,13 @@ official pipeline on the CPU) computes what our loaded copies compute.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -201,8 +203,28 @@ class TensorReader:
         return self._read(entry, self.dtype if entry.dtype in FLOAT_DTYPES else file_dtype)
 
     def read_as_stored(self, entry: TensorEntry) -> torch.Tensor:
-        """The tensor in its file's dtype, on the device: the source of a quantisation, or an fp8 weight."""
+        """The tensor in its file's dtype, on the device: an fp8 weight or its scale."""
         return self._read(entry, DTYPES[entry.dtype][0])
+
+    @contextlib.contextmanager
+    def source(self, entry: TensorEntry) -> Iterator[torch.Tensor]:
+        """The tensor in its file's dtype for the ``with`` block only: what a quantisation reads.
+
+        On the CPU it is a view of the mapped file, no copy (the quantised result is the only
+        allocation, so host memory holds no full-precision copy and no heap fills with freed
+        ones); its pages are dropped after the block. On CUDA it is a copy on the device.
+        """
+        if self.device.type != "cpu" or entry.numel == 0:
+            yield self.read_as_stored(entry)
+            return
+        mapped = self._map(entry.file)
+        view = torch.frombuffer(mapped, dtype=DTYPES[entry.dtype][0], count=entry.numel, offset=entry.start)
+        try:
+            yield view.view(entry.shape)
+        finally:
+            del view
+            self._release(mapped, entry)
+            self.bytes_read += entry.nbytes
 
     def _read(self, entry: TensorEntry, target: torch.dtype) -> torch.Tensor:
         file_dtype = DTYPES[entry.dtype][0]

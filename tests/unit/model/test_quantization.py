@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from model import quantization
 from model.checkpoint import tensor_files
 from model.checkpoint.configs import read_configs
 from model.checkpoint.loading import load_modules
@@ -32,6 +33,7 @@ from model.quantization import (
     FP8_MAX,
     HEAD_KEPT,
     Fp8Linear,
+    Fp8Quantizer,
     check_quantization,
     dequantize,
     quantize_fp8,
@@ -55,6 +57,19 @@ def test_quantize_fp8_scales_each_output_channel() -> None:
     restored = dequantize(quantized, scale, torch.float32)
     error = (restored - weight).norm(dim=1) / weight.norm(dim=1).clamp_min(1e-12)
     assert error[weight.norm(dim=1) > 0].max() < 0.04  # e4m3 keeps 3 mantissa bits
+
+
+@pytest.mark.parametrize("chunk", [quantization.QUANTIZE_CHUNK, 100, 48 * 7], ids=["one-block", "row-blocks", "7-rows"])
+def test_quantize_fp8_in_blocks_is_the_plain_formula(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantised a block of rows at a time through one buffer: the same bits as the whole-tensor formula."""
+    monkeypatch.setattr(quantization, "QUANTIZE_CHUNK", chunk)
+    weight = (torch.randn(64, 48, generator=torch.Generator().manual_seed(2)) * 0.05).to(torch.bfloat16)
+    weight[10] = 0
+    amax = weight.float().abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    expected = (weight.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(F8)
+    for quantized, scales in (quantize_fp8(weight), Fp8Quantizer()(weight)):
+        assert torch.equal(scales, scale) and torch.equal(quantized.view(torch.uint8), expected.view(torch.uint8))
 
 
 def test_fp8_linear_computes_the_dequantised_linear() -> None:
@@ -164,8 +179,12 @@ def test_a_prequantised_checkpoint_without_quantization_is_dequantised(prequanti
     stored = load_file(str(prequantised16 / "model.safetensors"))
     up = modules.llm.layers[0].mlp.up_proj
     assert isinstance(up, nn.Linear) and up.weight.dtype == torch.bfloat16
-    expected = dequantize(stored[LLM_WEIGHT], stored[LLM_WEIGHT + "_scale"], torch.bfloat16)
-    assert torch.equal(up.weight, expected)
+    expected = (stored[LLM_WEIGHT].float() * stored[LLM_WEIGHT + "_scale"]).to(torch.bfloat16)
+    assert torch.equal(up.weight, expected) and torch.equal(up.weight, dequantize(*stored_pair(stored), torch.bfloat16))
+
+
+def stored_pair(stored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return stored[LLM_WEIGHT], stored[LLM_WEIGHT + "_scale"]
 
 
 def rewrite(path: Path, change) -> None:  # type: ignore[no-untyped-def]
@@ -178,9 +197,9 @@ def refused(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """The problem lines of ``model.verify`` (exit 1), which loading raises too, with or without fp8."""
     assert verify_main([str(path)]) == 1
     lines = capsys.readouterr().out.strip()
-    for quantization in (None, "fp8"):
+    for value in (None, "fp8"):
         with pytest.raises(CheckpointError) as error:
-            BitDancePipeline.from_pretrained(path, quantization=quantization)
+            BitDancePipeline.from_pretrained(path, quantization=value)
         assert str(error.value) == lines
     return lines
 
