@@ -5,7 +5,9 @@ linears): built one after the other (only one is in memory at a time), warmed up
 the same request. Against its reference it reports the share of token bits that agree (the
 sampled patches feed back into the LLM, so a first difference spreads to every later patch: on
 random weights two unrelated images agree on about half), the agreement of the first patch alone
-(before any feedback), the pixel PSNR, the seconds per image, and the bytes of the loaded weights.
+(before any feedback), the pixel PSNR (and that of the decoder alone, fed the reference's tokens:
+the pixels' own precision, apart from the tokens'), the seconds per image, and the bytes of the
+loaded weights.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def compare_precisions(
         pipe = build(dtype, quantization)
         parallel_num = pipe.parallel_num
         runs[label] = run_precision(pipe, label, height, width, steps)
+        if reference is not None:  # the reference's tokens through this precision's decoder
+            decoded = pipe.decode(runs[reference].tokens, height, width)[0].numpy()
         del pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -111,13 +115,15 @@ def compare_precisions(
             "token_agreement": agreement(run.tokens, base.tokens),
             "first_patch_agreement": agreement(run.tokens[:, :parallel_num], base.tokens[:, :parallel_num]),
             "psnr_db": psnr(run.image, base.image),
+            "decoder_psnr_db": psnr(decoded, base.image),
             "seconds_ratio": run.seconds / base.seconds,
             "weight_bytes_ratio": run.weight_bytes / base.weight_bytes,
         }
         figures[f"{label}_vs_{reference}"] = result
         line += (
             f"; vs {reference}: token agreement {result['token_agreement']:.4f} "
-            f"(first patch {result['first_patch_agreement']:.4f}), PSNR {result['psnr_db']:.2f} dB, "
+            f"(first patch {result['first_patch_agreement']:.4f}), PSNR {result['psnr_db']:.2f} dB "
+            f"(decoder alone, on the same tokens: {result['decoder_psnr_db']:.2f} dB), "
             f"time x{result['seconds_ratio']:.2f}, weight bytes x{result['weight_bytes_ratio']:.3f}"
         )
         print(line)

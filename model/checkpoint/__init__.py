@@ -4,6 +4,7 @@
 - ``configs``: its config files read once, checked against each other (``read_configs``);
 - ``modules``: the modules those configs imply, built on the meta device: the shapes the files must hold;
 - ``tensor_files``: safetensors headers checked, tensors read one at a time, files written aligned;
+- ``fp8_weights``: pre-quantised fp8 weights in the files: where they may be, their scales checked;
 - ``verification``: every check on a checkpoint without loading it (``python -m model.verify``);
 - ``loading``: checked files -> modules on a device, tensor by tensor;
 - ``memory_plan``: what a generation needs in memory, from the configs alone (``python -m model.plan``);

@@ -6,6 +6,11 @@ unexpected key or a wrong shape is a :class:`CheckpointError` with one line per 
 file. Modules are built on the meta device; each tensor then goes from the memory-mapped file to
 the target device in the target dtype and is put in its place (no ``load_state_dict`` copy). The
 weights nobody uses at inference (``lm_head`` and the autoencoder's encoder) are checked, not read.
+
+With ``quantization="fp8"`` the layers :mod:`model.quantization` names become ``Fp8Linear`` on the
+meta device and each of their weights is quantised as it arrives (on the CPU straight from the
+mapped file); fp8 weights stored with their scales (``model.checkpoint.fp8_weights``) are kept as
+they are, or dequantised when loading without quantization.
 """
 
 from __future__ import annotations

@@ -14,11 +14,14 @@ creates. For each supported size, batch 1, 4 and 8, with and without guidance, t
 
 Each stage's temporaries are listed tensor by tensor below, as the code creates them; the tests
 measure the live tensors of the real pipeline on the CPU and check these numbers against them.
-On CUDA the pipeline runs bf16 weights under bf16 autocast: matrix products give bf16, while the
+On CUDA (and for bf16 weights on the CPU, which runs the same arithmetic: ``model.precision``) the
+pipeline runs bf16 weights under bf16 autocast: matrix products give bf16, while the
 normalisations give float32, and the LLM's residual stream is float32 (its inputs add the float32
-position table), so those widths are counted at 4 bytes. Not counted: the CUDA context and the
-kernels' own workspaces (cuBLAS, flash attention), which :data:`CUDA_RESERVE_BYTES` stands for in
-the worker's start-up check.
+position table), so those widths are counted at 4 bytes. With ``quantization="fp8"`` the
+quantised linear weights count one byte each plus a float32 scale per output channel, and the
+largest of them cast to the compute dtype (alive during its layer's forward) is added to the
+sampling stages. Not counted: the CUDA context and the kernels' own workspaces (cuBLAS, flash
+attention), which :data:`CUDA_RESERVE_BYTES` stands for in the worker's start-up check.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Checks, in either layout: every file present; every safetensors file readable and as long as its
 header says; every shard an index lists present and holding its tensors; every tensor present with
-the shape its config implies, no unexpected tensor; floating-point dtypes; no unknown config field;
+the shape its config implies, no unexpected tensor; floating-point dtypes, fp8 only on linear
+weights and only with a well-formed scale (``model.checkpoint.fp8_weights``); no unknown config field;
 config fields that must agree across files (LLM hidden size = head ``ch_cond`` = projector width,
 autoencoder ``z_channels`` = head ``ch_target`` = projector input); the tokenizer readable and holding
 the chat, resolution and query tokens the variant needs, within the LLM's vocabulary.

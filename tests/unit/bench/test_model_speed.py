@@ -41,6 +41,8 @@ def test_full_size_bench_runs_scaled_down_on_the_cpu(
     for pair in ("bf16_vs_float32", "fp8_vs_bf16"):
         assert 0.5 < precision[pair]["first_patch_agreement"] <= 1 and 0 < precision[pair]["token_agreement"] <= 1
         assert precision[pair]["psnr_db"] > 0 and precision[pair]["seconds_ratio"] > 0
+    assert precision["bf16_vs_float32"]["decoder_psnr_db"] > 20  # the same tokens decode to nearly the same pixels
+    assert precision["fp8_vs_bf16"]["decoder_psnr_db"] == float("inf")  # fp8 leaves the decoder in bf16
     assert precision["bf16_vs_float32"]["weight_bytes_ratio"] == 0.5  # every weight in 2 bytes instead of 4
     assert 0.5 < precision["fp8_vs_bf16"]["weight_bytes_ratio"] < 1  # the embeddings dominate at this scale
     assert precision["full_size"]["weight_bytes_ratio"] <= 0.55
