@@ -7,7 +7,9 @@ process and prints
     (peak RSS of the loading process - RSS of an idle process that imported the same packages)
     / the checkpoint's bytes on disk
 
-for float32 files loaded as float32 and bfloat16 files loaded as bfloat16. The goal is <= 1.2: the
+for float32 files loaded as float32, bfloat16 files loaded as bfloat16, and bfloat16 files loaded
+with ``quantization="fp8"`` (each linear weight quantised as it is read: the weights held come to
+about half the file, plus the one weight being quantised). The goal is <= 1.2: the
 weights themselves are 1.0, so at most a fifth more for everything loading holds at once. Each
 figure comes from its own subprocess, so nothing else this script did is counted.
 """
@@ -40,7 +42,12 @@ result = {"imported_peak_kib": peak_kib()}
 if len(sys.argv) > 1:
     torch.set_num_threads(1)
     started = time.perf_counter()
-    pipe = BitDancePipeline.from_pretrained(sys.argv[1], device="cpu", dtype=getattr(torch, sys.argv[2]))
+    quantization = sys.argv[3] if len(sys.argv) > 3 else None
+    pipe = BitDancePipeline.from_pretrained(
+        sys.argv[1], device="cpu", dtype=getattr(torch, sys.argv[2]), quantization=quantization
+    )
+    modules = (pipe.llm, pipe.head, pipe.autoencoder, pipe.projector)
+    result["bytes_held"] = sum(t.nbytes for m in modules for t in m.state_dict().values())
     result["seconds"] = time.perf_counter() - started
     result["bytes_loaded"] = pipe.load_stats.bytes_loaded
 result["peak_kib"] = peak_kib()
@@ -72,15 +79,17 @@ def write_random_checkpoint(path: Path, gigabytes: float, dtype_name: str) -> in
     return layers
 
 
-def measure(path: Path, dtype_name: str) -> dict:
+def measure(path: Path, dtype_name: str, quantization: str | None = None) -> dict:
     idle = child()
-    loaded = child(str(path), dtype_name)
+    loaded = child(str(path), dtype_name, *([quantization] if quantization else []))
     size = checkpoint_bytes(path)
     extra = (loaded["peak_kib"] - idle["peak_kib"]) * 1024
     return {
         "dtype": dtype_name,
+        "quantization": quantization,
         "checkpoint_bytes": size,
         "bytes_loaded": loaded["bytes_loaded"],
+        "bytes_held": loaded["bytes_held"],
         "idle_rss_bytes": idle["peak_kib"] * 1024,
         "loading_peak_rss_bytes": loaded["peak_kib"] * 1024,
         "ratio": extra / size,
@@ -91,29 +100,36 @@ def measure(path: Path, dtype_name: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0, help="checkpoint size to write (GB, default 1.0)")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="stored and loaded dtypes to measure")
+    parser.add_argument(
+        "--dtypes",
+        default="float32,bfloat16,bfloat16+fp8",
+        help="stored and loaded dtypes to measure; +fp8: loaded with quantization='fp8' (quantised at load)",
+    )
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"where to write it (default {DEFAULT_DIR})")
     parser.add_argument("--keep", action="store_true", help="keep the written checkpoints")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     results = []
     worst = 0.0
-    for dtype_name in args.dtypes.split(","):
+    for spec in args.dtypes.split(","):
+        dtype_name, _, quantization = spec.partition("+")
         path = args.dir / f"random-{dtype_name}"
         layers = write_random_checkpoint(path, args.gb, dtype_name)
         try:
-            result = measure(path, dtype_name)
+            result = measure(path, dtype_name, quantization or None)
         finally:
             if not args.keep:
                 shutil.rmtree(path, ignore_errors=True)
         result["layers"] = layers
         results.append(result)
         worst = max(worst, result["ratio"])
+        target = f"{dtype_name}{' + fp8' if quantization else ''}"
         print(
-            f"load {dtype_name:>8} -> cpu {dtype_name:<8}: checkpoint {result['checkpoint_bytes'] / 1e9:.2f} GB "
-            f"({layers} layers of width {HIDDEN}), loaded {result['bytes_loaded'] / 1e9:.2f} GB in "
-            f"{result['seconds']:.1f} s; peak RSS {result['loading_peak_rss_bytes'] / 1e9:.2f} GB, idle process "
-            f"{result['idle_rss_bytes'] / 1e9:.2f} GB; (peak - idle) / checkpoint = {result['ratio']:.3f}"
+            f"load {dtype_name:>8} -> cpu {target:<15}: checkpoint {result['checkpoint_bytes'] / 1e9:.2f} GB "
+            f"({layers} layers of width {HIDDEN}), read {result['bytes_loaded'] / 1e9:.2f} GB in "
+            f"{result['seconds']:.1f} s, holding {result['bytes_held'] / 1e9:.2f} GB; peak RSS "
+            f"{result['loading_peak_rss_bytes'] / 1e9:.2f} GB, idle process {result['idle_rss_bytes'] / 1e9:.2f} GB; "
+            f"(peak - idle) / checkpoint = {result['ratio']:.3f}"
         )
     verdict = "within" if worst <= GOAL else "ABOVE"
     print(f"worst load RSS ratio {worst:.3f}: {verdict} the goal of {GOAL}")

@@ -16,6 +16,12 @@ prepared on first use by :mod:`bench.official.environment`) in a subprocess, on 
 checkpoint directory, or for ``--full-size`` the same seeded random weights rebuilt there from the
 same config files (checked by weight checksums). Ratio = our time per image / its time per image.
 Everything printed is also written as JSON (``--json-out``).
+
+Precision (``--no-precision`` skips it), for every case and for ``--full-size``: the same request
+with float32, bf16 (under autocast, the GPU's arithmetic) and fp8 linears, built one after the
+other on the same weights: token agreement (all patches, and the first alone), pixel PSNR, seconds
+per image and weight bytes of bf16 against float32 (CPU only) and of fp8 against bf16
+(:mod:`bench.precision_compare`).
 """
 
 from __future__ import annotations
@@ -35,14 +41,17 @@ from typing import Any
 import torch
 
 from bench.official.client import OFFICIAL_ENV, OfficialPipeline
+from bench.precision_compare import compare_precisions
 from model.checkpoint.configs import CONFIGS_DIR, read_configs
 from model.checkpoint.layout import COMPONENTS
 from model.checkpoint.memory_plan import build_plan
 from model.checkpoint.modules import MetaModules
 from model.checkpoint.random_weights import fill_random_, fingerprint
 from model.checkpoint.tiny_checkpoint import write_checkpoint
-from model.pipeline import BitDancePipeline, BitDancePipelineOutput, GenerationRequest, default_dtype
+from model.pipeline import BitDancePipeline, BitDancePipelineOutput, GenerationRequest
+from model.precision import default_dtype
 from model.prompts import PromptEncoder
+from model.quantization import check_quantization, swap_to_fp8
 
 THREADS_ENV = "BITDANCE_TORCH_THREADS"
 CACHE_DIR = Path("weights")
@@ -220,6 +229,13 @@ def bench_case(case: BenchCase, device: torch.device, args: argparse.Namespace) 
     verdict = "meets" if scaling >= 4 else "misses"
     print(f"          batch {largest} vs batch 1 images/s: {scaling:.2f}x ({verdict} the 4x target)")
     result["images_per_second"] = {str(b): v for b, v in throughput.items()}
+    if args.precision:
+        del pipe
+
+        def build(dtype: torch.dtype, quantization: str | None) -> BitDancePipeline:
+            return BitDancePipeline.from_pretrained(path, device=device, dtype=dtype, quantization=quantization)
+
+        result["precision"] = compare_precisions(build, device, case.height, case.width, case.steps)
     return result
 
 
@@ -278,16 +294,30 @@ def write_random_configs(out: Path, scale: float) -> Path:
     return out
 
 
-def build_random_pipeline(config_dir: Path, device: torch.device, seed: int = WEIGHT_SEED) -> BitDancePipeline:
-    """Our pipeline on ``config_dir``'s shapes with :func:`fill_random_` weights, built on ``device``."""
+def build_random_pipeline(
+    config_dir: Path,
+    device: torch.device,
+    seed: int = WEIGHT_SEED,
+    dtype: torch.dtype | None = None,
+    quantization: str | None = None,
+) -> BitDancePipeline:
+    """Our pipeline on ``config_dir``'s shapes with :func:`fill_random_` weights, built on ``device``.
+
+    ``dtype`` defaults to the pipeline's for the device; ``quantization="fp8"`` then quantises the
+    random weights as loading quantises a checkpoint's.
+    """
     configs = read_configs(config_dir)
-    dtype = default_dtype(device)
+    dtype = dtype or default_dtype(device)
     modules = MetaModules.build(configs, dtype)
     for name in COMPONENTS:
         module, prefix = modules.loaded(name)  # the checkpoint's key prefix seeds each tensor's draws
         module.to_empty(device=device)
         fill_random_(module, seed, prefix)
-    return BitDancePipeline(modules.finish(device), PromptEncoder.from_directory(config_dir), device, dtype)
+        if check_quantization(quantization) == "fp8":
+            swap_to_fp8(name, module)
+    pipe = BitDancePipeline(modules.finish(device), PromptEncoder.from_directory(config_dir), device, dtype)
+    pipe.quantization = quantization
+    return pipe
 
 
 def our_fingerprints(pipe: BitDancePipeline) -> dict[str, float]:
@@ -344,6 +374,12 @@ def bench_full_size(device: torch.device, args: argparse.Namespace) -> dict[str,
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    if args.precision:
+
+        def build(dtype: torch.dtype, quantization: str | None) -> BitDancePipeline:
+            return build_random_pipeline(config_dir, device, dtype=dtype, quantization=quantization)
+
+        result["precision"] = compare_precisions(build, device, height, width, steps)
     if args.official:
         with OfficialPipeline(args.official) as official:
             started = time.perf_counter()
@@ -386,6 +422,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=int(os.environ.get(THREADS_ENV, "1")),
         help=f"torch CPU threads, 0 for torch's default (default: ${THREADS_ENV} or 1, as the workers)",
+    )
+    parser.add_argument(
+        "--precision",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compare precisions on the same request: bf16 vs float32 (CPU) and fp8 vs bf16 (default: on)",
     )
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where the checkpoints are written")
     parser.add_argument("--json-out", type=Path, default=JSON_OUT, help="where the figures are written as JSON")

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     # --- worker ---------------------------------------------------------------------------------
     model_path: Path | None = None
     device: str = "cpu"
+    quantization: Literal["none", "fp8"] = Field(
+        default="none",
+        description=(
+            "Weights as loaded: none, or fp8 (the LLM's and the diffusion head's linear weights in fp8 e4m3 with "
+            "per-channel scales, quantised at load: about half the weight memory, so BitDance-14B fits a 24 GB GPU)."
+        ),
+    )
     torch_threads: int = Field(
         default=1,
         description=(

@@ -15,6 +15,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from model.precision import Float32GroupNorm
+
 GROUPS = 32
 EPS = 1e-6
 
@@ -71,8 +73,8 @@ def swish_(x: torch.Tensor) -> torch.Tensor:
 class ResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(GROUPS, in_channels, eps=EPS)
-        self.norm2 = nn.GroupNorm(GROUPS, out_channels, eps=EPS)
+        self.norm1 = Float32GroupNorm(GROUPS, in_channels, eps=EPS)
+        self.norm2 = Float32GroupNorm(GROUPS, out_channels, eps=EPS)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         if in_channels != out_channels:
@@ -118,7 +120,7 @@ class AdaptiveGroupNorm(nn.Module):
 
     def __init__(self, z_channels: int, channels: int):
         super().__init__()
-        self.gn = nn.GroupNorm(GROUPS, channels, eps=EPS, affine=False)
+        self.gn = Float32GroupNorm(GROUPS, channels, eps=EPS, affine=False)
         self.gamma = nn.Linear(z_channels, channels)
         self.beta = nn.Linear(z_channels, channels)
 
@@ -164,7 +166,7 @@ class Decoder(nn.Module):
             levels.insert(0, up)
         self.up = nn.ModuleList(levels)
         self.adaptive = nn.ModuleList(adaptive)
-        self.norm_out = nn.GroupNorm(GROUPS, channels, eps=EPS)
+        self.norm_out = Float32GroupNorm(GROUPS, channels, eps=EPS)
         self.conv_out = nn.Conv2d(channels, config.out_ch, 3, padding=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -204,7 +206,7 @@ class Encoder(nn.Module):
             levels.append(down)
         self.down = nn.ModuleList(levels)
         self.mid_block = nn.ModuleList(ResBlock(channels, channels) for _ in range(n_res))
-        self.norm_out = nn.GroupNorm(GROUPS, channels, eps=EPS)
+        self.norm_out = Float32GroupNorm(GROUPS, channels, eps=EPS)
         self.conv_out = nn.Conv2d(channels, config.z_channels, 1)
 
 

@@ -51,12 +51,15 @@ def parse_image_size(text: str) -> str | dict[str, int]:
 
 
 def worker_settings() -> Settings:
-    """The settings a worker would run with here (``BITDANCE_*`` variables, ``.env``); bad values exit."""
+    """The settings a worker would run with here (``BITDANCE_*`` variables, ``.env``); a bad value exits with 2."""
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"BITDANCE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise SystemExit(f"error: {problems}") from None
+        problems = "; ".join(
+            f"BITDANCE_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"error: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def default_threads() -> int:
@@ -77,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, type=Path, help="checkpoint directory (native layout)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "fp8"),
+        default=None,
+        help="fp8: the LLM's and the head's linear weights in fp8 (default: $BITDANCE_QUANTIZATION, else none)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     request = endpoint_input(args)
     settings = worker_settings()
     threads = settings.torch_threads if args.threads is None else args.threads
+    quantization = settings.quantization if args.quantization is None else args.quantization
     import torch
 
     from model.exceptions import CheckpointError
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
-        pipe = BitDancePipeline.from_pretrained(args.model, device=args.device)
+        pipe = BitDancePipeline.from_pretrained(args.model, device=args.device, quantization=quantization)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import attend
+from model.precision import Float32LayerNorm, float32_softmax
 
 HEAD_DIM = 128
 TIME_FREQUENCIES = 256
@@ -81,7 +82,7 @@ class PatchAttention(nn.Module):
         b, n, c = x.shape
         q, k, v = (part.view(b, n, self.num_heads, HEAD_DIM).transpose(1, 2) for part in self.wqkv(x).chunk(3, -1))
         if n <= MANUAL_ATTENTION_MAX_LEN:  # the official code's explicit path for short patches
-            weights = F.softmax((q * HEAD_DIM**-0.5) @ k.transpose(-1, -2), dim=-1)
+            weights = float32_softmax((q * HEAD_DIM**-0.5) @ k.transpose(-1, -2), dim=-1)
             out = weights @ v
         else:
             out = attend(q, k, v, causal=False)
@@ -95,9 +96,9 @@ class HeadBlock(nn.Module):
         super().__init__()
         hidden = int(channels * 1.5)
         self.use_swiglu = use_swiglu
-        self.norm1 = nn.LayerNorm(channels, eps=1e-6)
+        self.norm1 = Float32LayerNorm(channels, eps=1e-6)
         self.attn = PatchAttention(channels)
-        self.norm2 = nn.LayerNorm(channels, eps=1e-6)
+        self.norm2 = Float32LayerNorm(channels, eps=1e-6)
         if use_swiglu:
             self.w1 = nn.Linear(channels, 2 * hidden)
             self.w2 = nn.Linear(hidden, channels)
@@ -126,7 +127,7 @@ def adaln_modulation(ada_ln: nn.Linear, y: torch.Tensor) -> tuple[torch.Tensor, 
 class FinalLayer(nn.Module):
     def __init__(self, channels: int, out_channels: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(channels, eps=1e-6, elementwise_affine=False)
+        self.norm_final = Float32LayerNorm(channels, eps=1e-6, elementwise_affine=False)
         self.ada_ln_modulation = nn.Linear(channels, 2 * channels)
         self.linear = nn.Linear(channels, out_channels)
 

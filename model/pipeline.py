@@ -26,7 +26,9 @@ from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
 from model.llm import PatchDecoder
 from model.positions import grid_from_tokens, patch_major_embedding, sincos_table
+from model.precision import autocast, default_dtype
 from model.prompts import PromptEncoder, image_prefix_tokens
+from model.quantization import check_quantization
 from model.resolutions import check_supported_size, supported_sizes
 from model.sampler import GuidanceLayout, NoiseSource, SamplerSchedule, SamplerStep, euler_maruyama, uses_guidance
 from model.seeds import check_seed, resolve_seed
@@ -78,10 +80,6 @@ class StageTimer:
         return time.perf_counter()
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 class BitDancePipeline:
     """A loaded BitDance checkpoint. Load once with :meth:`from_pretrained`, then call :meth:`generate`.
 
@@ -90,6 +88,7 @@ class BitDancePipeline:
 
     def __init__(self, modules: LoadedModules, prompts: PromptEncoder, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
+        self.quantization: str | None = None  # "fp8" when from_pretrained quantised the weights
         self.prompts = prompts
         self.llm_config = modules.llm_config
         self.llm = modules.llm
@@ -108,7 +107,12 @@ class BitDancePipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        quantization: str | None = None,
     ) -> BitDancePipeline:
         """Load a checkpoint directory, native or diffusers layout (nothing is fetched from a hub).
 
@@ -120,20 +124,34 @@ class BitDancePipeline:
                 ``diffusion_head/``, ``projector/`` folders); weights single-file or sharded. The
                 layout is told from the folder itself.
             device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-            dtype: weight dtype; default bfloat16 on CUDA (run under bf16 autocast, as upstream)
-                and float32 on the CPU.
+            dtype: weight dtype; default bfloat16 on CUDA and float32 on the CPU. CUDA always runs
+                under bf16 autocast (as upstream); bfloat16 on the CPU runs under CPU autocast with
+                the same arithmetic (norms and softmax in float32: ``model.precision``).
+            quantization: ``None`` (or ``"none"``): every weight in ``dtype``. ``"fp8"``: the linear
+                layers of the LLM and the diffusion head in fp8 e4m3 with per-output-channel scales,
+                quantised at load (or taken as stored from a pre-quantised checkpoint) and computed in
+                ``dtype`` (``model.quantization``); about half the weight memory. Any other value is
+                a ``ValueError`` naming it.
         """
-        return cls.from_configs(read_configs(path), device, dtype)
+        quantization = check_quantization(quantization)  # before any file is read
+        return cls.from_configs(read_configs(path), device, dtype, quantization=quantization)
 
     @classmethod
     def from_configs(
-        cls, configs: CheckpointConfigs, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+        cls,
+        configs: CheckpointConfigs,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        quantization: str | None = None,
     ) -> BitDancePipeline:
         """:meth:`from_pretrained` from configs already read (a worker reads them once, to verify and plan too)."""
+        quantization = check_quantization(quantization)
         device = torch.device(device)
         dtype = dtype or default_dtype(device)
         prompts = PromptEncoder.from_directory(configs.files.tokenizer_dir)
-        pipe = cls(load_modules(configs, device, dtype), prompts, device, dtype)
+        pipe = cls(load_modules(configs, device, dtype, quantization), prompts, device, dtype)
+        pipe.quantization = quantization
         llm = pipe.llm_config
         root = configs.files.root
         pipe.identity = identify_checkpoint(root, pipe.parallel_num, llm.hidden_size, llm.num_hidden_layers)
@@ -345,7 +363,6 @@ class BitDancePipeline:
         with self._autocast():
             return to_uint8_pixels(self.autoencoder(grid.to(self.dtype)))
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        """bf16 autocast on CUDA and for bf16 weights on the CPU: the GPU's arithmetic (``model.precision``)."""
+        return autocast(self.device, self.dtype)

@@ -1,5 +1,8 @@
 """``python -m model.plan PATH [--json]``: the memory plan of a checkpoint, from its config files alone.
 
+``--device`` (cuda, cpu), ``--dtype`` (bfloat16, float32) and ``--quantization fp8`` plan the run
+the worker would make with the same settings.
+
 ``PATH`` is a checkpoint (either layout) or one of the shipped config folders
 (``model/configs/bitdance-14b-64x``, ``-16x``). The plan itself is :mod:`model.checkpoint.memory_plan`.
 """
@@ -11,10 +14,15 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from model.checkpoint.configs import CONFIGS_DIR, read_configs
 from model.checkpoint.layout import COMPONENTS
 from model.checkpoint.memory_plan import DEFAULT_PROMPT_TOKENS, GIB, DeviceRules, MemoryPlan, build_plan
 from model.exceptions import CheckpointError
+from model.quantization import NO_QUANTIZATION, QUANTIZATIONS
+
+DTYPE_CHOICES = ("bfloat16", "float32")
 
 
 def _gib(nbytes: int) -> str:
@@ -22,10 +30,11 @@ def _gib(nbytes: int) -> str:
 
 
 def print_plan(plan: MemoryPlan, parallel_num: int, device: str, prompt_tokens: int) -> None:
-    rules = DeviceRules.for_device(device)
+    rules = plan.rules or DeviceRules.for_device(device)
+    autocast = ", under bf16 autocast" if rules.autocast else ""
     print(
-        f"BitDance {parallel_num}x on {rules.name}: weights in "
-        f"{'bfloat16' if rules.weight == 2 else 'float32'}, prompt of {prompt_tokens} tokens"
+        f"BitDance {parallel_num}x on {rules.name}: weights in {rules.describe()}{autocast}, "
+        f"prompt of {prompt_tokens} tokens"
     )
     for name in (*COMPONENTS, "total"):
         print(f"  {name:<12} {plan.parameters[name] / 1e9:7.3f} B parameters  {_gib(plan.bytes[name])}")
@@ -33,6 +42,9 @@ def print_plan(plan: MemoryPlan, parallel_num: int, device: str, prompt_tokens: 
     print(
         f"  not loaded: lm_head {unloaded['lm_head'] / 1e9:.3f} B, encoder {unloaded['encoder'] / 1e9:.3f} B parameters"
     )
+    if plan.dequantization_bytes:
+        dequantized = _gib(plan.dequantization_bytes).strip()
+        print(f"  fp8: the largest quantised weight in the compute dtype, {dequantized}, counted in the peak")
     print(f"\n  {'size':>9} {'batch':>5} {'guidance':>8} {'KV cache':>11} {'activations':>11} {'peak':>11}")
     for b in plan.batches:
         print(
@@ -48,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--device", default="cuda", help="cuda (bf16 weights, default) or cpu (float32)")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default=None, help="weight dtype (default: bfloat16 on cuda, float32 on cpu)"
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=(NO_QUANTIZATION, *QUANTIZATIONS),
+        default=NO_QUANTIZATION,
+        help="fp8: the LLM's and the head's linear weights in fp8 e4m3 with per-channel scales (default: none)",
+    )
     parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS, help="conditional prompt length")
     args = parser.parse_args(argv)
     try:
@@ -55,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    plan = build_plan(configs, args.device, prompt_tokens=args.prompt_tokens)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    plan = build_plan(
+        configs, args.device, prompt_tokens=args.prompt_tokens, dtype=dtype, quantization=args.quantization
+    )
     if args.json:
         print(json.dumps(plan.as_json(), indent=2))
     else:

@@ -47,6 +47,12 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(
             f"{m.name:<12}{human_count(m.parameters):>10} parameters {human_bytes(m.bytes):>12}  [{dtypes}]  {m.label}"
         )
+    for m in report.modules:
+        if m.fp8_weights:
+            lines.append(
+                f"{m.name}: {m.fp8_weights} linear weights pre-quantised in fp8 with their scales: kept in fp8 with "
+                "quantization 'fp8', else dequantised to the compute dtype at load"
+            )
     total_params = sum(m.parameters for m in report.modules)
     total_bytes = sum(m.bytes for m in report.modules)
     lines.append(f"{'total':<12}{human_count(total_params):>10} parameters {human_bytes(total_bytes):>12}")

@@ -1,4 +1,4 @@
-"""``python -m worker --device cpu|cuda:N --model PATH``: load the pipeline once, then serve the queues.
+"""``python -m worker --device cpu|cuda:N --model PATH [--quantization fp8]``: load the pipeline once, then serve.
 
 ``--model simulated`` serves the simulated model (no torch, no weights; ``model.simulated``), with
 ``BITDANCE_SIMULATED_SLOTS`` requests at once.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from core.logconfig import configure_logging
 from core.redis_options import redis_client_options
@@ -32,7 +33,7 @@ logger = logging.getLogger("worker")
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("device", "model_path", "redis_url", "storage_dir", "worker_name", "log_level")
+    names = ("device", "model_path", "quantization", "redis_url", "storage_dir", "worker_name", "log_level")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -40,6 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("--device", help="cpu or cuda:N (one worker per GPU)")
     parser.add_argument("--model", dest="model_path", type=Path, help="checkpoint directory, or: simulated")
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "fp8"),
+        help="fp8: LLM and head linear weights in fp8 (BITDANCE_QUANTIZATION)",
+    )
     parser.add_argument("--redis-url")
     parser.add_argument("--storage-dir", type=Path)
     parser.add_argument("--name", dest="worker_name")
@@ -50,7 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings(**cli_overrides(args))
+    try:
+        settings = Settings(**cli_overrides(args))
+    except ValidationError as exc:  # a bad BITDANCE_* value: say which and what it was, no traceback
+        for error in exc.errors():
+            name = "BITDANCE_" + "_".join(map(str, error["loc"])).upper()
+            print(f"error: {name}={error.get('input')!r}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     if settings.model_path is None:
         logger.error("no checkpoint: pass --model PATH (or simulated) or set BITDANCE_MODEL_PATH")
@@ -77,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             settings.model_path,
         )
         return 3
-    refusal = check_device_memory(report.configs, settings.device, settings.max_batch_images)
+    quantization = None if settings.quantization == "none" else settings.quantization
+    refusal = check_device_memory(report.configs, settings.device, settings.max_batch_images, quantization)
     if refusal is not None:  # refuse now rather than run out of memory in the middle of a request
         logger.error("%s", refusal)
         return 3
 
-    logger.info("loading %s (%s layout) on %s", settings.model_path, report.layout, settings.device)
-    pipe = BitDancePipeline.from_configs(report.configs, device=settings.device)
+    weights = f", {quantization} weights" if quantization else ""
+    logger.info("loading %s (%s layout) on %s%s", settings.model_path, report.layout, settings.device, weights)
+    pipe = BitDancePipeline.from_configs(report.configs, device=settings.device, quantization=quantization)
     if pipe.load_stats is not None:
         stats = pipe.load_stats
         logger.info(

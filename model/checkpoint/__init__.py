@@ -5,6 +5,7 @@
 - ``rope``: the LLM config's RoPE, read alike under transformers 4.57 and 5.x, and the rotary embedding's check;
 - ``modules``: the modules those configs imply, built on the meta device: the shapes the files must hold;
 - ``tensor_files``: safetensors headers checked, tensors read one at a time, files written aligned;
+- ``fp8_weights``: pre-quantised fp8 weights in the files: where they may be, their scales checked;
 - ``verification``: every check on a checkpoint without loading it (``python -m model.verify``);
 - ``loading``: checked files -> modules on a device, tensor by tensor;
 - ``memory_plan``: what a generation needs in memory, from the configs alone (``python -m model.plan``);

@@ -14,11 +14,14 @@ creates. For each supported size, batch 1, 4 and 8, with and without guidance, t
 
 Each stage's temporaries are listed tensor by tensor below, as the code creates them; the tests
 measure the live tensors of the real pipeline on the CPU and check these numbers against them.
-On CUDA the pipeline runs bf16 weights under bf16 autocast: matrix products give bf16, while the
+On CUDA (and for bf16 weights on the CPU, which runs the same arithmetic: ``model.precision``) the
+pipeline runs bf16 weights under bf16 autocast: matrix products give bf16, while the
 normalisations give float32, and the LLM's residual stream is float32 (its inputs add the float32
-position table), so those widths are counted at 4 bytes. Not counted: the CUDA context and the
-kernels' own workspaces (cuBLAS, flash attention), which :data:`CUDA_RESERVE_BYTES` stands for in
-the worker's start-up check.
+position table), so those widths are counted at 4 bytes. With ``quantization="fp8"`` the
+quantised linear weights count one byte each plus a float32 scale per output channel, and the
+largest of them cast to the compute dtype (alive during its layer's forward) is added to the
+sampling stages. Not counted: the CUDA context and the kernels' own workspaces (cuBLAS, flash
+attention), which :data:`CUDA_RESERVE_BYTES` stands for in the worker's start-up check.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from model.autoencoder import AutoencoderConfig
 from model.checkpoint.configs import CheckpointConfigs
 from model.checkpoint.layout import COMPONENTS
 from model.checkpoint.modules import MetaModules
+from model.precision import default_dtype, uses_autocast
 from model.prompts import image_prefix_tokens
+from model.quantization import check_quantization, quantized_linears
 from model.resolutions import supported_sizes
 
 BATCHES = (1, 4, 8)
@@ -49,20 +54,42 @@ FLOAT32 = 4
 
 @dataclass(frozen=True)
 class DeviceRules:
-    """Byte widths of the tensors a device creates: weights, matrix products, norms, LLM stream."""
+    """Byte widths of the tensors a run creates: weights, matrix products, norms, LLM stream.
+
+    Keyed by device, weight dtype and quantization, as the pipeline runs them: under bf16 autocast
+    (CUDA, and bf16 weights on the CPU: ``model.precision``) matrix products give bf16 and norms
+    float32; float32 weights on the CPU give float32 everywhere. With ``quantization="fp8"`` the
+    quantised linear weights take one byte each plus a float32 scale per output channel.
+    """
 
     name: str
     weight: int
     compute: int  # matrix-product and convolution outputs
-    norm: int  # LayerNorm / GroupNorm outputs (float32 under CUDA autocast)
+    norm: int  # LayerNorm / GroupNorm outputs (float32 under autocast)
     stream: int  # the LLM's hidden states between layers
     autocast: bool  # conv/linear inputs of another dtype are cast first (a temporary copy)
+    sigmoid_temporary: bool = False  # swish_ makes a full-size sigmoid temporary (CUDA; the CPU works in chunks)
+    dtype: str = "float32"  # the weights' (the unquantised ones')
+    quantization: str | None = None
 
     @classmethod
-    def for_device(cls, device: str) -> DeviceRules:
-        if torch.device(device).type == "cuda":  # bf16 weights under bf16 autocast
-            return cls("cuda", weight=2, compute=2, norm=FLOAT32, stream=FLOAT32, autocast=True)
-        return cls("cpu", weight=FLOAT32, compute=FLOAT32, norm=FLOAT32, stream=FLOAT32, autocast=False)
+    def for_device(cls, device: str, dtype: torch.dtype | None = None, quantization: str | None = None) -> DeviceRules:
+        """The rules of ``device`` with ``dtype`` weights (default: the pipeline's for that device)."""
+        target = torch.device(device)
+        dtype = dtype or default_dtype(target)
+        width = torch.empty((), dtype=dtype).element_size()
+        quantization = check_quantization(quantization)
+        name, dtype_name = target.type, str(dtype).removeprefix("torch.")
+        if uses_autocast(target, dtype):
+            cuda = target.type == "cuda"
+            return cls(name, width, 2, FLOAT32, FLOAT32, True, cuda, dtype_name, quantization)
+        return cls(name, width, width, width, max(width, FLOAT32), False, False, dtype_name, quantization)
+
+    def describe(self) -> str:
+        """``bfloat16``, or ``bfloat16, fp8 linears``: the weights as the plan counts them."""
+        if self.quantization == "fp8":
+            return f"{self.dtype}, LLM and head linears in fp8 e4m3 with float32 per-channel scales"
+        return self.dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +205,7 @@ def decoder_bytes(ae: AutoencoderConfig, height: int, width: int, rules: DeviceR
         return live.add(channels * area * rules.compute) if rules.autocast and dtype != rules.compute else 0
 
     def activation(channels: int, dtype: int) -> None:  # swish_ in place; CUDA's sigmoid temporary
-        if rules.autocast:
+        if rules.sigmoid_temporary:
             live.free(live.add(channels * area * dtype))
 
     def res_block(x: int, c_in: int, c_out: int) -> int:
@@ -268,9 +295,12 @@ def decoding_bytes(configs: CheckpointConfigs, generation: Generation, rules: De
     return kept + decoder_bytes(configs.autoencoder, generation.height, generation.width, rules)
 
 
-def plan_generation(configs: CheckpointConfigs, generation: Generation, rules: DeviceRules, weights: int) -> BatchPlan:
+def plan_generation(
+    configs: CheckpointConfigs, generation: Generation, rules: DeviceRules, weights: int, dequantization: int = 0
+) -> BatchPlan:
+    """``dequantization``: the fp8 weight cast to the compute dtype during a forward of the sampling stages."""
     kv = kv_cache_bytes(configs, generation, rules)
-    sampling = sampling_bytes(configs, generation, rules)
+    sampling = sampling_bytes(configs, generation, rules) + dequantization
     decoding = decoding_bytes(configs, generation, rules)
     return BatchPlan(
         batch=generation.images,
@@ -291,6 +321,8 @@ class MemoryPlan:
     bytes: dict[str, int]
     batches: list[BatchPlan]
     unloaded: dict[str, int] = field(default_factory=dict)  # in the files, never loaded: lm_head, encoder
+    rules: DeviceRules | None = None  # what the bytes were counted with
+    dequantization_bytes: int = 0  # fp8: the largest quantised weight in the compute dtype, counted in the peak
 
     def as_json(self) -> dict:
         return {"parameters": self.parameters, "bytes": self.bytes, "batches": [asdict(b) for b in self.batches]}
@@ -303,24 +335,53 @@ class MemoryPlan:
         return max(candidates, key=lambda b: b.peak_bytes)
 
 
+def loaded_weight_bytes(modules: MetaModules, component: str, rules: DeviceRules) -> int:
+    """Bytes of the weights of ``component`` as loaded: ``rules.weight`` each, fp8 linears 1 + their scales."""
+    total = modules.loaded_parameters(component) * rules.weight
+    if rules.quantization == "fp8":
+        for linear in quantized_linears(component, modules.loaded(component)[0]).values():
+            total -= linear.weight.numel() * (rules.weight - 1)
+            total += linear.out_features * FLOAT32
+    return total
+
+
+def dequantization_bytes(modules: MetaModules, rules: DeviceRules) -> int:
+    """fp8: the largest quantised weight cast to the compute dtype, alive during its layer's forward."""
+    if rules.quantization != "fp8":
+        return 0
+    sizes = [
+        linear.weight.numel()
+        for component in COMPONENTS
+        for linear in quantized_linears(component, modules.loaded(component)[0]).values()
+    ]
+    return max(sizes, default=0) * rules.compute
+
+
 def build_plan(
     configs: CheckpointConfigs,
     device: str = "cuda",
     batches: Sequence[int] = BATCHES,
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    dtype: torch.dtype | None = None,
+    quantization: str | None = None,
 ) -> MemoryPlan:
-    rules = DeviceRules.for_device(device)
+    """The plan of ``configs`` on ``device`` with ``dtype`` weights (default: the pipeline's) and ``quantization``."""
+    rules = DeviceRules.for_device(device, dtype, quantization)
     modules = MetaModules.build(configs)
     parameters = {name: modules.loaded_parameters(name) for name in COMPONENTS}
     parameters["total"] = sum(parameters.values())
-    weight_bytes = {name: count * rules.weight for name, count in parameters.items()}
+    weight_bytes = {name: loaded_weight_bytes(modules, name, rules) for name in COMPONENTS}
+    weight_bytes["total"] = sum(weight_bytes.values())
+    dequantization = dequantization_bytes(modules, rules)
     plans = [
-        plan_generation(configs, Generation(batch, guidance, h, w, prompt_tokens), rules, weight_bytes["total"])
+        plan_generation(
+            configs, Generation(batch, guidance, h, w, prompt_tokens), rules, weight_bytes["total"], dequantization
+        )
         for h, w in supported_sizes(configs.head.parallel_num)
         for batch in batches
         for guidance in (True, False)
     ]
-    return MemoryPlan(parameters, weight_bytes, plans, modules.unloaded_parameters())
+    return MemoryPlan(parameters, weight_bytes, plans, modules.unloaded_parameters(), rules, dequantization)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,11 +437,14 @@ def _activation_peak(configs: CheckpointConfigs, generation: Generation, rules: 
 # The worker's start-up check
 
 
-def memory_refusal(plan: MemoryPlan, max_batch_images: int, free_bytes: int, device: str) -> str | None:
+def memory_refusal(
+    plan: MemoryPlan, max_batch_images: int, free_bytes: int, device: str, fp8_plan: MemoryPlan | None = None
+) -> str | None:
     """``None`` when ``max_batch_images`` fits in ``free_bytes`` (with the CUDA reserve), else why not.
 
     The message names what is needed, what is free and what to change: the largest batch that
-    fits, or that not even one image does.
+    fits, or that not even one image does; with ``fp8_plan`` (the same checkpoint quantised, for a
+    plan that is not) also what fits with ``BITDANCE_QUANTIZATION=fp8``.
     """
     needed = plan.worst(max_batch_images).peak_bytes + CUDA_RESERVE_BYTES
     if needed <= free_bytes:
@@ -390,16 +454,32 @@ def memory_refusal(plan: MemoryPlan, max_batch_images: int, free_bytes: int, dev
         f"weights {plan.bytes['total'] / GIB:.1f} GiB, KV cache {worst.kv_cache_bytes / GIB:.1f} GiB, "
         f"activations {worst.activation_bytes / GIB:.1f} GiB, reserve {CUDA_RESERVE_BYTES / GIB:.1f} GiB"
     )
-    fitting = [b for b in range(max_batch_images - 1, 0, -1) if _fits(plan, b, free_bytes)]
-    if fitting:
-        advice = f"set BITDANCE_MAX_BATCH_IMAGES={fitting[0]} or lower, or use a GPU with more free memory"
+    weights = f" with weights in {plan.rules.describe()}" if plan.rules is not None else ""
+    fitting = largest_fitting_batch(plan, max_batch_images - 1, free_bytes)
+    fp8_fitting = largest_fitting_batch(fp8_plan, max_batch_images, free_bytes) if fp8_plan is not None else 0
+    if fp8_plan is not None and fp8_fitting:
+        fp8_needed = (fp8_plan.worst(fp8_fitting).peak_bytes + CUDA_RESERVE_BYTES) / GIB
+        fp8_advice = (
+            f"set BITDANCE_QUANTIZATION=fp8 (fp8 weights {fp8_plan.bytes['total'] / GIB:.1f} GiB: "
+            f"BITDANCE_MAX_BATCH_IMAGES={fp8_fitting} fits, needing {fp8_needed:.1f} GiB)"
+        )
+        advice = f"{fp8_advice}, or set BITDANCE_MAX_BATCH_IMAGES={fitting} or lower" if fitting else fp8_advice
+        if not fitting:
+            advice = f"not even one image fits without quantization: {advice}"
+    elif fitting:
+        advice = f"set BITDANCE_MAX_BATCH_IMAGES={fitting} or lower, or use a GPU with more free memory"
     else:
         advice = "not even one image fits: free this GPU (other processes hold memory) or use a larger one"
     return (
-        f"not enough GPU memory on {device} for BITDANCE_MAX_BATCH_IMAGES={max_batch_images}: "
+        f"not enough GPU memory on {device} for BITDANCE_MAX_BATCH_IMAGES={max_batch_images}{weights}: "
         f"needs {needed / GIB:.1f} GiB ({parts}) at {worst.width}x{worst.height} with guidance, "
         f"{free_bytes / GIB:.1f} GiB free; {advice}"
     )
+
+
+def largest_fitting_batch(plan: MemoryPlan, at_most: int, free_bytes: int) -> int:
+    """The largest batch up to ``at_most`` whose worst generation fits in ``free_bytes`` with the reserve; 0 if none."""
+    return next((b for b in range(at_most, 0, -1) if _fits(plan, b, free_bytes)), 0)
 
 
 def _fits(plan: MemoryPlan, batch: int, free_bytes: int) -> bool:
@@ -409,10 +489,27 @@ def _fits(plan: MemoryPlan, batch: int, free_bytes: int) -> bool:
     return max(b.peak_bytes for b in candidates) + CUDA_RESERVE_BYTES <= free_bytes
 
 
-def check_device_memory(configs: CheckpointConfigs, device: str, max_batch_images: int) -> str | None:
-    """The worker's start-up check on ``device``: ``None`` when it fits (or not on CUDA), else the refusal."""
-    if torch.device(device).type != "cuda":
+def check_device_memory(
+    configs: CheckpointConfigs,
+    device: str,
+    max_batch_images: int,
+    quantization: str | None = None,
+    free_bytes: int | None = None,
+) -> str | None:
+    """The worker's start-up check on ``device``: ``None`` when it fits, else the refusal.
+
+    ``free_bytes``: the device's free memory; by default asked from CUDA (and no check off CUDA).
+    Without quantization a refusal also says what ``fp8`` would fit.
+    """
+    if free_bytes is None:
+        if torch.device(device).type != "cuda":
+            return None
+        free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
+    batches = range(1, max_batch_images + 1)
+    plan = build_plan(configs, device, batches=batches, quantization=quantization)
+    if largest_fitting_batch(plan, max_batch_images, free_bytes) == max_batch_images:
         return None
-    plan = build_plan(configs, device, batches=range(1, max_batch_images + 1))
-    free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
-    return memory_refusal(plan, max_batch_images, free_bytes, device)
+    fp8_plan = (
+        None if plan.rules and plan.rules.quantization else build_plan(configs, device, batches, quantization="fp8")
+    )
+    return memory_refusal(plan, max_batch_images, free_bytes, device, fp8_plan)

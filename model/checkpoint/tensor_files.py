@@ -16,11 +16,13 @@ official pipeline on the CPU) computes what our loaded copies compute.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,22 +32,27 @@ import torch
 from model.checkpoint.layout import WeightFiles
 from model.exceptions import CheckpointError, first_of
 
-# safetensors dtype name -> (torch dtype, bytes per element)
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
+# safetensors dtype name -> (name of the torch dtype, bytes per element)
+SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
 }
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+# The ones the installed torch has (the fp8 dtypes are missing from old versions): name -> (dtype, bytes)
+DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    name: (getattr(torch, attr), size) for name, (attr, size) in SAFETENSORS_DTYPES.items() if hasattr(torch, attr)
+}
+FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}  # meaningful only with their scales (``model.checkpoint.fp8_weights``)
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", *FP8_DTYPES}
 MAX_HEADER_BYTES = 100_000_000
 PAGE = mmap.PAGESIZE
 ALIGNMENT = 64
@@ -60,6 +67,13 @@ class TensorEntry:
     shape: tuple[int, ...]
     start: int
     end: int
+    name: str = ""  # the tensor's key
+    label: str = ""  # its file as messages name it
+
+    @property
+    def where(self) -> str:
+        """``file: key``, how a message names this tensor."""
+        return f"{self.label or self.file.name}: {self.name}"
 
     @property
     def nbytes(self) -> int:
@@ -114,11 +128,16 @@ def _entry(path: Path, label: str, name: str, info: object, data_start: int) -> 
         assert all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end))
     except (AssertionError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{label}: unreadable safetensors header entry for {name}") from exc
-    if dtype not in DTYPES:
+    if dtype not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"{label}: {name} has an unknown dtype {dtype!r}")
+    if dtype not in DTYPES:
+        raise CheckpointError(
+            f"{label}: {name} is {dtype}, which the installed torch {torch.__version__} cannot hold "
+            f"(no torch.{SAFETENSORS_DTYPES[dtype][0]}; upgrade torch to read this checkpoint)"
+        )
     if end - begin != math.prod(shape) * DTYPES[dtype][1]:
         raise CheckpointError(f"{label}: {name} has {end - begin} bytes of data for shape {list(shape)} {dtype}")
-    return TensorEntry(path, dtype, shape, data_start + begin, data_start + end)
+    return TensorEntry(path, dtype, shape, data_start + begin, data_start + end, name, label)
 
 
 def component_tensors(weights: WeightFiles) -> dict[str, TensorEntry]:
@@ -173,8 +192,42 @@ class TensorReader:
         return self._maps[path]
 
     def read(self, entry: TensorEntry) -> torch.Tensor:
+        """The tensor in the reader's dtype (floating point) or its own (other types).
+
+        An fp8 tensor is refused: without its scale its values are not the weights (a wrong image,
+        silently); fp8 weights are read with :meth:`read_as_stored` next to their scales.
+        """
+        if entry.dtype in FP8_DTYPES:
+            raise CheckpointError(f"{entry.where}: {entry.dtype} tensor read without its scale")
         file_dtype = DTYPES[entry.dtype][0]
-        target = self.dtype if entry.dtype in FLOAT_DTYPES else file_dtype
+        return self._read(entry, self.dtype if entry.dtype in FLOAT_DTYPES else file_dtype)
+
+    def read_as_stored(self, entry: TensorEntry) -> torch.Tensor:
+        """The tensor in its file's dtype, on the device: an fp8 weight or its scale."""
+        return self._read(entry, DTYPES[entry.dtype][0])
+
+    @contextlib.contextmanager
+    def source(self, entry: TensorEntry) -> Iterator[torch.Tensor]:
+        """The tensor in its file's dtype for the ``with`` block only: what a quantisation reads.
+
+        On the CPU it is a view of the mapped file, no copy (the quantised result is the only
+        allocation, so host memory holds no full-precision copy and no heap fills with freed
+        ones); its pages are dropped after the block. On CUDA it is a copy on the device.
+        """
+        if self.device.type != "cpu" or entry.numel == 0:
+            yield self.read_as_stored(entry)
+            return
+        mapped = self._map(entry.file)
+        view = torch.frombuffer(mapped, dtype=DTYPES[entry.dtype][0], count=entry.numel, offset=entry.start)
+        try:
+            yield view.view(entry.shape)
+        finally:
+            del view
+            self._release(mapped, entry)
+            self.bytes_read += entry.nbytes
+
+    def _read(self, entry: TensorEntry, target: torch.dtype) -> torch.Tensor:
+        file_dtype = DTYPES[entry.dtype][0]
         if entry.numel == 0:
             return torch.empty(entry.shape, dtype=target, device=self.device)
         mapped = self._map(entry.file)

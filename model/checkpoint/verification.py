@@ -2,7 +2,8 @@
 
 Checks, in either layout: every file present; every safetensors file readable and as long as its
 header says; every shard an index lists present and holding its tensors; every tensor present with
-the shape its config implies, no unexpected tensor; floating-point dtypes; no unknown config field;
+the shape its config implies, no unexpected tensor; floating-point dtypes, fp8 only on linear
+weights and only with a well-formed scale (``model.checkpoint.fp8_weights``); no unknown config field;
 config fields that must agree across files (LLM hidden size = head ``ch_cond`` = projector width,
 autoencoder ``z_channels`` = head ``ch_target`` = projector input); the tokenizer readable and holding
 the chat, resolution and query tokens the variant needs, within the LLM's vocabulary.
@@ -24,6 +25,7 @@ from pathlib import Path
 import transformers
 
 from model.checkpoint.configs import CheckpointConfigs, read_configs
+from model.checkpoint.fp8_weights import Fp8Files, check_fp8
 from model.checkpoint.layout import (
     GENERATION_CONFIG,
     TOKENIZER_ALSO,
@@ -48,8 +50,9 @@ class ModuleSummary:
     name: str
     label: str
     parameters: int
-    bytes: int
+    bytes: int  # the scales of fp8 weights included
     dtypes: dict[str, int]
+    fp8_weights: int = 0  # pre-quantised linear weights (each with its scale)
 
 
 @dataclass
@@ -150,10 +153,15 @@ def key_problems(
 
 @dataclass
 class TensorCheck:
-    """Per component, in checkpoint order: its tensors (name -> entry; absent if unreadable) and its problems."""
+    """Per component, in checkpoint order: its tensors (name -> entry; absent if unreadable) and its problems.
+
+    ``tensors`` holds what the modules hold, key for key; the scales of pre-quantised fp8 weights
+    are apart, in ``fp8`` (weight key -> scale entry).
+    """
 
     tensors: dict[str, dict[str, TensorEntry]] = field(default_factory=dict)
     problems_of: dict[str, list[str]] = field(default_factory=dict)
+    fp8: dict[str, Fp8Files] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
@@ -169,8 +177,12 @@ def check_tensors(modules: MetaModules) -> TensorCheck:
         except CheckpointError as exc:
             check.problems_of[component.name] = str(exc).splitlines()
             continue
-        check.problems_of[component.name] = key_problems(component, modules.expected_shapes(component.name), found)
-        check.tensors[component.name] = found
+        fp8 = check_fp8(modules, component.name, found)
+        tensors = {key: entry for key, entry in found.items() if key not in fp8.claimed}
+        expected = modules.expected_shapes(component.name)
+        check.problems_of[component.name] = key_problems(component, expected, tensors) + fp8.problems
+        check.tensors[component.name] = tensors
+        check.fp8[component.name] = fp8
     return check
 
 
@@ -181,7 +193,8 @@ def check_weights(configs: CheckpointConfigs, report: Report) -> None:
         found = check.tensors.get(component.name)
         if found is not None:
             report.problems += dtype_problems(component.weights.relative, found)
-            report.modules.append(summarize(component.name, component.weights.label(), found))
+            fp8 = check.fp8[component.name]
+            report.modules.append(summarize(component.name, component.weights.label(), found, fp8))
 
 
 def dtype_problems(relative: Callable[[Path], str], found: dict[str, TensorEntry]) -> list[str]:
@@ -195,14 +208,16 @@ def dtype_problems(relative: Callable[[Path], str], found: dict[str, TensorEntry
     ]
 
 
-def summarize(name: str, label: str, found: dict[str, TensorEntry]) -> ModuleSummary:
+def summarize(name: str, label: str, found: dict[str, TensorEntry], fp8: Fp8Files | None = None) -> ModuleSummary:
     dtypes = Counter(e.dtype for e in found.values())
+    scales = list(fp8.scales.values()) if fp8 is not None else []
     return ModuleSummary(
         name=name,
         label=label,
         parameters=sum(math.prod(e.shape) for e in found.values()),
-        bytes=sum(e.nbytes for e in found.values()),
+        bytes=sum(e.nbytes for e in (*found.values(), *scales)),
         dtypes=dict(dtypes),
+        fp8_weights=len(scales),
     )
 
 

@@ -1,8 +1,13 @@
-"""The CUDA path: bf16 weights under autocast, noise from device generators, batching. Needs a GPU.
+"""The CUDA path: bf16 weights under autocast, noise from device generators, batching, fp8. Needs a GPU.
 
 Skipped where ``torch.cuda.is_available()`` is false (CI and the development machines have no GPU).
 On a GPU machine: ``.venv/bin/python -m pytest -q tests/gpu`` (with a CUDA build of torch), then
 ``make bench-model`` for the speed figures.
+
+The CPU runs the same numeric path when the weights are bf16 (``model.precision``: bf16 autocast,
+norms and softmax in float32), and ``tests/unit/model`` runs the pipeline tests that way, so the
+dtype flow tested here is tested without a GPU too; the kernels differ (cuBLAS, flash attention),
+so CPU and GPU agree in dtypes, not bit for bit.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import pytest
 import torch
 
 from model.attention import FLASH_ATTN
+from model.checkpoint.configs import read_configs
+from model.checkpoint.memory_plan import build_plan
 from model.checkpoint.tiny_checkpoint import write_checkpoint
 from model.pipeline import BitDancePipeline, GenerationRequest
+from model.quantization import Fp8Linear
 
 pytestmark = [
     pytest.mark.gpu,
@@ -80,3 +88,28 @@ def test_flash_attn_path_runs(cuda_pipe: BitDancePipeline) -> None:
     tokens = tokens_of(cuda_pipe, [GenerationRequest("a fox", seed=1)], 2)
     assert tokens.shape == (1, 4096, 32)
     assert set(tokens.unique().tolist()) <= {-1.0, 1.0}
+
+
+@pytest.fixture(scope="module")
+def cuda_fp8_pipe(tmp_path_factory: pytest.TempPathFactory) -> BitDancePipeline:
+    path: Path = write_checkpoint(tmp_path_factory.mktemp("tiny64-cuda-fp8"), parallel_num=64)
+    return BitDancePipeline.from_pretrained(path, device="cuda", quantization="fp8")
+
+
+def test_fp8_weights_on_the_gpu_take_what_the_plan_says(cuda_fp8_pipe: BitDancePipeline) -> None:
+    layers = [m for m in cuda_fp8_pipe.llm.modules() if isinstance(m, Fp8Linear)]
+    assert layers and all(m.weight.is_cuda and m.weight.dtype == torch.float8_e4m3fn for m in layers)
+    modules = (cuda_fp8_pipe.llm, cuda_fp8_pipe.head, cuda_fp8_pipe.autoencoder, cuda_fp8_pipe.projector)
+    held = sum(t.nbytes for module in modules for t in module.state_dict().values())
+    configs = read_configs(cuda_fp8_pipe.identity.path)
+    assert held == build_plan(configs, "cuda", batches=(1,), quantization="fp8").bytes["total"]
+
+
+def test_fp8_generates_deterministically_and_batch_invariant(cuda_fp8_pipe: BitDancePipeline) -> None:
+    target = GenerationRequest("a lighthouse on a cliff at night", seed=21, guidance_scale=7.5)
+    alone = tokens_of(cuda_fp8_pipe, [target], 4)
+    again = tokens_of(cuda_fp8_pipe, [target], 4)
+    batched = tokens_of(cuda_fp8_pipe, [GenerationRequest("cat", seed=22, num_images=2), target], 4)
+    assert torch.equal(alone, again)
+    agreement = (batched[-1:] == alone).float().mean().item()
+    assert agreement == 1.0, f"only {agreement:.4%} of the tokens agree"

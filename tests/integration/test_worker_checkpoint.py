@@ -1,6 +1,7 @@
 """The worker checks its checkpoint before loading: it refuses a broken one with verify's lines, and
 loads either layout (here the diffusers one, sharded, named by ``BITDANCE_MODEL_PATH``), logging the
-bytes it loaded and the time it took, having read the checkpoint's configs once for all of it."""
+bytes it loaded and the time it took, having read the checkpoint's configs once for all of it; with
+``BITDANCE_QUANTIZATION=fp8`` it plans and loads fp8 weights."""
 
 from __future__ import annotations
 
@@ -72,3 +73,12 @@ def test_worker_loads_a_sharded_diffusers_checkpoint(redis_server: RedisProcess,
     (ready,) = [line for line in result.stderr.splitlines() if "INFO worker: worker " in line and " ready: " in line]
     assert "16x" in ready and str(checkpoint) in ready  # the variant and the folder it loaded
     assert "checkpoint configs read 1 time(s)" in result.stderr  # verified, planned and loaded from one read
+
+
+def test_worker_serves_with_fp8_weights(redis_server: RedisProcess, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_worker(
+        redis_server, tmp_path, "--model", str(tiny_checkpoint), BITDANCE_QUANTIZATION="fp8", BITDANCE_LOG_LEVEL="INFO"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on cpu, fp8 weights" in result.stderr and " GB of weights in " in result.stderr
+    assert "checkpoint configs read 1 time(s)" in result.stderr

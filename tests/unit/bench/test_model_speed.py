@@ -1,4 +1,7 @@
-"""``python -m bench.model_speed --full-size --scale``: the GPU benchmark's code path, run small on the CPU."""
+"""``python -m bench.model_speed --full-size --scale``: the GPU benchmark's code path, run small on the CPU.
+
+With its precision comparison: bf16 against float32 and fp8 against bf16 on the same weights.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,18 @@ def test_full_size_bench_runs_scaled_down_on_the_cpu(
         assert set(result[batch]["stages"]) == {"llm", "head", "decoder"}
         assert result[batch]["planned_peak_bytes"] > 0
     assert result["images_per_second"]["2"] > 0 and result["peak_rss_bytes"] > 0
+    # The same request in float32, bf16 and fp8 on the same random weights, compared.
+    assert "vs float32: token agreement" in printed and "vs bf16: token agreement" in printed
+    assert "fp8 at full size (BitDance-14B-64x, model.plan): weights 15.94 GiB vs bf16 29.87 GiB, x0.534" in printed
+    precision = result["precision"]
+    for pair in ("bf16_vs_float32", "fp8_vs_bf16"):
+        assert 0.5 < precision[pair]["first_patch_agreement"] <= 1 and 0 < precision[pair]["token_agreement"] <= 1
+        assert precision[pair]["psnr_db"] > 0 and precision[pair]["seconds_ratio"] > 0
+    assert precision["bf16_vs_float32"]["decoder_psnr_db"] > 20  # the same tokens decode to nearly the same pixels
+    assert precision["fp8_vs_bf16"]["decoder_psnr_db"] == float("inf")  # fp8 leaves the decoder in bf16
+    assert precision["bf16_vs_float32"]["weight_bytes_ratio"] == 0.5  # every weight in 2 bytes instead of 4
+    assert 0.5 < precision["fp8_vs_bf16"]["weight_bytes_ratio"] < 1  # the embeddings dominate at this scale
+    assert precision["full_size"]["weight_bytes_ratio"] <= 0.55
 
 
 def test_scale_one_writes_the_released_configs(tmp_path: Path) -> None:

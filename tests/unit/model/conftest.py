@@ -54,3 +54,15 @@ def tiny16_transformers5_dir(tiny16_dir: Path, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="session")
 def pipe16(tiny16_dir: Path) -> BitDancePipeline:
     return BitDancePipeline.from_pretrained(tiny16_dir)
+
+
+@pytest.fixture(scope="session")
+def pipe16_bf16(tiny16_dir: Path) -> BitDancePipeline:
+    """bf16 weights on the CPU, under bf16 autocast: the arithmetic the pipeline has on CUDA."""
+    return BitDancePipeline.from_pretrained(tiny16_dir, device="cpu", dtype=torch.bfloat16)
+
+
+@pytest.fixture(params=["float32", "bfloat16"])
+def any_pipe16(request: pytest.FixtureRequest) -> BitDancePipeline:
+    """The tiny 16x pipeline in float32 (the CPU's default) and in bf16 (the GPU's numeric path)."""
+    return request.getfixturevalue("pipe16" if request.param == "float32" else "pipe16_bf16")

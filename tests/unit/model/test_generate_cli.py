@@ -59,3 +59,31 @@ def test_threads_default_as_the_workers(monkeypatch: pytest.MonkeyPatch) -> None
     assert default_threads() == 3
     args = build_parser().parse_args(["--model", "m", "--prompt", "p"])
     assert args.threads is None and args.num_inference_steps == 25 and args.enable_safety_checker is True
+
+
+def test_fp8_weights_from_the_flag_or_the_setting(
+    tiny16_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp8 = BitDancePipeline.from_pretrained(tiny16_dir, quantization="fp8")
+    expected = np.asarray(fp8.generate("a red fox", 512, 512, num_inference_steps=10, seed=3)[0])
+    common = ["--model", str(tiny16_dir), "--prompt", "a red fox", "--image-size", "square", "--steps", "10",
+              "--seed", "3", "--no-enable-safety-checker", "--threads", "1"]  # fmt: skip
+    assert main([*common, "--quantization", "fp8", "--out", str(tmp_path / "flag.png")]) == 0
+    monkeypatch.setenv("BITDANCE_QUANTIZATION", "fp8")
+    assert main([*common, "--out", str(tmp_path / "setting.png")]) == 0
+    capsys.readouterr()
+    for name in ("flag.png", "setting.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / name)), expected)
+
+
+def test_an_unknown_quantization_exits_2_naming_it(
+    tiny16_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tiny16_dir), "--prompt", "x", "--quantization", "fp4"])
+    assert exit_info.value.code == 2 and "invalid choice: 'fp4'" in capsys.readouterr().err
+    monkeypatch.setenv("BITDANCE_QUANTIZATION", "fp4")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tiny16_dir), "--prompt", "x"])
+    assert exit_info.value.code == 2
+    assert "error: BITDANCE_QUANTIZATION='fp4': Input should be 'none' or 'fp8'" in capsys.readouterr().err
