@@ -25,7 +25,7 @@ PY_TRANSFORMERS_457 := $(VENV_TRANSFORMERS_457)/bin/python
 TESTS_TRANSFORMERS_457 ?= tests/unit/model
 
 .PHONY: run test install redis wrk nginx browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-webhooks bench-loadtest loadtest bench-cli chaos lint format
-.PHONY: install-transformers457 test-transformers457
+.PHONY: install-transformers457 test-transformers457 py-clients
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,11 +89,24 @@ browser:
 		echo "chromium or chromedriver not found: installing them with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
 	touch $@
 
 js-deps: $(JS_DIR)/node_modules/.installed
+
+# The older fal-client releases of the e2e version matrix (tests/e2e/fal-client-versions.txt), one folder each,
+# installed without dependencies: the test venv's httpx, httpx-sse, msgpack and websockets serve them all
+# (tests/e2e checks they satisfy each release's own requirements). A stamp per release: each is installed once.
+FAL_CLIENT_VERSIONS := $(shell grep -o '^[0-9][0-9.]*' tests/e2e/fal-client-versions.txt)
+FAL_CLIENTS_DIR := .run/fal-clients
+
+$(FAL_CLIENTS_DIR)/%/.installed: | $(VENV)/.installed
+	rm -rf $(FAL_CLIENTS_DIR)/$*
+	$(PY) -m pip install -q --no-deps --target $(FAL_CLIENTS_DIR)/$* "fal-client==$*"
+	touch $@
+
+py-clients: $(FAL_CLIENT_VERSIONS:%=$(FAL_CLIENTS_DIR)/%/.installed)
 
 run: install redis
 	$(PY) -m stack --host $(HOST) --port $(PORT) --device $(DEVICE) \
@@ -101,7 +114,7 @@ run: install redis
 		$(if $(SLOTS),--slots $(SLOTS)) --api-workers $(API_WORKERS)
 
 # The main suite's cross-version test runs the 4.57 side in that venv, so it is built first.
-test: install install-transformers457 redis js-deps deploy-tools browser nginx
+test: install install-transformers457 redis js-deps py-clients deploy-tools browser nginx
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PYTEST_TRANSFORMERS_457)
 

@@ -62,6 +62,14 @@ class StackEndpoint:
             env["FAL_KEY"] = key if key is not None else self.api_key
         return env
 
+    def python_localhost_env(self) -> dict[str, str]:
+        """The environment README gives for every fal-client release, the only one before 0.11:
+        ``FAL_RUN_HOST=localhost:PORT`` alone, so queue calls go to ``queue.localhost:PORT``."""
+        env = clean_client_env()
+        port = self.host_port.rsplit(":", 1)[1]
+        env.update(FAL_KEY=self.api_key, FAL_RUN_HOST=f"localhost:{port}", SSL_CERT_FILE=str(self.ca_file))
+        return env
+
     def js_client_env(self) -> dict[str, str]:
         env = clean_client_env()
         env.update(FAL_KEY=self.api_key, NODE_EXTRA_CA_CERTS=str(self.ca_file))

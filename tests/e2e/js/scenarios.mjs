@@ -34,11 +34,13 @@ if (!["proxy", "middleware"].includes(mode) || !base) {
 }
 const baseUrl = base.replace(/\/+$/, "");
 
-// Whole prefixes only: a plain replace of "fal.run/" would also hit "queue.fal.run/".
+// Whole prefixes only: a plain replace of "fal.run/" would also hit "queue.fal.run/". README's list,
+// rest.alpha.fal.ai included (the storage host of releases up to 1.9.2; unused by this one).
 const REWRITES = [
   ["https://queue.fal.run/", `${baseUrl}/queue/`],
   ["https://fal.run/", `${baseUrl}/`],
   ["https://rest.fal.ai/", `${baseUrl}/`],
+  ["https://rest.alpha.fal.ai/", `${baseUrl}/`],
 ];
 
 function rewrite(url) {
