@@ -73,6 +73,56 @@ def apply_batch_call(commands: Sequence[Sequence[str | int | float | bytes]], ke
     return ScriptCall(list(keys), args)
 
 
+# A submit: APPLY_BATCH's commands, run only if the queue and the key have room, in the same atomic
+# step (a bound read before the write lets concurrent submits all pass it). Answers the batch's
+# replies, or 'queue_full' / 'key_full' with nothing written.
+# KEYS: queued (every waiting request), the owner's queued set, then every key the commands touch
+# ARGV: queue limit (-1: none), per-key limit (0: none), request id, record key prefix, then the
+#       commands as APPLY_BATCH takes them
+SUBMIT = """
+local limit, per_key = tonumber(ARGV[1]), tonumber(ARGV[2])
+if limit >= 0 and redis.call('SCARD', KEYS[1]) >= limit then return 'queue_full' end
+if per_key > 0 and redis.call('SCARD', KEYS[2]) >= per_key then
+  for _, rid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('HGET', ARGV[4] .. rid, 'status') ~= 'IN_QUEUE' then redis.call('SREM', KEYS[2], rid) end
+  end
+  if redis.call('SCARD', KEYS[2]) >= per_key then return 'key_full' end
+end
+local a, replies = 5, {}
+while a <= #ARGV do
+  local argc = tonumber(ARGV[a])
+  replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  a = a + 1 + argc
+end
+if per_key > 0 then redis.call('SADD', KEYS[2], ARGV[3]) end
+return replies
+"""
+
+
+class SubmitRefusal(StrEnum):
+    """SUBMIT's answer when it wrote nothing."""
+
+    QUEUE_FULL = "queue_full"
+    KEY_FULL = "key_full"
+
+
+def submit_call(
+    keys: Keys,
+    commands: Sequence[Sequence[str | int | float | bytes]],
+    *,
+    touched: Sequence[str],
+    owner: str,
+    request_id: str,
+    max_queue_length: int | None,
+    max_queued_per_key: int,
+) -> ScriptCall:
+    """KEYS: queued, owner_queued, touched...   ARGV: limit, per_key, rid, record prefix, commands..."""
+    batch = apply_batch_call(commands, keys=touched)
+    limit = -1 if max_queue_length is None else max_queue_length
+    head: list[str | int | bytes] = [limit, max_queued_per_key, request_id, keys.record("")]
+    return ScriptCall([keys.queued, keys.owner_queued(owner), *batch.keys], [*head, *batch.args])
+
+
 # Take the first request id off the first non-empty RQ list (in serving order) and note it in the
 # dequeued index, in one step: a worker that dies before START leaves it there for the sweep.
 DEQUEUE = """

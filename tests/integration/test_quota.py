@@ -1,0 +1,151 @@
+"""Issue 19 item 4 over real sockets: one key cannot grow Redis without bound.
+
+The queue bound is checked in the submit's own script (before: read, then written, so concurrent
+submits all passed it), a client's ``fal_max_queue_length`` can only lower the operator's, a key past
+``BITDANCE_MAX_QUEUED_PER_KEY`` gets 429 with ``Retry-After``, a forwarded host that is not a host
+name is ignored (logged), and a Redis at its ``maxmemory`` (``noeviction``) makes submits answer 503
+while the API stays up. No worker serves these APIs' queues: what is accepted stays queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+from stack.launcher import ManagedProcess, RedisProcess, base_url, free_port, start_api, wait_until_ready
+from tests.conftest import KEY_A, KEY_B, stack_settings
+from tests.integration.helpers import APP, FAST
+
+SUBMIT = f"/queue/{APP}"
+BODY = {"prompt": "p", **FAST}
+
+
+@dataclass
+class QuotaApi:
+    url: str
+    api: ManagedProcess
+    log_path: Path
+
+    def client(self, key: str = KEY_A, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Key {key}"}, timeout=30.0, **kwargs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def quota_api(redis_server: RedisProcess, root: Path, **overrides: object) -> Iterator[QuotaApi]:
+    values: dict[str, object] = {"key_prefix": f"quota{free_port()}", **overrides}
+    settings = stack_settings(redis_server, root / "storage", **values)
+    log_path = root / "api.log"
+    api = start_api(settings, None, log_path)
+    try:
+        wait_until_ready(base_url(settings), processes=(api,))
+        yield QuotaApi(base_url(settings), api, log_path)
+    finally:
+        api.stop()
+
+
+def assert_fal_429(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert body["error_type"] == "runner_scheduling_failure" and isinstance(body["detail"], str)
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["x-fal-request-id"]
+
+
+def test_concurrent_submits_never_pass_the_bound(redis_server: RedisProcess, tmp_path: Path) -> None:
+    with quota_api(redis_server, tmp_path, max_queue_length=3) as api, api.client() as client:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(lambda _: client.post(SUBMIT, json=BODY), range(60)))
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses.count(200) == 3, statuses  # before: the bound was read before the write, all passed
+        for response in answers:
+            if response.status_code != 200:
+                assert_fal_429(response)
+
+
+def test_a_client_bound_cannot_raise_the_operators(redis_server: RedisProcess, tmp_path: Path) -> None:
+    with quota_api(redis_server, tmp_path, max_queue_length=2) as api, api.client() as client:
+        raise_it = {"fal_max_queue_length": 1_000_000_000}
+        assert [client.post(SUBMIT, json=BODY, params=raise_it).status_code for _ in range(3)] == [200, 200, 429]
+        # ... and a lower one still lowers it
+        assert client.post(SUBMIT, json=BODY, params={"fal_max_queue_length": 1}).status_code == 429
+
+
+def test_the_default_queue_bound_is_finite() -> None:
+    from core.settings import Settings
+
+    assert Settings().max_queue_length == 10_000
+
+
+def test_a_key_past_its_queued_quota_gets_429_and_others_do_not(redis_server: RedisProcess, tmp_path: Path) -> None:
+    with (
+        quota_api(redis_server, tmp_path, max_queued_per_key=2, max_queue_length=100) as api,
+        api.client(KEY_A) as a,
+        api.client(KEY_B) as b,
+    ):
+        assert [a.post(SUBMIT, json=BODY).status_code for _ in range(2)] == [200, 200]
+        refused = a.post(SUBMIT, json=BODY)
+        assert_fal_429(refused)
+        assert "key" in refused.json()["detail"]
+        assert [b.post(SUBMIT, json=BODY).status_code for _ in range(2)] == [200, 200]  # another key: its own quota
+        assert_fal_429(b.post(SUBMIT, json=BODY))
+
+
+def test_a_cancelled_request_frees_its_keys_quota(redis_server: RedisProcess, tmp_path: Path) -> None:
+    with quota_api(redis_server, tmp_path, max_queued_per_key=1, max_queue_length=100) as api, api.client() as a:
+        submitted = a.post(SUBMIT, json=BODY)
+        assert submitted.status_code == 200
+        assert_fal_429(a.post(SUBMIT, json=BODY))
+        cancel = a.put(submitted.json()["cancel_url"].replace(api.url, ""))
+        assert cancel.status_code in (200, 202), cancel.text
+        assert a.post(SUBMIT, json=BODY).status_code == 200
+
+
+INVALID_HOSTS = ["x" * (8 << 20), "evil.example/path?x=1", "a b", "@evil", "[::1", "h:99999999", "a..b"]
+
+
+def test_an_invalid_forwarded_host_is_ignored_and_logged(redis_server: RedisProcess, tmp_path: Path) -> None:
+    with quota_api(redis_server, tmp_path, max_header_bytes=16 << 20) as api, api.client() as client:
+        for forwarded in INVALID_HOSTS:
+            headers = {"X-Forwarded-Host": forwarded, "X-Forwarded-Proto": "gopher"}
+            response = client.post(SUBMIT, json=BODY, headers=headers)
+            assert response.status_code == 200, response.text
+            assert response.json()["status_url"].startswith(f"{api.url}{SUBMIT}/requests/"), forwarded[:64]
+            assert len(response.content) < 2048  # before: an 8 MB host made a 24 MB answer
+        good = client.post(SUBMIT, json=BODY, headers={"X-Forwarded-Host": "api.example.com:8443"})
+        assert good.json()["status_url"].startswith(f"http://api.example.com:8443{SUBMIT}/requests/")
+        log = api.log_path.read_text()
+        assert log.count("invalid x-forwarded-host") == len(INVALID_HOSTS)
+        assert "invalid x-forwarded-proto" in log
+        assert len(log) < 1 << 20  # the log line names a bounded part of the value
+
+
+def test_the_launchers_redis_refuses_writes_at_maxmemory(tmp_path: Path) -> None:
+    tiny = RedisProcess(tmp_path / "redis", log_path=tmp_path / "redis.log", maxmemory="3mb").start()
+    try:
+        conn = redis.Redis.from_url(tiny.url, decode_responses=True)
+        assert conn.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert int(conn.config_get("maxmemory")["maxmemory"]) == 3 << 20
+        with quota_api(tiny, tmp_path, max_queue_length=None) as api, api.client() as client:
+            prompt = "x" * 10_000  # about 10 KB stored per request, and RQ's copy
+            answers = []
+            for _ in range(1000):
+                response = client.post(SUBMIT, json={**BODY, "prompt": prompt})
+                answers.append(response.status_code)
+                if response.status_code != 200:
+                    break
+            assert answers[-1] == 503, answers  # before: no maxmemory, Redis grew with every submit
+            assert answers.count(200) >= 1
+            body = response.json()
+            assert body["error_type"] == "runner_scheduling_failure" and "full" in body["detail"]
+            assert response.headers["retry-after"] and response.headers["x-fal-request-id"]
+            assert client.get("/health/live").status_code == 200  # the API stays up
+            assert tiny.process is not None and tiny.process.is_running()
+        conn.close()
+    finally:
+        tiny.stop()
