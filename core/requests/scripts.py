@@ -142,6 +142,98 @@ def dequeue_call(keys: Keys, *, queue_lists: Sequence[str], now: float) -> Scrip
     return ScriptCall([keys.dequeued, *queue_lists], [_time(now)])
 
 
+# Per-key concurrency (BITDANCE_MAX_RUNNING_PER_KEY), beside START rather than in it. A request a
+# worker just took (DEQUEUE), or wants as a batch companion, is admitted when its key runs fewer than
+# the limit: it is counted in the key's running set at once, so two workers cannot both admit past
+# it. Otherwise a taken request (mode 'defer') leaves the dequeued index for the key's deferred list,
+# still IN_QUEUE, until RELEASE_DEFERRED puts it back at the front of its queue; a companion (mode
+# 'check') is left where it is. The running set is pruned of ids that are neither running nor queued
+# (ended, expired): a requeued request keeps its place in it and is admitted again when taken.
+# KEYS: rec, dequeued, deferred_owners   ARGV: rid, owner prefix, limit, mode
+_PRUNE_RUNNING = """
+local function prune(running)
+  for _, id in ipairs(redis.call('SMEMBERS', running)) do
+    local st = redis.call('HGET', ARGV[2] .. 'req:' .. id, 'status')
+    if st ~= 'IN_PROGRESS' and st ~= 'IN_QUEUE' then redis.call('SREM', running, id) end
+  end
+end
+"""
+ADMIT = (
+    _PRUNE_RUNNING
+    + """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if (not owner) or redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'admitted' end
+local tag = redis.sha1hex(owner)
+local running = ARGV[2] .. 'owner:' .. tag .. ':running'
+if redis.call('SISMEMBER', running, ARGV[1]) == 1 then return 'admitted' end
+local limit = tonumber(ARGV[3])
+if redis.call('SCARD', running) >= limit then prune(running) end
+if redis.call('SCARD', running) < limit then
+  redis.call('SADD', running, ARGV[1])
+  return 'admitted'
+end
+if ARGV[4] ~= 'defer' then return 'full' end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', ARGV[2] .. 'owner:' .. tag .. ':deferred', ARGV[1])
+redis.call('SADD', KEYS[3], tag)
+return 'deferred'
+"""
+)
+
+
+class AdmitOutcome(StrEnum):
+    """ADMIT's answer."""
+
+    ADMITTED = "admitted"  # under its key's limit (now counted), or not queued (START decides)
+    DEFERRED = "deferred"  # waits in its key's deferred list (mode 'defer')
+    FULL = "full"  # its key is at its limit (mode 'check'): left in its queue
+
+
+def admit_call(keys: Keys, *, request_id: str, limit: int, defer: bool) -> ScriptCall:
+    """KEYS: rec, dequeued, deferred_owners   ARGV: rid, prefix + ':', limit, mode"""
+    mode = "defer" if defer else "check"
+    return ScriptCall(
+        [keys.record(request_id), keys.dequeued, keys.deferred_owners],
+        [request_id, f"{keys.prefix}:", limit, mode],
+    )
+
+
+# Put back at the front of their queues (in the order they were deferred) as many of a key's deferred
+# requests as it has room to run; those no longer queued are dropped. Answers how many were put back.
+# KEYS: deferred_owners, queue_grew channel, queued   ARGV: owner tag, prefix + ':', limit
+RELEASE_DEFERRED = (
+    _PRUNE_RUNNING
+    + f"""
+local tag = ARGV[1]
+local running = ARGV[2] .. 'owner:' .. tag .. ':running'
+local deferred = ARGV[2] .. 'owner:' .. tag .. ':deferred'
+prune(running)
+local room = tonumber(ARGV[3]) - redis.call('SCARD', running)
+local back = {{}}
+while room > #back do
+  local id = redis.call('LPOP', deferred)
+  if not id then break end
+  local queue = redis.call('HGET', ARGV[2] .. 'req:' .. id, 'queue')
+  if queue and redis.call('HGET', ARGV[2] .. 'req:' .. id, 'status') == 'IN_QUEUE' then
+    back[#back + 1] = {{id, queue}}
+  end
+end
+for i = #back, 1, -1 do
+  redis.call('LPUSH', '{QUEUE_KEY_PREFIX}' .. back[i][2], back[i][1])
+  redis.call('PUBLISH', KEYS[2], back[i][2])
+end
+if #back > 0 then redis.call('PUBLISH', KEYS[3] .. ':moved', back[1][1]) end
+if redis.call('LLEN', deferred) == 0 then redis.call('SREM', KEYS[1], tag) end
+return #back
+"""
+)
+
+
+def release_deferred_call(keys: Keys, *, tag: str, limit: int) -> ScriptCall:
+    """KEYS: deferred_owners, queue_grew, queued   ARGV: owner tag, prefix + ':', limit"""
+    return ScriptCall([keys.deferred_owners, keys.queue_grew, keys.queued], [tag, f"{keys.prefix}:", limit])
+
+
 # Start a request its worker took (DEQUEUE): IN_PROGRESS and leased to that worker, unless it is gone,
 # completed (cancelled, expired), leased to another worker or past its start deadline.
 START = """

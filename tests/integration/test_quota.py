@@ -18,9 +18,12 @@ from pathlib import Path
 import httpx
 import redis
 
-from stack.launcher import ManagedProcess, RedisProcess, base_url, free_port, start_api, wait_until_ready
+from core.requests.records import Keys
+from core.settings import Settings
+from server.auth import key_id_for
+from stack.launcher import ManagedProcess, RedisProcess, base_url, free_port, start_api, start_worker, wait_until_ready
 from tests.conftest import KEY_A, KEY_B, stack_settings
-from tests.integration.helpers import APP, FAST
+from tests.integration.helpers import APP, FAST, poll_until, submit, wait_completed
 
 SUBMIT = f"/queue/{APP}"
 BODY = {"prompt": "p", **FAST}
@@ -149,3 +152,76 @@ def test_the_launchers_redis_refuses_writes_at_maxmemory(tmp_path: Path) -> None
         conn.close()
     finally:
         tiny.stop()
+
+
+def running_limit_settings(redis_server: RedisProcess, root: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "key_prefix": f"quotarun{free_port()}",
+        "simulated_slots": 3,
+        "simulated_speed": 1.0,  # a 512x512 request of 10 steps takes a second or two
+        "max_running_per_key": 1,
+        **overrides,
+    }
+    return stack_settings(redis_server, root / "storage", **values)
+
+
+def test_a_key_at_its_running_limit_waits_and_others_run(redis_server: RedisProcess, tmp_path: Path) -> None:
+    """Three slots, a per-key running limit of 1: a key's two requests run one after the other (both
+    COMPLETED, never refused), while another key's request runs beside the first."""
+    settings = running_limit_settings(redis_server, tmp_path)
+    prefix = settings.key_prefix
+    worker = start_worker(settings, Path("simulated"), "cpu", "sim", tmp_path / "worker.log")
+    api = start_api(settings, None, tmp_path / "api.log")
+    try:
+        wait_until_ready(base_url(settings), min_workers=3, processes=(api, worker))
+        with (
+            httpx.Client(base_url=base_url(settings), headers={"Authorization": f"Key {KEY_A}"}, timeout=30) as a,
+            httpx.Client(base_url=base_url(settings), headers={"Authorization": f"Key {KEY_B}"}, timeout=30) as b,
+        ):
+            first, second = submit(a, BODY)["request_id"], submit(a, BODY)["request_id"]
+            other = submit(b, BODY)["request_id"]
+            for client, rid in ((a, first), (a, second), (b, other)):
+                assert wait_completed(client, rid, timeout_s=60)["status"] == "COMPLETED"
+                assert client.get(f"{SUBMIT}/requests/{rid}").status_code == 200  # a result, not an error
+        conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        times = {
+            rid: (
+                float(conn.hget(Keys(prefix).record(rid), "started_at") or 0),
+                float(conn.hget(Keys(prefix).record(rid), "completed_at") or 0),
+            )
+            for rid in (first, second, other)
+        }
+        conn.close()
+        (start_1, end_1), (start_2, end_2) = sorted([times[first], times[second]])
+        assert start_2 >= end_1, times  # before: both ran at once on two slots
+        assert times[other][0] < end_1, times  # the other key was not held behind key A's limit
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def test_a_deferred_request_survives_a_killed_worker(redis_server: RedisProcess, tmp_path: Path) -> None:
+    """The waiting request is in Redis (its key's deferred list), not in the worker: killed mid-run, the
+    worker's running request is recovered by the sweep and both of the key's requests still complete."""
+    settings = running_limit_settings(redis_server, tmp_path, simulated_speed=0.3)
+    keys = Keys(settings.key_prefix)
+    conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    worker = start_worker(settings, Path("simulated"), "cpu", "sim", tmp_path / "worker.log")
+    api = start_api(settings, None, tmp_path / "api.log")
+    try:
+        wait_until_ready(base_url(settings), min_workers=3, processes=(api, worker))
+        with httpx.Client(base_url=base_url(settings), headers={"Authorization": f"Key {KEY_A}"}, timeout=30) as a:
+            rids = [submit(a, BODY)["request_id"], submit(a, BODY)["request_id"]]
+            deferred = keys.owner_deferred(key_id_for(KEY_A))
+            poll_until(lambda: conn.llen(deferred) == 1 or None, timeout_s=30)
+            worker.kill()
+            worker = start_worker(settings, Path("simulated"), "cpu", "sim2", tmp_path / "worker2.log")
+            ends = [wait_completed(a, rid, timeout_s=90) for rid in rids]
+        assert all(end["status"] == "COMPLETED" for end in ends)
+        assert conn.llen(deferred) == 0
+        record = conn.hgetall(keys.record(rids[1]))
+        assert "error" not in record or not record["error"], record  # the deferred one ran, it was not failed
+    finally:
+        conn.close()
+        worker.stop()
+        api.stop()
