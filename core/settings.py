@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     max_requeues: int = 1
     sweep_interval_s: float = 5.0
     max_queue_length: int | None = Field(
-        default=10_000,
+        default=1000,
         ge=0,
         description=(
             "Requests waiting in the queues (normal and low together) beyond which a submit is refused "

@@ -82,7 +82,7 @@ def test_a_client_bound_cannot_raise_the_operators(redis_server: RedisProcess, t
 def test_the_default_queue_bound_is_finite() -> None:
     from core.settings import Settings
 
-    assert Settings().max_queue_length == 10_000
+    assert Settings().max_queue_length == 1000
 
 
 def test_a_key_past_its_queued_quota_gets_429_and_others_do_not(redis_server: RedisProcess, tmp_path: Path) -> None:
