@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(  # type: ignore[call-arg]  # pydantic-settings' init-only _env_file
             _env_file=None, port=free_port(), redis_url=redis_server.url, storage_dir=root / "storage",
             api_keys=[KEY], torch_threads=1,
+            max_queue_length=None,  # the submit bench fills the queue far past the default bound on purpose
         )  # fmt: skip
         bench = Bench(root, redis_server, settings, args.duration, args.connections)
         api = start_api(settings, log_path=root / "api.log")

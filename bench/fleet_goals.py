@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     overhead_clients = args.overhead_clients or max(args.slots // 2, 1)
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-loadtest-"))
     root.mkdir(parents=True, exist_ok=True)
-    settings = Settings(port=free_port(), simulated_slots=args.slots, simulated_profile=PROFILE, api_keys=[])
+    settings = Settings(
+        port=free_port(), simulated_slots=args.slots, simulated_profile=PROFILE, api_keys=[], max_queue_length=None
+    )
     stack = Stack(settings, Path("simulated"), root / "stack", log_dir=root)
     print(f"starting redis, one simulated worker ({args.slots} slots, {PROFILE}) and the API; logs in {root}")
     load_before = os.getloadavg()

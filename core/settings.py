@@ -89,6 +89,14 @@ class Settings(BaseSettings):
 
     # --- redis / queue --------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_maxmemory: str = Field(
+        default="1gb",
+        pattern=r"^[0-9]+(?:[kKmMgG][bB]?)?$",
+        description=(
+            "``maxmemory`` of the Redis the launcher starts (``noeviction``): at it, submits are refused "
+            "with 503 instead of Redis growing until the host kills it."
+        ),
+    )
     key_prefix: str = "bitdance"
     endpoint_id: str = "fal-ai/bitdance"
     job_timeout_s: int = 3600
@@ -96,7 +104,30 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 30.0
     max_requeues: int = 1
     sweep_interval_s: float = 5.0
-    max_queue_length: int | None = None
+    max_queue_length: int | None = Field(
+        default=1000,
+        ge=0,
+        description=(
+            "Requests waiting in the queues (normal and low together) beyond which a submit is refused "
+            "with 429; a client's ``fal_max_queue_length`` can only lower it."
+        ),
+    )
+    max_queued_per_key: int = Field(
+        default=0,
+        ge=0,
+        description="Requests one key may have waiting; past it a submit is refused with 429 (0: no limit).",
+    )
+    max_running_per_key: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Requests of one key that run at once (fal's per-key concurrency); past it a request waits "
+            "in the queue, it is not refused (0: no limit)."
+        ),
+    )
+    queue_full_retry_after_s: int = Field(
+        default=5, ge=1, description="The ``Retry-After`` of a 429 for a full queue or a key past its quota."
+    )
 
     # --- API behaviour --------------------------------------------------------------------------
     max_body_bytes: int = 1 << 20

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.errors import REQUEST_ID_HEADER, PayloadTooLargeError
 from server.error_handlers import send_error
 from server.request_ids import response_request_id
-from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE
+from server.urls import QUEUE_PREFIX, QUEUE_PREFIX_STATE, is_host
 
 # Paths that are the same on every host (never rewritten to the queue API).
 SHARED_PATH_PREFIXES = (
@@ -68,7 +68,8 @@ class RoutingMiddleware(HttpMiddleware):
         if len(path) > 1 and path.endswith("/"):
             path = path.rstrip("/") or "/"
         if QUEUE_PREFIX_STATE not in state:
-            host = (header(scope, b"x-forwarded-host") or header(scope, b"host") or "").split(",")[0].strip()
+            forwarded = (header(scope, b"x-forwarded-host") or "").split(",")[0].strip()
+            host = forwarded if is_host(forwarded) else (header(scope, b"host") or "")  # as ``public_base``
             is_shared = path.startswith(SHARED_PATH_PREFIXES) or path in ("/queue", "/")
             if host.lower().startswith("queue.") and not is_shared and not path.startswith(QUEUE_PREFIX + "/"):
                 state[QUEUE_PREFIX_STATE] = ""

@@ -22,7 +22,6 @@ import redis
 
 from core.errors import (
     EndpointNotFoundError,
-    QueueFullError,
     RequestInProgressError,
     RequestNotFoundError,
     RequestTimeoutError,
@@ -116,9 +115,9 @@ class RequestService:
 
         Every argument is already validated (the routes parse headers and the webhook URL first).
         """
-        limit = max_queue_length if max_queue_length is not None else self.settings.max_queue_length
-        if limit is not None and sum((await self.store.queue_depth()).values()) >= limit:
-            raise QueueFullError(f"Queue is full ({limit} requests waiting)")
+        limit = self.settings.max_queue_length  # the client's fal_max_queue_length can only lower it
+        if max_queue_length is not None:
+            limit = max_queue_length if limit is None else min(limit, max_queue_length)
         rid = str(uuid.uuid4())
         new = NewRequest(
             request_id=rid,
@@ -132,8 +131,13 @@ class RequestService:
             lifecycle=lifecycle.to_record() if lifecycle else None,
         )
         try:
-            position = await self.store.create(new, self.rq_connection)
-        except redis.RedisError as exc:  # the MULTI did not run: nothing was enqueued, safe to resend
+            position = await self.store.create(new, self.rq_connection, max_queue_length=limit)
+        except redis.exceptions.OutOfMemoryError as exc:  # maxmemory reached (noeviction): nothing written
+            logger.warning("submit refused: redis is at its maxmemory: %s", exc)
+            raise ServiceUnavailableError(
+                "Queue store is full, retry later", headers={"Retry-After": str(self.settings.queue_full_retry_after_s)}
+            ) from exc
+        except redis.RedisError as exc:  # the script did not run: nothing was enqueued, safe to resend
             raise ServiceUnavailableError("Queue unavailable, retry later") from exc
         return Submitted(rid, position)
 

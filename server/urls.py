@@ -7,9 +7,13 @@ keeps talking the way it started.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 from fastapi import Request
+
+logger = logging.getLogger(__name__)
 
 QUEUE_PREFIX = "/queue"
 QUEUE_PREFIX_STATE = "queue_prefix"
@@ -22,13 +26,50 @@ def _first(value: str | None) -> str | None:
     return first or None
 
 
+MAX_HOST_LENGTH = 255  # a DNS name (253) or a bracketed IPv6 address, with a port
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+_PROTOS = ("http", "https")
+
+
+def is_host(value: str) -> bool:
+    """A host name or address, with an optional port, of bounded length."""
+    return len(value) <= MAX_HOST_LENGTH and _HOST.fullmatch(value) is not None
+
+
+def valid_host(value: str | None, header: str) -> str | None:
+    """``value`` if it is a host name or address (with an optional port) of bounded length, else None
+    (logged): a forwarded or Host header ends up in every URL the server answers and stores."""
+    if not value:
+        return None
+    if is_host(value):
+        return value
+    logger.warning("ignored an invalid %s header (%d characters): %r", header, len(value), value[:64])
+    return None
+
+
+def valid_proto(value: str | None) -> str | None:
+    """``http`` or ``https`` (any case) from X-Forwarded-Proto, else None (logged)."""
+    if not value:
+        return None
+    if value.lower() in _PROTOS:
+        return value.lower()
+    logger.warning("ignored an invalid x-forwarded-proto header (%d characters): %r", len(value), value[:64])
+    return None
+
+
 def public_base(request: Request, override: str | None = None) -> str:
-    """``scheme://host[:port]`` as the client sees this server."""
+    """``scheme://host[:port]`` as the client sees this server; X-Forwarded-Proto/Host (and Host) that
+    are not a scheme and a host name are ignored."""
     if override:
         return override.rstrip("/")
     headers = request.headers
-    scheme = _first(headers.get("x-forwarded-proto")) or request.scope.get("scheme", "http")
-    host = _first(headers.get("x-forwarded-host")) or headers.get("host")
+    scheme = valid_proto(_first(headers.get("x-forwarded-proto"))) or request.scope.get("scheme", "http")
+    host = valid_host(_first(headers.get("x-forwarded-host")), "x-forwarded-host") or valid_host(
+        headers.get("host"), "host"
+    )
     if not host:
         server = request.scope.get("server") or ("127.0.0.1", 80)
         host = f"{server[0]}:{server[1]}"

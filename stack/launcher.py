@@ -96,6 +96,7 @@ class RedisProcess:
     host: str = "127.0.0.1"
     binary: str = "redis-server"
     log_path: Path | None = None
+    maxmemory: str = "1gb"  # with noeviction: a full Redis refuses writes (submits answer 503), it is not killed
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
@@ -111,6 +112,8 @@ class RedisProcess:
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--protected-mode", "yes",
+            "--maxmemory", self.maxmemory,
+            "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
         ]  # fmt: skip
 
@@ -332,7 +335,9 @@ class Stack:
 
     def start(self, ready_timeout_s: float = 300.0) -> Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_server = redis_server = RedisProcess(self.data_dir / "redis", log_path=self._log("redis"))
+        self.redis_server = redis_server = RedisProcess(
+            self.data_dir / "redis", log_path=self._log("redis"), maxmemory=self.settings.redis_maxmemory
+        )
         self.supervisor.add("redis-server", redis_server.start_process, redis_server.start_process())
         self.settings = self.settings.model_copy(
             update={"redis_url": self.redis_server.url, "storage_dir": (self.data_dir / "storage").resolve()}

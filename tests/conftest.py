@@ -158,6 +158,7 @@ class HardenedApi:
     url: str
     settings: Settings
     api: ManagedProcess
+    accept_url: str  # a second API on the same prefix and storage whose queue has no bound: submits are stored
 
     def client(self, key: str | None = KEY_A, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Key {key}"} if key else {}
@@ -174,8 +175,9 @@ def hardened_api(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFa
 
     Its own key prefix (no worker serves its queue), default webhook policy (private addresses
     refused), a 1 MiB upload cap, and a queue limit of 0: an input that passes validation is
-    answered 429 unless the submit raises the limit (``fal_max_queue_length``), so fuzzing never
-    feeds the session's real worker.
+    answered 429, so fuzzing never feeds the session's real worker. A client cannot raise that limit
+    (``fal_max_queue_length`` only lowers it): inputs meant to be stored go to ``accept_url``, a
+    second API on the same prefix and storage with no queue bound.
     """
     root = tmp_path_factory.mktemp("hardened")
     settings = stack_settings(
@@ -188,10 +190,14 @@ def hardened_api(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFa
     )
     api = start_api(settings, None, root / "api.log")
     url = base_url(settings)
+    accepting = settings.model_copy(update={"port": free_port(), "max_queue_length": None})
+    accept_api = start_api(accepting, None, root / "api-accepting.log")
     try:
         wait_until_ready(url, processes=(api,))
-        yield HardenedApi(url, settings, api)
+        wait_until_ready(base_url(accepting), processes=(accept_api,))
+        yield HardenedApi(url, settings, api, base_url(accepting))
     finally:
+        accept_api.stop()
         api.stop()
 
 

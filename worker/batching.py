@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from core.protocol import RequestStatus
 from core.requests.records import RequestRecord
-from core.requests.scripts import ClaimOutcome
+from core.requests.scripts import AdmitOutcome, ClaimOutcome
 from core.requests.worker_store import WorkerRequestStore
 from core.schemas import BitDanceInput
 from worker.validation import validate_input
@@ -93,6 +93,8 @@ def claim_companions(
                     joined_longest = max(longest, memory.prompt_tokens(other.payload.prompt))
                     if not memory.fits(images + other.payload.num_images, joined_guided, height, width, joined_longest):
                         continue  # its prompt would pad every row of the batch past the budget
+                if store.admit(rid, defer=False) is AdmitOutcome.FULL:
+                    continue  # its key runs its limit (BITDANCE_MAX_RUNNING_PER_KEY): it waits its turn
                 if store.claim(rid, worker, queue) is ClaimOutcome.STARTED:
                     claimed.append(candidate)
                     images += other.payload.num_images

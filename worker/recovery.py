@@ -33,4 +33,6 @@ def sweep(store: WorkerRequestStore) -> dict[str, str]:
         if queued_outcome in (CancelOutcome.CANCELLED, RecoverOutcome.REQUEUED):
             logger.warning("recovered queued request request_id=%s outcome=%s", rid, queued_outcome)
             changed[rid] = "request_timeout" if queued_outcome is CancelOutcome.CANCELLED else queued_outcome.value
+    if released := store.release_deferred():  # deferred requests whose key has room (a worker died after ending one)
+        logger.info("released %d deferred request(s)", released)
     return changed

@@ -141,6 +141,12 @@ class TaskRunner:
             outcomes = self.execute(batch)
         finally:
             self.current_requests = ()
+            if self.services.settings.max_running_per_key > 0:  # their keys' waiting requests may run now
+                owners = {r.owner for r in batch}
+                try:
+                    with_redis_retry(lambda: self.store.release_deferred(owners), "release deferred")
+                except redis.RedisError as exc:  # the sweep releases them instead
+                    logger.warning("could not release deferred requests: %s", exc)
         return outcomes[request_id]
 
     def execute(self, records: Sequence[RequestRecord]) -> dict[str, str]:

@@ -17,7 +17,7 @@ import anyio
 import redis
 import redis.asyncio as aioredis
 
-from core.errors import RequestNotFoundError
+from core.errors import QueueFullError, RequestNotFoundError
 from core.protocol import RequestStatus
 from core.requests import scripts
 from core.requests.records import Keys, NewRequest, RequestRecord, StatusView, as_str, decoded
@@ -106,10 +106,14 @@ class RequestStore:
         self._cancel = client.register_script(scripts.CANCEL_QUEUED)
         self._status_view = client.register_script(scripts.STATUS_VIEW)
         self._apply_batch = client.register_script(scripts.APPLY_BATCH)
+        self._submit = client.register_script(scripts.SUBMIT)
         self._rq_probed = False
 
-    async def create(self, new: NewRequest, rq_connection: redis.Redis) -> int:
+    async def create(self, new: NewRequest, rq_connection: redis.Redis, *, max_queue_length: int | None = None) -> int:
         """Store and enqueue the request in one atomic script call from the event loop; its queue position.
+
+        Nothing is written, and ``QueueFullError`` raised, when ``max_queue_length`` requests already
+        wait, or the owner already has ``max_queued_per_key`` waiting (checked in the same script call).
 
         ``rq_connection`` (sync) only lets RQ build its writes: nothing is sent on it but RQ's
         one-time server version probe (cached on the connection), made in a thread on the first call.
@@ -122,8 +126,23 @@ class RequestStore:
         queue_name = queue_name_of(self.settings, new.priority)
         normal_list = Keys.rq_queue(self.settings.queue_normal)
         batch = [args for args, _ in commands] + [("LLEN", normal_list)]
-        call = scripts.apply_batch_call(batch, keys=[*touched_keys(commands), normal_list])
-        replies = await self._apply_batch(keys=call.keys, args=call.args)
+        call = scripts.submit_call(
+            self.keys,
+            batch,
+            touched=[*touched_keys(commands), normal_list],
+            owner=new.owner,
+            request_id=new.request_id,
+            max_queue_length=max_queue_length,
+            max_queued_per_key=self.settings.max_queued_per_key,
+        )
+        replies = await self._submit(keys=call.keys, args=call.args)
+        if not isinstance(replies, list):
+            retry = {"Retry-After": str(self.settings.queue_full_retry_after_s)}
+            if scripts.SubmitRefusal(as_str(replies)) is scripts.SubmitRefusal.KEY_FULL:
+                raise QueueFullError(
+                    f"Too many requests waiting for this key ({self.settings.max_queued_per_key})", headers=retry
+                )
+            raise QueueFullError(f"Queue is full ({max_queue_length} requests waiting)", headers=retry)
         position = int(replies[push_index(commands, queue_name)]) - 1
         if queue_name != self.settings.queue_normal:
             position += int(replies[-1])

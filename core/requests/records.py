@@ -8,6 +8,7 @@ list of fal log entries ``<prefix>:req:<id>:logs``. Its transitions are Lua scri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -44,6 +45,12 @@ INFERENCE_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0
 
 
 LOGS_CHANGED = "log"  # what a worker publishes on ``Keys.changed`` when it only appended log entries
+
+
+def owner_tag(owner: str) -> str:
+    """A key's owner id as it appears in Redis key names: bounded length whatever the id (SHA-1, as
+    the scripts compute it with ``redis.sha1hex``; a name, not a secret)."""
+    return hashlib.sha1(owner.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,31 @@ class Keys:
     def worker_info(self, name: str) -> str:
         """What a live worker serves (device, model identity), refreshed with its heartbeat."""
         return f"{self.prefix}:worker-info:{name}"
+
+    def owner_queued(self, owner: str) -> str:
+        """Set of the requests one key submitted that may still be waiting (kept only while
+        ``BITDANCE_MAX_QUEUED_PER_KEY`` is set; ids no longer IN_QUEUE are pruned when it is full)."""
+        return f"{self.prefix}:owner:{owner_tag(owner)}:queued"
+
+    def owner_running(self, owner: str) -> str:
+        """Set of the requests of one key started and maybe still running (kept only while
+        ``BITDANCE_MAX_RUNNING_PER_KEY`` is set; ids no longer IN_PROGRESS are pruned when it is full)."""
+        return f"{self.prefix}:owner:{owner_tag(owner)}:running"
+
+    def owner_deferred(self, owner: str) -> str:
+        """List of one key's requests taken off the queue while the key ran its limit: they wait here,
+        still IN_QUEUE, until one of the key's requests ends (``BITDANCE_MAX_RUNNING_PER_KEY``)."""
+        return f"{self.prefix}:owner:{owner_tag(owner)}:deferred"
+
+    @property
+    def owner_prefix(self) -> str:
+        """What the scripts prepend to ``owner_tag(owner)`` to name that key's sets and lists."""
+        return f"{self.prefix}:owner:"
+
+    @property
+    def deferred_owners(self) -> str:
+        """Set of the owner tags with requests waiting in ``owner_deferred``: the sweep releases them."""
+        return f"{self.prefix}:deferred-owners"
 
     @property
     def sweep_lock(self) -> str:

@@ -73,6 +73,56 @@ def apply_batch_call(commands: Sequence[Sequence[str | int | float | bytes]], ke
     return ScriptCall(list(keys), args)
 
 
+# A submit: APPLY_BATCH's commands, run only if the queue and the key have room, in the same atomic
+# step (a bound read before the write lets concurrent submits all pass it). Answers the batch's
+# replies, or 'queue_full' / 'key_full' with nothing written.
+# KEYS: queued (every waiting request), the owner's queued set, then every key the commands touch
+# ARGV: queue limit (-1: none), per-key limit (0: none), request id, record key prefix, then the
+#       commands as APPLY_BATCH takes them
+SUBMIT = """
+local limit, per_key = tonumber(ARGV[1]), tonumber(ARGV[2])
+if limit >= 0 and redis.call('SCARD', KEYS[1]) >= limit then return 'queue_full' end
+if per_key > 0 and redis.call('SCARD', KEYS[2]) >= per_key then
+  for _, rid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('HGET', ARGV[4] .. rid, 'status') ~= 'IN_QUEUE' then redis.call('SREM', KEYS[2], rid) end
+  end
+  if redis.call('SCARD', KEYS[2]) >= per_key then return 'key_full' end
+end
+local a, replies = 5, {}
+while a <= #ARGV do
+  local argc = tonumber(ARGV[a])
+  replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  a = a + 1 + argc
+end
+if per_key > 0 then redis.call('SADD', KEYS[2], ARGV[3]) end
+return replies
+"""
+
+
+class SubmitRefusal(StrEnum):
+    """SUBMIT's answer when it wrote nothing."""
+
+    QUEUE_FULL = "queue_full"
+    KEY_FULL = "key_full"
+
+
+def submit_call(
+    keys: Keys,
+    commands: Sequence[Sequence[str | int | float | bytes]],
+    *,
+    touched: Sequence[str],
+    owner: str,
+    request_id: str,
+    max_queue_length: int | None,
+    max_queued_per_key: int,
+) -> ScriptCall:
+    """KEYS: queued, owner_queued, touched...   ARGV: limit, per_key, rid, record prefix, commands..."""
+    batch = apply_batch_call(commands, keys=touched)
+    limit = -1 if max_queue_length is None else max_queue_length
+    head: list[str | int | bytes] = [limit, max_queued_per_key, request_id, keys.record("")]
+    return ScriptCall([keys.queued, keys.owner_queued(owner), *batch.keys], [*head, *batch.args])
+
+
 # Take the first request id off the first non-empty RQ list (in serving order) and note it in the
 # dequeued index, in one step: a worker that dies before START leaves it there for the sweep.
 DEQUEUE = """
@@ -90,6 +140,98 @@ return false
 def dequeue_call(keys: Keys, *, queue_lists: Sequence[str], now: float) -> ScriptCall:
     """KEYS: dequeued, rq_list...   ARGV: now"""
     return ScriptCall([keys.dequeued, *queue_lists], [_time(now)])
+
+
+# Per-key concurrency (BITDANCE_MAX_RUNNING_PER_KEY), beside START rather than in it. A request a
+# worker just took (DEQUEUE), or wants as a batch companion, is admitted when its key runs fewer than
+# the limit: it is counted in the key's running set at once, so two workers cannot both admit past
+# it. Otherwise a taken request (mode 'defer') leaves the dequeued index for the key's deferred list,
+# still IN_QUEUE, until RELEASE_DEFERRED puts it back at the front of its queue; a companion (mode
+# 'check') is left where it is. The running set is pruned of ids that are neither running nor queued
+# (ended, expired): a requeued request keeps its place in it and is admitted again when taken.
+# KEYS: rec, dequeued, deferred_owners   ARGV: rid, owner prefix, limit, mode
+_PRUNE_RUNNING = """
+local function prune(running)
+  for _, id in ipairs(redis.call('SMEMBERS', running)) do
+    local st = redis.call('HGET', ARGV[2] .. 'req:' .. id, 'status')
+    if st ~= 'IN_PROGRESS' and st ~= 'IN_QUEUE' then redis.call('SREM', running, id) end
+  end
+end
+"""
+ADMIT = (
+    _PRUNE_RUNNING
+    + """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if (not owner) or redis.call('HGET', KEYS[1], 'status') ~= 'IN_QUEUE' then return 'admitted' end
+local tag = redis.sha1hex(owner)
+local running = ARGV[2] .. 'owner:' .. tag .. ':running'
+if redis.call('SISMEMBER', running, ARGV[1]) == 1 then return 'admitted' end
+local limit = tonumber(ARGV[3])
+if redis.call('SCARD', running) >= limit then prune(running) end
+if redis.call('SCARD', running) < limit then
+  redis.call('SADD', running, ARGV[1])
+  return 'admitted'
+end
+if ARGV[4] ~= 'defer' then return 'full' end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', ARGV[2] .. 'owner:' .. tag .. ':deferred', ARGV[1])
+redis.call('SADD', KEYS[3], tag)
+return 'deferred'
+"""
+)
+
+
+class AdmitOutcome(StrEnum):
+    """ADMIT's answer."""
+
+    ADMITTED = "admitted"  # under its key's limit (now counted), or not queued (START decides)
+    DEFERRED = "deferred"  # waits in its key's deferred list (mode 'defer')
+    FULL = "full"  # its key is at its limit (mode 'check'): left in its queue
+
+
+def admit_call(keys: Keys, *, request_id: str, limit: int, defer: bool) -> ScriptCall:
+    """KEYS: rec, dequeued, deferred_owners   ARGV: rid, prefix + ':', limit, mode"""
+    mode = "defer" if defer else "check"
+    return ScriptCall(
+        [keys.record(request_id), keys.dequeued, keys.deferred_owners],
+        [request_id, f"{keys.prefix}:", limit, mode],
+    )
+
+
+# Put back at the front of their queues (in the order they were deferred) as many of a key's deferred
+# requests as it has room to run; those no longer queued are dropped. Answers how many were put back.
+# KEYS: deferred_owners, queue_grew channel, queued   ARGV: owner tag, prefix + ':', limit
+RELEASE_DEFERRED = (
+    _PRUNE_RUNNING
+    + f"""
+local tag = ARGV[1]
+local running = ARGV[2] .. 'owner:' .. tag .. ':running'
+local deferred = ARGV[2] .. 'owner:' .. tag .. ':deferred'
+prune(running)
+local room = tonumber(ARGV[3]) - redis.call('SCARD', running)
+local back = {{}}
+while room > #back do
+  local id = redis.call('LPOP', deferred)
+  if not id then break end
+  local queue = redis.call('HGET', ARGV[2] .. 'req:' .. id, 'queue')
+  if queue and redis.call('HGET', ARGV[2] .. 'req:' .. id, 'status') == 'IN_QUEUE' then
+    back[#back + 1] = {{id, queue}}
+  end
+end
+for i = #back, 1, -1 do
+  redis.call('LPUSH', '{QUEUE_KEY_PREFIX}' .. back[i][2], back[i][1])
+  redis.call('PUBLISH', KEYS[2], back[i][2])
+end
+if #back > 0 then redis.call('PUBLISH', KEYS[3] .. ':moved', back[1][1]) end
+if redis.call('LLEN', deferred) == 0 then redis.call('SREM', KEYS[1], tag) end
+return #back
+"""
+)
+
+
+def release_deferred_call(keys: Keys, *, tag: str, limit: int) -> ScriptCall:
+    """KEYS: deferred_owners, queue_grew, queued   ARGV: owner tag, prefix + ':', limit"""
+    return ScriptCall([keys.deferred_owners, keys.queue_grew, keys.queued], [tag, f"{keys.prefix}:", limit])
 
 
 # Start a request its worker took (DEQUEUE): IN_PROGRESS and leased to that worker, unless it is gone,

@@ -8,7 +8,9 @@ never the queue itself, so their cost does not grow with the number of queued re
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -16,9 +18,11 @@ import redis
 from core.errors import StoredError
 from core.protocol import LogEntry
 from core.requests import scripts
-from core.requests.records import INFERENCE_BUCKETS_S, LOGS_CHANGED, OUTCOME_OK, Keys, RequestRecord, as_str
+from core.requests.records import INFERENCE_BUCKETS_S, LOGS_CHANGED, OUTCOME_OK, Keys, RequestRecord, as_str, owner_tag
 from core.requests.scripts import CancelMode, CancelOutcome, ClaimOutcome, RecoverOutcome, StartOutcome
 from core.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 1000  # at most this many entries of each index per sweep (the rest in the next ones)
 
@@ -37,6 +41,8 @@ class WorkerRequestStore:
         self._cancel = client.register_script(scripts.CANCEL_QUEUED)
         self._orphan = client.register_script(scripts.RECOVER_ORPHAN)
         self._recover_dequeued = client.register_script(scripts.RECOVER_DEQUEUED)
+        self._admit = client.register_script(scripts.ADMIT)
+        self._release = client.register_script(scripts.RELEASE_DEFERRED)
 
     @property
     def lease_ms(self) -> int:
@@ -47,10 +53,40 @@ class WorkerRequestStore:
         return RequestRecord.from_hash(rid, data) if data and "status" in data else None
 
     def dequeue(self, queue_keys: list[str]) -> tuple[str, str] | None:
-        """(RQ list, request id) taken off the first non-empty list, noted as taken; None if all are empty."""
-        call = scripts.dequeue_call(self.keys, queue_lists=queue_keys, now=time.time())
-        taken = self._dequeue(keys=call.keys, args=call.args)
-        return (as_str(taken[0]), as_str(taken[1])) if taken else None
+        """(RQ list, request id) taken off the first non-empty list, noted as taken; None if all are empty.
+
+        With ``max_running_per_key``, a request whose key already runs that many is deferred (it
+        waits, still queued, in its key's deferred list) and the next one is taken instead."""
+        while True:
+            call = scripts.dequeue_call(self.keys, queue_lists=queue_keys, now=time.time())
+            taken = self._dequeue(keys=call.keys, args=call.args)
+            if not taken:
+                return None
+            rid = as_str(taken[1])
+            if self.admit(rid, defer=True) is not scripts.AdmitOutcome.DEFERRED:
+                return (as_str(taken[0]), rid)
+            logger.info("deferred request request_id=%s: its key runs its limit", rid)
+
+    def admit(self, rid: str, *, defer: bool) -> scripts.AdmitOutcome:
+        """``ADMITTED`` when the request's key may run one more (always, without a per-key limit)."""
+        limit = self.settings.max_running_per_key
+        if limit <= 0:
+            return scripts.AdmitOutcome.ADMITTED
+        call = scripts.admit_call(self.keys, request_id=rid, limit=limit, defer=defer)
+        return scripts.AdmitOutcome(as_str(self._admit(keys=call.keys, args=call.args)))
+
+    def release_deferred(self, owners: Iterable[str] = ()) -> int:
+        """Put back in their queues the deferred requests of ``owners`` (none given: of every key with
+        some) that their keys have room to run now; how many. After a request ends, and in the sweep."""
+        limit = self.settings.max_running_per_key
+        if limit <= 0:
+            limit = 1 << 30  # the limit was lifted: release everything still deferred
+        tags = {owner_tag(o) for o in owners} or {as_str(t) for t in self.client.smembers(self.keys.deferred_owners)}
+        released = 0
+        for tag in tags:
+            call = scripts.release_deferred_call(self.keys, tag=tag, limit=limit)
+            released += int(self._release(keys=call.keys, args=call.args))
+        return released
 
     def start(self, rid: str, worker: str) -> StartOutcome:
         """``STARTED``, or why not (``StartOutcome``)."""

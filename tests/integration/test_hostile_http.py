@@ -21,12 +21,11 @@ from tests.conftest import HARDENED_MAX_UPLOAD_BYTES, KEY_B, HardenedApi
 from tests.integration.helpers import APP, FAST, WebhookListener
 
 SUBMIT = f"/queue/{APP}"
-ACCEPT_INTO_QUEUE = {"fal_max_queue_length": 1_000_000}  # lifts the fixture's queue limit of 0
 
 
 def submit_stored(api: HardenedApi) -> str:
     with api.client() as client:
-        response = client.post(SUBMIT, json={"prompt": "p", **FAST}, params=ACCEPT_INTO_QUEUE)
+        response = client.post(api.accept_url + SUBMIT, json={"prompt": "p", **FAST})
     assert response.status_code == 200, response.text
     return str(response.json()["request_id"])
 
@@ -83,7 +82,7 @@ def test_hostile_lifecycle_headers_get_a_422(hardened_api: HardenedApi) -> None:
     with hardened_api.client() as client:
         for value in ("[" * 5000, '{"expiration_duration_seconds": 1e309}', '{"expiration_duration_seconds": "abc"}'):
             headers = {"x-fal-object-lifecycle-preference": value}
-            response = client.post(SUBMIT, json={"prompt": "p"}, headers=headers, params=ACCEPT_INTO_QUEUE)
+            response = client.post(hardened_api.accept_url + SUBMIT, json={"prompt": "p"}, headers=headers)
             assert response.status_code == 422, response.text
             assert response.json()["detail"][0]["loc"][:2] == ["header", "x-fal-object-lifecycle-preference"]
 
@@ -91,7 +90,7 @@ def test_hostile_lifecycle_headers_get_a_422(hardened_api: HardenedApi) -> None:
 def test_a_valid_lifecycle_is_stored_parsed(hardened_api: HardenedApi, redis_server: Any) -> None:
     headers = {"x-fal-object-lifecycle-preference": '{"expiration_duration_seconds": 90, "initial_acl": {}}'}
     with hardened_api.client() as client:
-        response = client.post(SUBMIT, json={"prompt": "p"}, headers=headers, params=ACCEPT_INTO_QUEUE)
+        response = client.post(hardened_api.accept_url + SUBMIT, json={"prompt": "p"}, headers=headers)
     assert response.status_code == 200
     conn = redis.Redis.from_url(redis_server.url, decode_responses=True)
     stored = conn.hget(Keys(hardened_api.settings.key_prefix).record(response.json()["request_id"]), "lifecycle")
@@ -109,7 +108,9 @@ def test_webhooks_to_private_addresses_are_refused_by_default(hardened_api: Hard
     try:
         with hardened_api.client() as client:
             for url in (listener.url, "file:///etc/passwd", "http://169.254.169.254/latest/meta-data/"):
-                response = client.post(SUBMIT, json={"prompt": "p"}, params={**ACCEPT_INTO_QUEUE, "fal_webhook": url})
+                response = client.post(
+                    hardened_api.accept_url + SUBMIT, json={"prompt": "p"}, params={"fal_webhook": url}
+                )
                 assert response.status_code == 422, (url, response.text)
                 assert response.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
         time.sleep(0.3)
