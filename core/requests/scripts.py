@@ -105,7 +105,8 @@ if deadline and deadline ~= '' and tonumber(ARGV[3]) > tonumber(deadline) then r
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
+redis.call('HSET', KEYS[1], 'attempt_token', ARGV[5])
 redis.call('PUBLISH', KEYS[1] .. ':changed', 'started')
 redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'started'
@@ -122,12 +123,17 @@ class StartOutcome(StrEnum):
     OVERDUE = "overdue"  # its start deadline passed
 
 
-def start_call(keys: Keys, *, request_id: str, worker: str, now: float, lease_ms: int) -> ScriptCall:
-    """KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms"""
+def start_call(
+    keys: Keys, *, request_id: str, worker: str, now: float, lease_ms: int, attempt: str | None = None
+) -> ScriptCall:
+    """KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms, attempt
+
+    ``attempt`` (default: the worker's name) is this run's token: the lease holds it and the record
+    keeps it as ``attempt_token``, so that only this run may renew the lease and complete the request."""
     rid = request_id
     return ScriptCall(
         [keys.record(rid), keys.lease(rid), keys.queued, keys.active, keys.dequeued],
-        [rid, worker, _time(now), lease_ms],
+        [rid, worker, _time(now), lease_ms, attempt or worker],
     )
 
 
@@ -135,6 +141,7 @@ COMPLETE = (
     """
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'COMPLETED' then return 0 end
+if ARGV[8] ~= '' and (st ~= 'IN_PROGRESS' or redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[8]) then return -1 end
 redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
@@ -169,13 +176,15 @@ def complete_call(
     inference_time: float | None,
     ttl_s: int,
     outcome: str,
+    attempt: str | None = None,
 ) -> ScriptCall:
     """KEYS: rec, logs, lease, queued, active, stats, webhooks
-    ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome (the stats counter's name)
+    ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome (the stats counter's name), attempt
 
-    COMPLETE answers 1 when it completed the request, 0 when it was gone or already COMPLETED."""
+    COMPLETE answers 1 when it completed the request, 0 when it was gone or already COMPLETED, -1 when
+    ``attempt`` is given and is not the run that holds the request (a stalled worker's, requeued since)."""
     timing = repr(inference_time) if inference_time is not None else ""
-    args: list[str | int] = [request_id, _time(now), result_json, error_json, timing, ttl_s, outcome]
+    args: list[str | int] = [request_id, _time(now), result_json, error_json, timing, ttl_s, outcome, attempt or ""]
     return ScriptCall(_running_keys(keys, request_id), args)
 
 
@@ -275,6 +284,7 @@ if outcome then
 end
 redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'attempts', attempts + 1)
 redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+redis.call('HDEL', KEYS[1], 'attempt_token')
 redis.call('SADD', KEYS[4], ARGV[1])
 local queue = redis.call('HGET', KEYS[1], 'queue')
 redis.call('LPUSH', '{QUEUE_KEY_PREFIX}' .. queue, ARGV[1])
@@ -333,7 +343,8 @@ if redis.call('LREM', KEYS[5], 1, ARGV[1]) == 0 then return 'not_queued' end
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[4])
+redis.call('HSET', KEYS[1], 'attempt_token', ARGV[6])
 redis.call('EXPIRE', KEYS[6], ARGV[5])
 redis.call('PUBLISH', KEYS[1] .. ':changed', 'started')
 redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
@@ -350,14 +361,46 @@ class ClaimOutcome(StrEnum):
 
 
 def claim_call(
-    keys: Keys, *, request_id: str, worker: str, queue: str, now: float, lease_ms: int, job_ttl_s: int
+    keys: Keys,
+    *,
+    request_id: str,
+    worker: str,
+    queue: str,
+    now: float,
+    lease_ms: int,
+    job_ttl_s: int,
+    attempt: str | None = None,
 ) -> ScriptCall:
-    """KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s"""
+    """KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s, attempt
+    (``attempt`` as for START)"""
     rid = request_id
     return ScriptCall(
         [keys.record(rid), keys.lease(rid), keys.queued, keys.active, Keys.rq_queue(queue), job_key(rid)],
-        [rid, worker, _time(now), lease_ms, job_ttl_s],
+        [rid, worker, _time(now), lease_ms, job_ttl_s, attempt or worker],
     )
+
+
+# Renew the lease of a running request for the run that holds it (its attempt token, ARGV[1]): extend
+# it while it holds that token; set it again only when it ran out and the record is still IN_PROGRESS
+# under that attempt (no sweep requeued it yet). Never takes a lease another run holds, nor one of a
+# request requeued or completed since. Answers 1 when renewed, 0 when the run lost the request.
+REFRESH_LEASE = """
+local held = redis.call('GET', KEYS[2])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+if held then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'IN_PROGRESS' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def refresh_lease_call(keys: Keys, *, request_id: str, attempt: str, lease_ms: int) -> ScriptCall:
+    """KEYS: rec, lease   ARGV: attempt, lease_ms"""
+    return ScriptCall([keys.record(request_id), keys.lease(request_id)], [attempt, lease_ms])
 
 
 # Take a due webhook for one delivery attempt: push its due time out by the lease, so that no other
