@@ -49,12 +49,20 @@ end
 # writes, ours and those RQ records for its enqueue. MULTI/EXEC does the same with a reply per
 # command, whose parsing was the largest part of a submit's time in the API (issue 9).
 # KEYS: every key the commands touch (declared, as Redis asks of scripts)
-# ARGV: the commands, each as its argument count followed by its arguments (name first)
-APPLY_BATCH = """
-local a, replies = 1, {}
+# ARGV: the commands, each as its argument count followed by its arguments (name first); a command
+# led by WITH_PREVIOUS_REPLY gets the previous command's reply as its last argument (a submit's ticket).
+WITH_PREVIOUS_REPLY = "WITH-PREVIOUS-REPLY"
+APPLY_BATCH = f"""
+local a, replies = 1, {{}}
 while a <= #ARGV do
   local argc = tonumber(ARGV[a])
-  replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  if ARGV[a + 1] == '{WITH_PREVIOUS_REPLY}' then
+    local command = {{unpack(ARGV, a + 2, a + argc)}}
+    command[#command + 1] = replies[#replies]
+    replies[#replies + 1] = redis.call(unpack(command))
+  else
+    replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  end
   a = a + 1 + argc
 end
 return replies
@@ -422,15 +430,23 @@ def lease_webhook_call(keys: Keys, *, request_id: str, now: float, lease_until: 
 # What a status call shows, in one read: the record's fields, the queue position while queued
 # (requests ahead of it: the normal queue is served before the low one; 0 when it is not in its
 # list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2];
-# false for an unknown request.
+# false for an unknown request. The position is O(1) in the queue's length: its ticket minus the
+# ticket of its list's head (``queue_position_from_tickets``); LPOS only for a record without a ticket.
 STATUS_VIEW = f"""
 local fields = redis.call('HMGET', KEYS[1], 'status', 'owner', 'endpoint', 'queue', 'deadline', 'error',
-  'inference_time')
+  'inference_time', 'ticket')
 if not fields[1] then return false end
 local position = -1
 if fields[1] == 'IN_QUEUE' then
   local qkey = '{QUEUE_KEY_PREFIX}' .. fields[4]
-  local found = redis.call('LPOS', qkey, ARGV[1])
+  local head = fields[8] and redis.call('LINDEX', qkey, 0)
+  local head_ticket = head and redis.call('HGET', ARGV[3] .. head, 'ticket')
+  local found
+  if head_ticket then
+    found = math.max(0, math.min(tonumber(fields[8]) - tonumber(head_ticket), redis.call('LLEN', qkey) - 1))
+  else
+    found = redis.call('LPOS', qkey, ARGV[1])
+  end
   if not found then
     position = 0
   elseif qkey ~= KEYS[3] then
@@ -446,7 +462,38 @@ return {{fields, position, logs}}
 
 
 def status_view_call(keys: Keys, *, request_id: str, normal_queue: str, logs_from: int | None) -> ScriptCall:
-    """KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs)"""
+    """KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs), record key prefix"""
     rid = request_id
     logs_arg = -1 if logs_from is None else logs_from
-    return ScriptCall([keys.record(rid), keys.logs(rid), Keys.rq_queue(normal_queue)], [rid, logs_arg])
+    return ScriptCall([keys.record(rid), keys.logs(rid), Keys.rq_queue(normal_queue)], [rid, logs_arg, keys.record("")])
+
+
+# Positions without reading the queues (issue 19): per RQ list (KEYS, in serving order), its length
+# and the ticket of its head (false when empty or the head has none). A request's position is then
+# its ticket minus its list's head ticket, clamped to the list, plus the lengths of the lists served
+# before it. Exact while requests leave at the head; after a removal from the middle (a cancel, a
+# batch claim) the requests behind it count it until the head passes it (at most the list's length
+# - 1); a request put back at the front (recovery) keeps its older ticket: it shows 0, the others
+# count from it (bounded the same way) until it is taken, which is next.
+QUEUE_HEADS = """
+local out = {}
+for i = 1, #KEYS do
+  local head = redis.call('LINDEX', KEYS[i], 0)
+  out[#out + 1] = redis.call('LLEN', KEYS[i])
+  out[#out + 1] = head and redis.call('HGET', ARGV[1] .. head, 'ticket')
+end
+return out
+"""
+
+
+def queue_heads_call(keys: Keys, *, queues: Sequence[str]) -> ScriptCall:
+    """KEYS: rq_list... (serving order)   ARGV: record key prefix"""
+    return ScriptCall([Keys.rq_queue(q) for q in queues], [keys.record("")])
+
+
+def queue_position_from_tickets(ticket: int, head_ticket: int, length: int) -> int | None:
+    """Requests ahead of ``ticket`` in a list of ``length`` whose head holds ``head_ticket``; None when
+    it is not in the list (ahead of the head: taken, or the list is empty)."""
+    if length <= 0 or ticket < head_ticket:
+        return None
+    return min(ticket - head_ticket, length - 1)
