@@ -26,6 +26,7 @@ from core.errors import (
     StoredError,
 )
 from core.requests.records import RequestRecord
+from core.requests.rq_integration import LOST_OUTCOME
 from core.requests.scripts import StartOutcome
 from core.requests.worker_store import WorkerRequestStore, new_attempt
 from core.schemas import BitDanceInput, BitDanceOutput, ImageFile
@@ -191,7 +192,7 @@ class TaskRunner:
         def should_stop() -> bool:
             for entry in list(running):
                 if self.is_lost(entry):
-                    outcomes[entry.request_id] = "lost"  # another run holds it now: nothing to record
+                    outcomes[entry.request_id] = LOST_OUTCOME  # another run holds it now: nothing to record
                     running.remove(entry)
                 elif entry.tracker.should_stop():
                     logger.info("cancelled while running request_id=%s", entry.request_id)
@@ -257,14 +258,14 @@ class TaskRunner:
         attempt = entry.attempt
         if self.is_lost(entry) or (attempt is not None and not self._holds(rid, attempt)):
             self._discard(stored)  # a stalled run, requeued meanwhile: another run reports this request
-            return "lost"
+            return LOST_OUTCOME
         count = len(output["images"])
         entry.tracker.log(f"Done: {count} image(s) ready (generated in {inference_s:.2f}s)")
         completed = with_redis_retry(lambda: self.store.complete_ok(rid, output, inference_s, attempt), "complete")
         if not completed:  # another run holds it, or it ended meanwhile: this run's result is nobody's
             logger.warning("result discarded request_id=%s: this run no longer holds it", rid)
             self._discard(stored)
-            return "lost"
+            return LOST_OUTCOME
         with_redis_retry(lambda: self.store.record_inference(inference_s, len(images)), "metrics")
         return "ok"
 

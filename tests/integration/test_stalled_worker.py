@@ -107,3 +107,5 @@ def test_a_worker_stalled_past_its_lease_neither_steals_it_back_nor_completes_tw
         on_disk = sorted(meta.parent.name for meta in settings.storage_dir.glob(f"*/{META_NAME}"))
         assert on_disk == sorted(tokens)  # before: A's late images were left behind
         assert int(db.hget(keys.stats, "completed:ok") or 0) == len(rids)
+    # A's RQ job ended "lost": it left the job's hash to B, whose own end of the job then went as usual
+    assert "Failed to retrieve status for job" not in (tmp_path / "worker-b.log").read_text()
