@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 from core.errors import RequestNotFoundError
 from core.protocol import RequestStatus
-from core.requests.api_store import RequestStore
+from core.requests.api_store import QueueHead, RequestStore
 from core.requests.records import StatusView
 from server.change_feed import ChangeFeed
 
@@ -151,11 +151,11 @@ def _retrieve_outcome(done: asyncio.Future[StatusView]) -> None:
 
 
 class QueueSnapshot:
-    """The queues' heads (length, head ticket), read once per queue move and shared by all status streams.
+    """The queues' heads (``QueueHead``), read once per queue move and shared by all status streams.
 
     When a request leaves the queue, every queued stream's position changes: one O(1) read of the
-    queue heads then serves them all (each stream's position is its ticket minus its list's head
-    ticket: ``RequestStore.position_from_heads``), instead of one read per stream (thousands at once),
+    queue heads then serves them all (each stream's position follows from its ticket:
+    ``RequestStore.position_from_heads``), instead of one read per stream (thousands at once),
     and without reading the queue lists (issue 19: 100,000 queued made that read block Redis).
     """
 
@@ -163,7 +163,7 @@ class QueueSnapshot:
         self.store = store
         self.feed = feed
         self._moves = -1
-        self._reading: asyncio.Future[dict[str, tuple[int, int | None]]] | None = None
+        self._reading: asyncio.Future[dict[str, QueueHead]] | None = None
 
     async def position(self, view: StatusView) -> int | None:
         """The position now of the queued request ``view`` shows, or None when it is not in its list

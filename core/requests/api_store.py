@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import redis
@@ -24,6 +24,15 @@ from core.requests.records import Keys, NewRequest, RequestRecord, StatusView, a
 from core.requests.rq_integration import Command, push_index, record_enqueue, recorded_commands
 from core.requests.scripts import CancelMode, CancelOutcome
 from core.settings import Settings
+
+
+class QueueHead(NamedTuple):
+    """What positions are counted from (``RequestStore.queue_heads``): a queue list's length, its head's
+    id and the ticket of the entry after the head (None: empty, or without tickets)."""
+
+    length: int
+    head: str | None
+    second_ticket: int | None
 
 
 def queue_name_of(settings: Settings, priority: str) -> str:
@@ -172,28 +181,33 @@ class RequestStore:
         raw = await self.client.lrange(self.keys.logs(rid), start, -1)
         return [json.loads(item) for item in raw]
 
-    async def queue_heads(self) -> dict[str, tuple[int, int | None]]:
-        """Per queue (serving order): its length and its head's ticket, in one O(1) read (``QUEUE_HEADS``)."""
+    async def queue_heads(self) -> dict[str, QueueHead]:
+        """Per queue (serving order): its length, head and second entry's ticket, in one O(1) read
+        (``QUEUE_HEADS``)."""
         names = (self.settings.queue_normal, self.settings.queue_low)
         call = scripts.queue_heads_call(self.keys, queues=names)
         reply = await self._queue_heads(keys=call.keys, args=call.args)
-        return {
-            name: (int(reply[2 * i]), int(reply[2 * i + 1]) if reply[2 * i + 1] is not None else None)
-            for i, name in enumerate(names)
-        }
+        heads = {}
+        for i, name in enumerate(names):
+            length, head, second = reply[3 * i : 3 * i + 3]
+            heads[name] = QueueHead(int(length), as_str(head) if head else None, int(second) if second else None)
+        return heads
 
-    def position_from_heads(self, view: StatusView, heads: dict[str, tuple[int, int | None]]) -> int | None:
+    def position_from_heads(self, view: StatusView, heads: dict[str, QueueHead]) -> int | None:
         """``view``'s queue position from ``queue_heads`` (as ``status_view`` counts it), or None when it
         is not in its list (any more) or has no ticket."""
         if view.ticket is None or view.queue not in heads:
             return None
-        length, head_ticket = heads[view.queue]
-        if head_ticket is None:
+        head = heads[view.queue]
+        if head.head == view.request_id:
+            found: int | None = 0
+        elif head.second_ticket is None:
             return None
-        found = scripts.queue_position_from_tickets(view.ticket, head_ticket, length)
+        else:
+            found = scripts.queue_position_from_tickets(view.ticket, head.second_ticket, head.length)
         if found is None or view.queue == self.settings.queue_normal:
             return found
-        return found + heads[self.settings.queue_normal][0]
+        return found + heads[self.settings.queue_normal].length
 
     async def queue_depth(self) -> dict[str, int]:
         names = (self.settings.queue_normal, self.settings.queue_low)

@@ -430,8 +430,9 @@ def lease_webhook_call(keys: Keys, *, request_id: str, now: float, lease_until: 
 # What a status call shows, in one read: the record's fields, the queue position while queued
 # (requests ahead of it: the normal queue is served before the low one; 0 when it is not in its
 # list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2];
-# false for an unknown request. The position is O(1) in the queue's length: its ticket minus the
-# ticket of its list's head (``queue_position_from_tickets``); LPOS only for a record without a ticket.
+# false for an unknown request. The position is O(1) in the queue's length: 0 for its list's head,
+# else 1 + its ticket minus the ticket of the list's second (``queue_position_from_tickets``); LPOS
+# only for a record without a ticket (or behind one).
 STATUS_VIEW = f"""
 local fields = redis.call('HMGET', KEYS[1], 'status', 'owner', 'endpoint', 'queue', 'deadline', 'error',
   'inference_time', 'ticket')
@@ -440,12 +441,15 @@ local position = -1
 if fields[1] == 'IN_QUEUE' then
   local qkey = '{QUEUE_KEY_PREFIX}' .. fields[4]
   local head = fields[8] and redis.call('LINDEX', qkey, 0)
-  local head_ticket = head and redis.call('HGET', ARGV[3] .. head, 'ticket')
+  local second = head and head ~= ARGV[1] and redis.call('LINDEX', qkey, 1)
+  local base = second and redis.call('HGET', ARGV[3] .. second, 'ticket')
   local found
-  if head_ticket then
-    found = math.max(0, math.min(tonumber(fields[8]) - tonumber(head_ticket), redis.call('LLEN', qkey) - 1))
+  if head and head == ARGV[1] then
+    found = 0
+  elseif base then
+    found = math.max(0, math.min(tonumber(fields[8]) - tonumber(base) + 1, redis.call('LLEN', qkey) - 1))
   else
-    found = redis.call('LPOS', qkey, ARGV[1])
+    found = redis.call('LPOS', qkey, ARGV[1])  -- no ticket, or at most one entry: O(1) then
   end
   if not found then
     position = 0
@@ -468,19 +472,20 @@ def status_view_call(keys: Keys, *, request_id: str, normal_queue: str, logs_fro
     return ScriptCall([keys.record(rid), keys.logs(rid), Keys.rq_queue(normal_queue)], [rid, logs_arg, keys.record("")])
 
 
-# Positions without reading the queues (issue 19): per RQ list (KEYS, in serving order), its length
-# and the ticket of its head (false when empty or the head has none). A request's position is then
-# its ticket minus its list's head ticket, clamped to the list, plus the lengths of the lists served
-# before it. Exact while requests leave at the head; after a removal from the middle (a cancel, a
-# batch claim) the requests behind it count it until the head passes it (at most the list's length
-# - 1); a request put back at the front (recovery) keeps its older ticket: it shows 0, the others
-# count from it (bounded the same way) until it is taken, which is next.
+# Positions without reading the queues (issue 19): per RQ list (KEYS, in serving order), its length,
+# its head's id and the ticket of the one after it (false when there is none or it has no ticket). A
+# request's position is then 0 for the head, else 1 + its ticket minus that ticket, clamped to the
+# list, plus the lengths of the lists served before it. Counting from the second one keeps a request
+# put back at the front (recovery; it keeps its older ticket) from shifting the others. Exact while
+# requests leave at the head; after a removal from the middle (a cancel, a batch claim) the requests
+# behind it count it until it reaches the front (never past the list's end).
 QUEUE_HEADS = """
 local out = {}
 for i = 1, #KEYS do
-  local head = redis.call('LINDEX', KEYS[i], 0)
+  local second = redis.call('LINDEX', KEYS[i], 1)
   out[#out + 1] = redis.call('LLEN', KEYS[i])
-  out[#out + 1] = head and redis.call('HGET', ARGV[1] .. head, 'ticket')
+  out[#out + 1] = redis.call('LINDEX', KEYS[i], 0)
+  out[#out + 1] = second and redis.call('HGET', ARGV[1] .. second, 'ticket')
 end
 return out
 """
@@ -491,9 +496,9 @@ def queue_heads_call(keys: Keys, *, queues: Sequence[str]) -> ScriptCall:
     return ScriptCall([Keys.rq_queue(q) for q in queues], [keys.record("")])
 
 
-def queue_position_from_tickets(ticket: int, head_ticket: int, length: int) -> int | None:
-    """Requests ahead of ``ticket`` in a list of ``length`` whose head holds ``head_ticket``; None when
-    it is not in the list (ahead of the head: taken, or the list is empty)."""
-    if length <= 0 or ticket < head_ticket:
+def queue_position_from_tickets(ticket: int, second_ticket: int, length: int) -> int | None:
+    """Requests ahead of ``ticket``, not its list's head, in a list of ``length`` whose second entry
+    holds ``second_ticket``; None when it is not in the list (ahead of the second one: taken)."""
+    if ticket < second_ticket:
         return None
-    return min(ticket - head_ticket, length - 1)
+    return min(ticket - second_ticket + 1, length - 1)

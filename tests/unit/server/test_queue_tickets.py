@@ -19,7 +19,7 @@ from core.settings import Settings
 
 
 def test_positions_follow_dequeues_and_cancels(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
+    settings = make_settings(lease_ttl_s=0.2)  # also the grace before a taken, unstarted request is put back
     sync = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     lists = [Keys.rq_queue(settings.queue_normal), Keys.rq_queue(settings.queue_low)]
 
@@ -29,7 +29,7 @@ def test_positions_follow_dequeues_and_cancels(make_settings: Callable[..., Sett
             files_base="http://h", start_timeout_s=None, webhook=None, lifecycle=None,
         )  # fmt: skip
 
-    normal = [f"n{i}" for i in range(6)]
+    normal = [f"n{i}" for i in range(8)]
     low = [f"l{i}" for i in range(3)]
     for rid in normal:
         create_request(sync, settings, new(rid, "normal"))
@@ -61,27 +61,40 @@ def test_positions_follow_dequeues_and_cancels(make_settings: Callable[..., Sett
             return {rid: index for index, rid in enumerate(order)}
 
         try:
-            assert await shown() == {**{f"n{i}": i for i in range(6)}, **{f"l{i}": 6 + i for i in range(3)}}
+            assert await shown() == {**{f"n{i}": i for i in range(8)}, **{f"l{i}": 8 + i for i in range(3)}}
             assert worker.dequeue(lists) == (lists[0], "n0")
             assert worker.dequeue(lists) == (lists[0], "n1")
             # taken, not started yet: still IN_QUEUE, out of the list: 0, as before
             assert await shown() == {"n0": 0, "n1": 0, **actual()}
 
-            await store.cancel("n3")  # from the middle
+            await store.cancel("n4")  # from the middle: [n2, n3, n5, n6, n7]
             now, real = await shown(), actual()
-            assert now["n2"] == 0 and now["n4"] == 2 and real["n4"] == 1  # n4 counts the gap n3 left
-            assert now["n5"] == real["n5"] == 2  # clamped to the list: never past its end
-            assert now["l0"] == real["l0"]  # the low queue counts the normal list's length
-            assert [now[rid] for rid in ("n2", "n4", "n5")] == sorted(now[rid] for rid in ("n2", "n4", "n5"))
+            assert {rid: now[rid] for rid in real} == real | {"n5": 3, "n6": 4}  # they count the gap n4 left
+            assert now["n7"] == real["n7"] == 4  # clamped to the list: never past its end
+            assert [now[rid] for rid in ("n2", "n3", "n5", "n6", "n7")] == [0, 1, 3, 4, 4]  # in order
 
-            assert worker.dequeue(lists) == (lists[0], "n2")  # the head passes the gap: exact again
+            assert worker.dequeue(lists) == (lists[0], "n2")  # the gap reaches the front: exact again
+            assert actual() == {"n3": 0, "n5": 1, "n6": 2, "n7": 3, "l0": 4, "l1": 5, "l2": 6}
             assert await shown() == {"n0": 0, "n1": 0, "n2": 0, **actual()}
-            assert actual() == {"n4": 0, "n5": 1, "l0": 2, "l1": 3, "l2": 4}
 
             await store.cancel("l0")  # the head of the low queue
-            for _ in range(2):
-                worker.dequeue(lists)  # n4, n5: the normal list is empty, the low one is served
-            assert await shown() == {f"n{i}": 0 for i in (0, 1, 2, 4, 5)} | {"l1": 0, "l2": 1}
+            for _ in range(4):
+                worker.dequeue(lists)  # n3 to n7: the normal list is empty, the low one is served
+            taken = [f"n{i}" for i in (0, 1, 2, 3, 5, 6, 7)]
+            assert await shown() == dict.fromkeys(taken, 0) | {"l1": 0, "l2": 1}
+
+            # one taken and abandoned goes back to the front with its older ticket: the others do not move
+            for rid in ("m0", "m1", "m2", "m3", "m4"):
+                create_request(sync, settings, new(rid, "normal"))
+                normal.append(rid)
+            for rid in ("m0", "m1", "m2"):
+                assert worker.dequeue(lists) == (lists[0], rid)
+            for rid in [*taken, "m1", "m2"]:
+                assert worker.start(rid, "w") == "started"
+            await asyncio.sleep(0.4)
+            assert worker.recover_queued() == {"m0": "requeued"}
+            assert actual() == {"m0": 0, "m3": 1, "m4": 2, "l1": 3, "l2": 4}
+            assert await shown() == actual()
         finally:
             await client.aclose()
 
