@@ -42,6 +42,8 @@ class ProgressTracker:
         self.patches_seen = 0
 
     def log(self, message: str, level: LogLevel = "INFO") -> None:
+        if self.is_lost():
+            return  # the request's log is the run's that holds it now
         try:
             self.store.append_log(self.request_id, LogEntry.now(message, level))
         except redis.RedisError as exc:

@@ -116,7 +116,9 @@ class TaskRunner:
         return tuple(rid for rid, _ in self.current_leases)
 
     def lose(self, request_id: str, attempt: str) -> None:
-        """The heartbeat's word that this run no longer holds ``request_id``."""
+        """The heartbeat's word that this run no longer holds ``request_id`` (each beat, until the run ends)."""
+        if (request_id, attempt) in self.lost:
+            return
         logger.warning("lease lost request_id=%s attempt=%s: stopping, its outputs are discarded", request_id, attempt)
         self.lost.add((request_id, attempt))
 
