@@ -100,3 +100,31 @@ def test_positions_follow_dequeues_and_cancels(make_settings: Callable[..., Sett
 
     asyncio.run(scenario())
     sync.close()
+
+
+def test_a_status_read_and_a_queue_move_scan_no_queue_list(make_settings: Callable[..., Settings]) -> None:
+    """Before tickets, a status read ran LPOS (O(position)) and each queue move LRANGE of both lists."""
+    settings = make_settings()
+    sync = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    rids = [f"q{i}" for i in range(50)]
+    for rid in rids:
+        create_request(sync, settings, NewRequest(rid, "o", settings.endpoint_id, {"prompt": rid}, "normal", "h", None))
+
+    def scans() -> dict[str, int]:
+        stats = sync.info("commandstats")
+        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("lpos", "lrange")}
+
+    async def read() -> list[int | None]:
+        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
+        try:
+            store = RequestStore(client, settings)
+            views = [await store.status_view(rid) for rid in (rids[0], rids[1], rids[-1])]
+            heads = await store.queue_heads()
+            return [view.queue_position for view in views] + [store.position_from_heads(v, heads) for v in views]
+        finally:
+            await client.aclose()
+
+    before = scans()
+    assert asyncio.run(read()) == [0, 1, 49, 0, 1, 49]
+    assert scans() == before
+    sync.close()
