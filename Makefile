@@ -148,6 +148,7 @@ bench-load: install
 bench-api: install redis wrk
 	$(PY) -m bench.api_capacity
 	$(PY) -m bench.recovery_sweep
+	$(PY) -m bench.queue_positions
 
 # Honest webhooks' delay (p50/p99) with 10 tarpit receivers holding their connections, and without.
 bench-webhooks: install redis

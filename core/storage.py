@@ -304,6 +304,11 @@ class LocalStorage:
         path = self.root / token / meta.file_name
         return (meta, path) if path.is_file() else None
 
+    def delete(self, token: str) -> None:
+        """Remove a stored object (nothing when there is none)."""
+        if is_token(token):
+            shutil.rmtree(self.root / token, ignore_errors=True)
+
     def delete_expired(self, now: float | None = None) -> int:
         """Remove expired objects; returns how many."""
         removed = 0

@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 from core.errors import RequestNotFoundError
 from core.protocol import RequestStatus
-from core.requests.api_store import RequestStore
+from core.requests.api_store import QueueHead, RequestStore
 from core.requests.records import StatusView
 from server.change_feed import ChangeFeed
 
@@ -151,25 +151,28 @@ def _retrieve_outcome(done: asyncio.Future[StatusView]) -> None:
 
 
 class QueueSnapshot:
-    """Every queued request's position, read once per queue move and shared by all status streams.
+    """The queues' heads (``QueueHead``), read once per queue move and shared by all status streams.
 
-    When a request leaves the queue, every queued stream's position changes: one read of the queue
-    lists then serves them all, instead of one read per stream (thousands at once).
+    When a request leaves the queue, every queued stream's position changes: one O(1) read of the
+    queue heads then serves them all (each stream's position follows from its ticket:
+    ``RequestStore.position_from_heads``), instead of one read per stream (thousands at once),
+    and without reading the queue lists (issue 19: 100,000 queued made that read block Redis).
     """
 
     def __init__(self, store: RequestStore, feed: ChangeFeed) -> None:
         self.store = store
         self.feed = feed
         self._moves = -1
-        self._reading: asyncio.Future[dict[str, int]] | None = None
+        self._reading: asyncio.Future[dict[str, QueueHead]] | None = None
 
-    async def position(self, rid: str) -> int | None:
-        """The request's position now, or None when it is in neither queue list."""
+    async def position(self, view: StatusView) -> int | None:
+        """The position now of the queued request ``view`` shows, or None when it is not in its list
+        (any more) or has no ticket: the caller reads the request itself then."""
         moves = self.feed.queue_moves
         reading = self._reading
         failed = reading is not None and reading.done() and (reading.cancelled() or reading.exception() is not None)
         if reading is None or failed or self._moves != moves:
             self._moves = moves
-            reading = self._reading = asyncio.ensure_future(self.store.queue_positions())
-        positions = await asyncio.shield(reading)
-        return positions.get(rid)
+            reading = self._reading = asyncio.ensure_future(self.store.queue_heads())
+        heads = await asyncio.shield(reading)
+        return self.store.position_from_heads(view, heads)

@@ -63,7 +63,7 @@ class StatusStream:
             last_sent = time.monotonic()
             view: StatusView | None = None
             while True:
-                position = await self.snapshot.position(request_id) if view is not None else None
+                position = await self.snapshot.position(view) if view is not None else None
                 if view is not None and position is not None:  # only the queue moved, and it is still queued
                     view = dataclasses.replace(view, queue_position=position, logs=None)
                 else:

@@ -91,13 +91,20 @@ class PeriodicThread(threading.Thread):
 
 
 class RunningRequests(Protocol):
-    """What the heartbeat reads of a worker's runner (``worker.tasks.TaskRunner``)."""
+    """What the heartbeat reads of a worker's runner (``worker.tasks.TaskRunner``): the (request id,
+    attempt token) pairs it runs, and where it hears of a run that lost its request."""
 
-    current_requests: tuple[str, ...]
+    current_leases: tuple[tuple[str, str], ...]
+
+    def lose(self, request_id: str, attempt: str) -> None: ...
 
 
 class Heartbeat(PeriodicThread):
     """Every ``lease_ttl_s / 3``: worker heartbeat and the leases of the running requests.
+
+    A lease is renewed only for the run that holds it: a worker stalled past its lease (paused, swapped
+    out) whose request was requeued and taken by another gets a refusal, and its runner is told to stop
+    that run and discard what it made (issue 19).
 
     ``members`` are the (worker name, runner) pairs this process serves: one for a GPU worker, one
     per slot for a multi-slot simulated worker. ``threads_down`` (set by ``WorkerThreads``) names the
@@ -124,8 +131,9 @@ class Heartbeat(PeriodicThread):
         info = {**self.info, "threads_down": down} if self.info is not None and down else self.info
         for worker_name, runner in self.members:
             self.store.heartbeat(worker_name, info)
-            for rid in runner.current_requests:
-                self.store.refresh_lease(rid, worker_name)
+            for rid, attempt in runner.current_leases:
+                if not self.store.refresh_lease(rid, attempt):  # requeued or completed since (a stalled worker)
+                    runner.lose(rid, attempt)
 
     def beat(self) -> None:
         """One beat now (before the first dequeue), failures logged as the thread logs them."""

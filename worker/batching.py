@@ -53,9 +53,11 @@ def claim_companions(
     parallel_num: int,
     max_images: int,
     memory: BatchMemory | None = None,
+    attempt: str | None = None,
 ) -> list[RequestRecord]:
     """Claim queued requests that fit with ``first`` (already started), up to ``max_images`` in all and,
-    given ``memory``, within its budget for the batch's longest prompt.
+    given ``memory``, within its budget for the batch's longest prompt. They are leased to the run
+    ``attempt`` (``first``'s).
 
     Queues are scanned in serving order (normal, then low). Any Redis error ends the scan: what was
     claimed so far is leased to this worker and will be run.
@@ -95,7 +97,7 @@ def claim_companions(
                         continue  # its prompt would pad every row of the batch past the budget
                 if store.admit(rid, defer=False) is AdmitOutcome.FULL:
                     continue  # its key runs its limit (BITDANCE_MAX_RUNNING_PER_KEY): it waits its turn
-                if store.claim(rid, worker, queue) is ClaimOutcome.STARTED:
+                if store.claim(rid, worker, queue, attempt) is ClaimOutcome.STARTED:
                     claimed.append(candidate)
                     images += other.payload.num_images
                     longest, guided = joined_longest, joined_guided

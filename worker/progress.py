@@ -30,16 +30,20 @@ class ProgressTracker:
         num_inference_steps: int,
         interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        is_lost: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.request_id = request_id
         self.num_inference_steps = num_inference_steps
         self.interval_s = interval_s
         self._clock = clock
+        self.is_lost = is_lost  # True once this run no longer holds the request (its lease renewal was refused)
         self._last_logged: float | None = None
         self.patches_seen = 0
 
     def log(self, message: str, level: LogLevel = "INFO") -> None:
+        if self.is_lost():
+            return  # the request's log is the run's that holds it now
         try:
             self.store.append_log(self.request_id, LogEntry.now(message, level))
         except redis.RedisError as exc:
@@ -61,7 +65,9 @@ class ProgressTracker:
         self.log(message + ("; decoding to pixels" if is_last else ""))
 
     def should_stop(self) -> bool:
-        """``should_stop()``: True once the request's cancel flag is set."""
+        """``should_stop()``: True once the request's cancel flag is set, or once this run lost it."""
+        if self.is_lost():
+            return True
         try:
             return self.store.is_cancel_requested(self.request_id)
         except redis.RedisError as exc:

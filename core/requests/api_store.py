@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import anyio
 import redis
@@ -24,6 +24,15 @@ from core.requests.records import Keys, NewRequest, RequestRecord, StatusView, a
 from core.requests.rq_integration import Command, push_index, record_enqueue, recorded_commands
 from core.requests.scripts import CancelMode, CancelOutcome
 from core.settings import Settings
+
+
+class QueueHead(NamedTuple):
+    """What positions are counted from (``RequestStore.queue_heads``): a queue list's length, its head's
+    id and the ticket of the entry after the head (None: empty, or without tickets)."""
+
+    length: int
+    head: str | None
+    second_ticket: int | None
 
 
 def queue_name_of(settings: Settings, priority: str) -> str:
@@ -69,31 +78,36 @@ def submit_commands(conn: redis.Redis, settings: Settings, new: NewRequest) -> l
             timeout_s=settings.job_timeout_s,
             failure_ttl_s=settings.record_ttl_s,
         )
+        recorder.incr(keys.queue_tickets(queue_name))  # its place in line, stored on the record (positions in O(1))
+        recorder.execute_command(scripts.WITH_PREVIOUS_REPLY, "HSET", keys.record(new.request_id), "ticket")
         recorder.publish(keys.queue_grew, queue_name)  # after the push: a worker it wakes finds the request
         return recorded_commands(recorder)
 
 
 def create_request(conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
-    """``submit_commands`` in one MULTI on a sync connection (tests and tools; the API uses ``RequestStore.create``)."""
-    with conn.pipeline(transaction=True) as pipe:
-        for args, options in submit_commands(conn, settings, new):
-            pipe.execute_command(*args, **options)
+    """``submit_commands`` in one atomic script call on a sync connection (tests and tools; the API
+    uses ``RequestStore.create``)."""
+    with conn.pipeline(transaction=False) as pipe:
+        add_request(pipe, conn, settings, new)
         pipe.execute()
 
 
 def add_request(pipe: redis.client.Pipeline, conn: redis.Redis, settings: Settings, new: NewRequest) -> None:
-    """Queue the writes of one new request on ``pipe``, a MULTI pipeline (bulk fills: benchmarks, tests)."""
-    for args, options in submit_commands(conn, settings, new):
-        pipe.execute_command(*args, **options)
+    """Queue the writes of one new request on ``pipe`` as one atomic script call, as the API sends them
+    (bulk fills: benchmarks, tests)."""
+    commands = submit_commands(conn, settings, new)
+    call = scripts.apply_batch_call([args for args, _ in commands], keys=touched_keys(commands))
+    pipe.eval(scripts.APPLY_BATCH, len(call.keys), *call.keys, *call.args)
 
 
 def touched_keys(commands: list[Command]) -> list[str]:
     """The keys a submit's commands write: each one's first argument (none of them takes two keys),
-    except a PUBLISH's (a channel)."""
+    except a PUBLISH's (a channel); a command led by ``WITH_PREVIOUS_REPLY``, its second."""
     for args, options in commands:
         if options:
             raise RuntimeError(f"unexpected options on a submit command: {args[0]} {options}")
-    return list(dict.fromkeys(str(args[1]) for args, _ in commands if str(args[0]).upper() != "PUBLISH"))
+    named = [args[1:] if args[0] == scripts.WITH_PREVIOUS_REPLY else args for args, _ in commands]
+    return list(dict.fromkeys(str(args[1]) for args in named if str(args[0]).upper() != "PUBLISH"))
 
 
 class RequestStore:
@@ -107,6 +121,7 @@ class RequestStore:
         self._status_view = client.register_script(scripts.STATUS_VIEW)
         self._apply_batch = client.register_script(scripts.APPLY_BATCH)
         self._submit = client.register_script(scripts.SUBMIT)
+        self._queue_heads = client.register_script(scripts.QUEUE_HEADS)
         self._rq_probed = False
 
     async def create(self, new: NewRequest, rq_connection: redis.Redis, *, max_queue_length: int | None = None) -> int:
@@ -185,26 +200,33 @@ class RequestStore:
         raw = await self.client.lrange(self.keys.logs(rid), start, -1)
         return [json.loads(item) for item in raw]
 
-    async def queue_position(self, record: RequestRecord) -> int:
-        """Requests ahead of this one (0 = next): the normal queue is served before the low one."""
-        found = await self.client.lpos(Keys.rq_queue(record.queue), record.request_id)
-        if found is None:
-            return 0
-        pos = int(cast(int, found))  # a single position: no COUNT given
-        if record.queue == self.settings.queue_low:
-            pos += int(await self.client.llen(Keys.rq_queue(self.settings.queue_normal)))
-        return pos
+    async def queue_heads(self) -> dict[str, QueueHead]:
+        """Per queue (serving order): its length, head and second entry's ticket, in one O(1) read
+        (``QUEUE_HEADS``)."""
+        names = (self.settings.queue_normal, self.settings.queue_low)
+        call = scripts.queue_heads_call(self.keys, queues=names)
+        reply = await self._queue_heads(keys=call.keys, args=call.args)
+        heads = {}
+        for i, name in enumerate(names):
+            length, head, second = reply[3 * i : 3 * i + 3]
+            heads[name] = QueueHead(int(length), as_str(head) if head else None, int(second) if second else None)
+        return heads
 
-    async def queue_positions(self) -> dict[str, int]:
-        """Every queued request's position (as ``queue_position`` counts it), in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.lrange(Keys.rq_queue(self.settings.queue_normal), 0, -1)
-            pipe.lrange(Keys.rq_queue(self.settings.queue_low), 0, -1)
-            normal, low = await pipe.execute()
-        positions = {str(rid): index for index, rid in enumerate(normal)}
-        for index, rid in enumerate(low):
-            positions.setdefault(str(rid), len(normal) + index)
-        return positions
+    def position_from_heads(self, view: StatusView, heads: dict[str, QueueHead]) -> int | None:
+        """``view``'s queue position from ``queue_heads`` (as ``status_view`` counts it), or None when it
+        is not in its list (any more) or has no ticket."""
+        if view.ticket is None or view.queue not in heads:
+            return None
+        head = heads[view.queue]
+        if head.head == view.request_id:
+            found: int | None = 0
+        elif head.second_ticket is None:
+            return None
+        else:
+            found = scripts.queue_position_from_tickets(view.ticket, head.second_ticket, head.length)
+        if found is None or view.queue == self.settings.queue_normal:
+            return found
+        return found + heads[self.settings.queue_normal].length
 
     async def queue_depth(self) -> dict[str, int]:
         names = (self.settings.queue_normal, self.settings.queue_low)

@@ -160,6 +160,11 @@ class Keys:
     def upload(self, token: str) -> str:
         return f"{self.prefix}:upload:{token}"
 
+    def queue_tickets(self, queue: str) -> str:
+        """Counter of the requests ever submitted to ``queue``: each gets the next value as its ``ticket``
+        (its place in line; a queue position is a difference of tickets, O(1) in the queue's length)."""
+        return f"{self.prefix}:tickets:{queue}"
+
     @staticmethod
     def rq_queue(queue: str) -> str:
         """RQ's list of the ids waiting in ``queue`` (RQ's naming: ``core.requests.rq_integration``)."""
@@ -241,11 +246,12 @@ class StatusView:
     error: StoredError | None
     inference_time: float | None
     logs: list[dict[str, Any]] | None
+    ticket: int | None = None  # its place in its queue's line (``Keys.queue_tickets``); None: a record without one
 
     @classmethod
     def from_reply(cls, rid: str, reply: list[Any], with_logs: bool) -> StatusView:
         fields, position, logs = reply
-        status, owner, endpoint, queue, deadline, error, inference_time = (
+        status, owner, endpoint, queue, deadline, error, inference_time, ticket = (
             as_str(f) if f is not None else None for f in fields
         )
         return cls(
@@ -259,6 +265,7 @@ class StatusView:
             error=StoredError.from_dict(json.loads(error)) if error else None,
             inference_time=float(inference_time) if inference_time else None,
             logs=[json.loads(entry) for entry in logs] if with_logs else None,
+            ticket=int(ticket) if ticket else None,
         )
 
     @property

@@ -112,6 +112,9 @@ class QueueWaiter(Protocol):
     def wait_after(self, seen: int, timeout_s: float) -> None: ...
 
 
+LOST_OUTCOME = "lost"  # a run's outcome when another run holds its request now (``worker.tasks``)
+
+
 class RequestRunner(Protocol):
     """Runs one request to its recorded outcome (``worker.tasks.TaskRunner``)."""
 
@@ -200,6 +203,18 @@ class RequestWorker(SimpleWorker):
         kwargs.setdefault("job_class", request_job_class(runner))
         super().__init__(queues, **kwargs)
         self.runner = runner
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        """RQ's bookkeeping of a job that returned; for a run that lost its request (stalled past its
+        lease, requeued and taken by another worker: outcome ``lost``), only this worker's: the job's
+        hash now belongs to the run that holds the request, and deleting it (RQ's cleanup, result TTL 0)
+        would fail that worker's own end of the job."""
+        if self.runner.last_outcome == (job.id, LOST_OUTCOME):
+            with self.connection.pipeline() as pipeline:
+                self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+                pipeline.execute()
+            return
+        super().handle_job_success(job, queue, started_job_registry, execution)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         outcome_lines = OutcomeLogFilter(self.runner)

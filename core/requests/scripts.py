@@ -49,16 +49,32 @@ end
 # writes, ours and those RQ records for its enqueue. MULTI/EXEC does the same with a reply per
 # command, whose parsing was the largest part of a submit's time in the API (issue 9).
 # KEYS: every key the commands touch (declared, as Redis asks of scripts)
-# ARGV: the commands, each as its argument count followed by its arguments (name first)
-APPLY_BATCH = """
-local a, replies = 1, {}
+# ARGV: the commands, each as its argument count followed by its arguments (name first); a command
+# led by WITH_PREVIOUS_REPLY gets the previous command's reply as its last argument (a submit's ticket).
+WITH_PREVIOUS_REPLY = "WITH-PREVIOUS-REPLY"
+
+
+def _apply_commands(first_arg: int) -> str:
+    """Lua: run the commands encoded in ARGV from ``ARGV[first_arg]`` on (each as its argument count,
+    then its arguments; one led by WITH_PREVIOUS_REPLY gets the previous reply as its last argument),
+    their replies in ``replies``."""
+    return f"""
+local a, replies = {first_arg}, {{}}
 while a <= #ARGV do
   local argc = tonumber(ARGV[a])
-  replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  if ARGV[a + 1] == '{WITH_PREVIOUS_REPLY}' then
+    local command = {{unpack(ARGV, a + 2, a + argc)}}
+    command[#command + 1] = replies[#replies]
+    replies[#replies + 1] = redis.call(unpack(command))
+  else
+    replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
+  end
   a = a + 1 + argc
 end
-return replies
 """
+
+
+APPLY_BATCH = _apply_commands(1) + "return replies\n"
 
 
 def apply_batch_call(commands: Sequence[Sequence[str | int | float | bytes]], keys: Sequence[str]) -> ScriptCall:
@@ -79,7 +95,8 @@ def apply_batch_call(commands: Sequence[Sequence[str | int | float | bytes]], ke
 # KEYS: queued (every waiting request), the owner's queued set, then every key the commands touch
 # ARGV: queue limit (-1: none), per-key limit (0: none), request id, record key prefix, then the
 #       commands as APPLY_BATCH takes them
-SUBMIT = """
+SUBMIT = (
+    """
 local limit, per_key = tonumber(ARGV[1]), tonumber(ARGV[2])
 if limit >= 0 and redis.call('SCARD', KEYS[1]) >= limit then return 'queue_full' end
 if per_key > 0 and redis.call('SCARD', KEYS[2]) >= per_key then
@@ -88,15 +105,13 @@ if per_key > 0 and redis.call('SCARD', KEYS[2]) >= per_key then
   end
   if redis.call('SCARD', KEYS[2]) >= per_key then return 'key_full' end
 end
-local a, replies = 5, {}
-while a <= #ARGV do
-  local argc = tonumber(ARGV[a])
-  replies[#replies + 1] = redis.call(unpack(ARGV, a + 1, a + argc))
-  a = a + 1 + argc
-end
+"""
+    + _apply_commands(5)
+    + """
 if per_key > 0 then redis.call('SADD', KEYS[2], ARGV[3]) end
 return replies
 """
+)
 
 
 class SubmitRefusal(StrEnum):
@@ -247,7 +262,8 @@ if deadline and deadline ~= '' and tonumber(ARGV[3]) > tonumber(deadline) then r
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
+redis.call('HSET', KEYS[1], 'attempt_token', ARGV[5])
 redis.call('PUBLISH', KEYS[1] .. ':changed', 'started')
 redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
 return 'started'
@@ -264,12 +280,17 @@ class StartOutcome(StrEnum):
     OVERDUE = "overdue"  # its start deadline passed
 
 
-def start_call(keys: Keys, *, request_id: str, worker: str, now: float, lease_ms: int) -> ScriptCall:
-    """KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms"""
+def start_call(
+    keys: Keys, *, request_id: str, worker: str, now: float, lease_ms: int, attempt: str | None = None
+) -> ScriptCall:
+    """KEYS: rec, lease, queued, active, dequeued   ARGV: rid, worker, now, lease_ms, attempt
+
+    ``attempt`` (default: the worker's name) is this run's token: the lease holds it and the record
+    keeps it as ``attempt_token``, so that only this run may renew the lease and complete the request."""
     rid = request_id
     return ScriptCall(
         [keys.record(rid), keys.lease(rid), keys.queued, keys.active, keys.dequeued],
-        [rid, worker, _time(now), lease_ms],
+        [rid, worker, _time(now), lease_ms, attempt or worker],
     )
 
 
@@ -277,6 +298,7 @@ COMPLETE = (
     """
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'COMPLETED' then return 0 end
+if ARGV[8] ~= '' and (st ~= 'IN_PROGRESS' or redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[8]) then return -1 end
 redis.call('HSET', KEYS[1], 'status', 'COMPLETED', 'completed_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
@@ -311,13 +333,15 @@ def complete_call(
     inference_time: float | None,
     ttl_s: int,
     outcome: str,
+    attempt: str | None = None,
 ) -> ScriptCall:
     """KEYS: rec, logs, lease, queued, active, stats, webhooks
-    ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome (the stats counter's name)
+    ARGV: rid, now, result_json, error_json, inference_time, ttl_s, outcome (the stats counter's name), attempt
 
-    COMPLETE answers 1 when it completed the request, 0 when it was gone or already COMPLETED."""
+    COMPLETE answers 1 when it completed the request, 0 when it was gone or already COMPLETED, -1 when
+    ``attempt`` is given and is not the run that holds the request (a stalled worker's, requeued since)."""
     timing = repr(inference_time) if inference_time is not None else ""
-    args: list[str | int] = [request_id, _time(now), result_json, error_json, timing, ttl_s, outcome]
+    args: list[str | int] = [request_id, _time(now), result_json, error_json, timing, ttl_s, outcome, attempt or ""]
     return ScriptCall(_running_keys(keys, request_id), args)
 
 
@@ -417,6 +441,7 @@ if outcome then
 end
 redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'attempts', attempts + 1)
 redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+redis.call('HDEL', KEYS[1], 'attempt_token')
 redis.call('SADD', KEYS[4], ARGV[1])
 local queue = redis.call('HGET', KEYS[1], 'queue')
 redis.call('LPUSH', '{QUEUE_KEY_PREFIX}' .. queue, ARGV[1])
@@ -475,7 +500,8 @@ if redis.call('LREM', KEYS[5], 1, ARGV[1]) == 0 then return 'not_queued' end
 redis.call('HSET', KEYS[1], 'status', 'IN_PROGRESS', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[4])
+redis.call('HSET', KEYS[1], 'attempt_token', ARGV[6])
 redis.call('EXPIRE', KEYS[6], ARGV[5])
 redis.call('PUBLISH', KEYS[1] .. ':changed', 'started')
 redis.call('PUBLISH', KEYS[3] .. ':moved', ARGV[1])
@@ -492,14 +518,46 @@ class ClaimOutcome(StrEnum):
 
 
 def claim_call(
-    keys: Keys, *, request_id: str, worker: str, queue: str, now: float, lease_ms: int, job_ttl_s: int
+    keys: Keys,
+    *,
+    request_id: str,
+    worker: str,
+    queue: str,
+    now: float,
+    lease_ms: int,
+    job_ttl_s: int,
+    attempt: str | None = None,
 ) -> ScriptCall:
-    """KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s"""
+    """KEYS: rec, lease, queued, active, rq_list, rq_job   ARGV: rid, worker, now, lease_ms, job_ttl_s, attempt
+    (``attempt`` as for START)"""
     rid = request_id
     return ScriptCall(
         [keys.record(rid), keys.lease(rid), keys.queued, keys.active, Keys.rq_queue(queue), job_key(rid)],
-        [rid, worker, _time(now), lease_ms, job_ttl_s],
+        [rid, worker, _time(now), lease_ms, job_ttl_s, attempt or worker],
     )
+
+
+# Renew the lease of a running request for the run that holds it (its attempt token, ARGV[1]): extend
+# it while it holds that token; set it again only when it ran out and the record is still IN_PROGRESS
+# under that attempt (no sweep requeued it yet). Never takes a lease another run holds, nor one of a
+# request requeued or completed since. Answers 1 when renewed, 0 when the run lost the request.
+REFRESH_LEASE = """
+local held = redis.call('GET', KEYS[2])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+if held then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'IN_PROGRESS' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def refresh_lease_call(keys: Keys, *, request_id: str, attempt: str, lease_ms: int) -> ScriptCall:
+    """KEYS: rec, lease   ARGV: attempt, lease_ms"""
+    return ScriptCall([keys.record(request_id), keys.lease(request_id)], [attempt, lease_ms])
 
 
 # Take a due webhook for one delivery attempt: push its due time out by the lease, so that no other
@@ -521,15 +579,27 @@ def lease_webhook_call(keys: Keys, *, request_id: str, now: float, lease_until: 
 # What a status call shows, in one read: the record's fields, the queue position while queued
 # (requests ahead of it: the normal queue is served before the low one; 0 when it is not in its
 # list any more, e.g. taken by a worker that has not started it yet), and the logs from ARGV[2];
-# false for an unknown request.
+# false for an unknown request. The position is O(1) in the queue's length: 0 for its list's head,
+# else 1 + its ticket minus the ticket of the list's second (``queue_position_from_tickets``); LPOS
+# only for a record without a ticket (or behind one).
 STATUS_VIEW = f"""
 local fields = redis.call('HMGET', KEYS[1], 'status', 'owner', 'endpoint', 'queue', 'deadline', 'error',
-  'inference_time')
+  'inference_time', 'ticket')
 if not fields[1] then return false end
 local position = -1
 if fields[1] == 'IN_QUEUE' then
   local qkey = '{QUEUE_KEY_PREFIX}' .. fields[4]
-  local found = redis.call('LPOS', qkey, ARGV[1])
+  local head = fields[8] and redis.call('LINDEX', qkey, 0)
+  local second = head and head ~= ARGV[1] and redis.call('LINDEX', qkey, 1)
+  local base = second and redis.call('HGET', ARGV[3] .. second, 'ticket')
+  local found
+  if head and head == ARGV[1] then
+    found = 0
+  elseif base then
+    found = math.max(0, math.min(tonumber(fields[8]) - tonumber(base) + 1, redis.call('LLEN', qkey) - 1))
+  else
+    found = redis.call('LPOS', qkey, ARGV[1])  -- no ticket, or at most one entry: O(1) then
+  end
   if not found then
     position = 0
   elseif qkey ~= KEYS[3] then
@@ -545,7 +615,39 @@ return {{fields, position, logs}}
 
 
 def status_view_call(keys: Keys, *, request_id: str, normal_queue: str, logs_from: int | None) -> ScriptCall:
-    """KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs)"""
+    """KEYS: rec, logs, normal_queue_list   ARGV: rid, logs_from (-1: no logs), record key prefix"""
     rid = request_id
     logs_arg = -1 if logs_from is None else logs_from
-    return ScriptCall([keys.record(rid), keys.logs(rid), Keys.rq_queue(normal_queue)], [rid, logs_arg])
+    return ScriptCall([keys.record(rid), keys.logs(rid), Keys.rq_queue(normal_queue)], [rid, logs_arg, keys.record("")])
+
+
+# Positions without reading the queues (issue 19): per RQ list (KEYS, in serving order), its length,
+# its head's id and the ticket of the one after it (false when there is none or it has no ticket). A
+# request's position is then 0 for the head, else 1 + its ticket minus that ticket, clamped to the
+# list, plus the lengths of the lists served before it. Counting from the second one keeps a request
+# put back at the front (recovery; it keeps its older ticket) from shifting the others. Exact while
+# requests leave at the head; after a removal from the middle (a cancel, a batch claim) the requests
+# behind it count it until it reaches the front (never past the list's end).
+QUEUE_HEADS = """
+local out = {}
+for i = 1, #KEYS do
+  local second = redis.call('LINDEX', KEYS[i], 1)
+  out[#out + 1] = redis.call('LLEN', KEYS[i])
+  out[#out + 1] = redis.call('LINDEX', KEYS[i], 0)
+  out[#out + 1] = second and redis.call('HGET', ARGV[1] .. second, 'ticket')
+end
+return out
+"""
+
+
+def queue_heads_call(keys: Keys, *, queues: Sequence[str]) -> ScriptCall:
+    """KEYS: rq_list... (serving order)   ARGV: record key prefix"""
+    return ScriptCall([Keys.rq_queue(q) for q in queues], [keys.record("")])
+
+
+def queue_position_from_tickets(ticket: int, second_ticket: int, length: int) -> int | None:
+    """Requests ahead of ``ticket``, not its list's head, in a list of ``length`` whose second entry
+    holds ``second_ticket``; None when it is not in the list (ahead of the second one: taken)."""
+    if ticket < second_ticket:
+        return None
+    return min(ticket - second_ticket + 1, length - 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,11 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 1000  # at most this many entries of each index per sweep (the rest in the next ones)
 
 
+def new_attempt(worker: str) -> str:
+    """A fresh token for one run of a request by ``worker`` (its lease holds it)."""
+    return f"{worker}#{secrets.token_hex(6)}"
+
+
 class WorkerRequestStore:
     """Sync access to request records for workers (RQ workers are sync)."""
 
@@ -43,6 +49,7 @@ class WorkerRequestStore:
         self._recover_dequeued = client.register_script(scripts.RECOVER_DEQUEUED)
         self._admit = client.register_script(scripts.ADMIT)
         self._release = client.register_script(scripts.RELEASE_DEFERRED)
+        self._refresh_lease = client.register_script(scripts.REFRESH_LEASE)
 
     @property
     def lease_ms(self) -> int:
@@ -88,17 +95,20 @@ class WorkerRequestStore:
             released += int(self._release(keys=call.keys, args=call.args))
         return released
 
-    def start(self, rid: str, worker: str) -> StartOutcome:
-        """``STARTED``, or why not (``StartOutcome``)."""
-        call = scripts.start_call(self.keys, request_id=rid, worker=worker, now=time.time(), lease_ms=self.lease_ms)
+    def start(self, rid: str, worker: str, attempt: str | None = None) -> StartOutcome:
+        """``STARTED``, or why not (``StartOutcome``); leased to the run ``attempt`` (``new_attempt``;
+        default: the worker's name)."""
+        call = scripts.start_call(
+            self.keys, request_id=rid, worker=worker, now=time.time(), lease_ms=self.lease_ms, attempt=attempt
+        )
         return StartOutcome(as_str(self._start(keys=call.keys, args=call.args)))
 
     def queued_ids(self, queue: str, limit: int) -> list[str]:
         """The first ``limit`` request ids waiting in an RQ queue, in serving order."""
         return [str(rid) for rid in self.client.lrange(Keys.rq_queue(queue), 0, limit - 1)]
 
-    def claim(self, rid: str, worker: str, queue: str) -> ClaimOutcome:
-        """Start a still-queued request as part of a batch (``ClaimOutcome``)."""
+    def claim(self, rid: str, worker: str, queue: str, attempt: str | None = None) -> ClaimOutcome:
+        """Start a still-queued request as part of a batch (``ClaimOutcome``), leased as ``start`` leases."""
         call = scripts.claim_call(
             self.keys,
             request_id=rid,
@@ -107,11 +117,20 @@ class WorkerRequestStore:
             now=time.time(),
             lease_ms=self.lease_ms,
             job_ttl_s=self.settings.record_ttl_s,
+            attempt=attempt,
         )
         return ClaimOutcome(as_str(self._claim(keys=call.keys, args=call.args)))
 
-    def refresh_lease(self, rid: str, worker: str) -> None:
-        self.client.set(self.keys.lease(rid), worker, px=self.lease_ms)
+    def refresh_lease(self, rid: str, attempt: str) -> bool:
+        """Renew the lease of the run ``attempt`` (the token it started with); False when that run no
+        longer holds the request (it was requeued or completed since: the run must stop and discard)."""
+        call = scripts.refresh_lease_call(self.keys, request_id=rid, attempt=attempt, lease_ms=self.lease_ms)
+        return bool(self._refresh_lease(keys=call.keys, args=call.args))
+
+    def holds(self, rid: str, attempt: str) -> bool:
+        """True while the run ``attempt`` holds the request (IN_PROGRESS under that attempt token)."""
+        status, held = self.client.hmget(self.keys.record(rid), "status", "attempt_token")
+        return as_str(status) == "IN_PROGRESS" and held is not None and as_str(held) == attempt
 
     def append_log(self, rid: str, entry: LogEntry) -> None:
         """Append a log entry and tell the request's status streams (one round trip)."""
@@ -123,14 +142,22 @@ class WorkerRequestStore:
     def is_cancel_requested(self, rid: str) -> bool:
         return self.client.hget(self.keys.record(rid), "cancel") == "1"
 
-    def complete_ok(self, rid: str, result: dict[str, Any], inference_time: float | None) -> bool:
-        return self._finish(rid, json.dumps(result), "", inference_time, OUTCOME_OK)
+    def complete_ok(
+        self, rid: str, result: dict[str, Any], inference_time: float | None, attempt: str | None = None
+    ) -> bool:
+        """Complete with ``result``; True when this call completed it. With ``attempt``, only while that
+        run holds the request: a stalled worker's late result is refused (False)."""
+        return self._finish(rid, json.dumps(result), "", inference_time, OUTCOME_OK, attempt)
 
-    def complete_error(self, rid: str, error: StoredError, inference_time: float | None = None) -> bool:
+    def complete_error(
+        self, rid: str, error: StoredError, inference_time: float | None = None, attempt: str | None = None
+    ) -> bool:
         outcome = error.error_type or f"http_{error.status_code}"
-        return self._finish(rid, "", json.dumps(error.to_dict()), inference_time, outcome)
+        return self._finish(rid, "", json.dumps(error.to_dict()), inference_time, outcome, attempt)
 
-    def _finish(self, rid: str, result: str, error: str, seconds: float | None, outcome: str) -> bool:
+    def _finish(
+        self, rid: str, result: str, error: str, seconds: float | None, outcome: str, attempt: str | None
+    ) -> bool:
         call = scripts.complete_call(
             self.keys,
             request_id=rid,
@@ -140,8 +167,9 @@ class WorkerRequestStore:
             inference_time=seconds,
             ttl_s=self.settings.record_ttl_s,
             outcome=outcome,
+            attempt=attempt,
         )
-        return bool(self._complete(keys=call.keys, args=call.args))
+        return int(self._complete(keys=call.keys, args=call.args)) == 1
 
     def record_inference(self, seconds: float, images: int) -> None:
         """Metrics of one finished request: its inference seconds (histogram) and images made."""

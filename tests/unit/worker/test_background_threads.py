@@ -22,7 +22,10 @@ from worker.wakeup import QueueWakeup
 
 
 class Idle:
-    current_requests: tuple[str, ...] = ()
+    current_leases: tuple[tuple[str, str], ...] = ()
+
+    def lose(self, request_id: str, attempt: str) -> None:
+        raise AssertionError("an idle runner holds no lease")
 
 
 @pytest.fixture

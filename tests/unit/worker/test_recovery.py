@@ -154,9 +154,12 @@ def test_lease_renewal_is_not_on_the_sweeps_path(make_settings: Callable[..., Se
     assert recording.start("running", "w") == "started"
 
     class Runner:
-        current_requests = ("running",)
+        current_leases = (("running", "w"),)  # started without a token: the worker's name is its token
 
-    beat = Heartbeat(recording, [("w", Runner())], "w")  # type: ignore[list-item]  # only current_requests is read
+        def lose(self, request_id: str, attempt: str) -> None:
+            raise AssertionError("the lease is this run's")
+
+    beat = Heartbeat(recording, [("w", Runner())], "w")
     store.client.pexpire(store.keys.lease("running"), 50)
     beat.beat()
     assert store.client.pttl(store.keys.lease("running")) > 100  # renewed to a full lease

@@ -1,0 +1,138 @@
+"""``python -m bench.queue_positions`` (part of ``make bench-api``): a status read's cost against queue length.
+
+For each queue length it fills a private redis-server (append-only file on, as deployed) with queued
+requests written exactly as submit writes them (``bench.recovery_sweep.fill``: ``add_request``, no
+workers), plus one low-priority request behind them, then times sequential reads from the API's
+store on loopback:
+
+- ``status``: ``RequestStore.status_view`` of the last queued normal request and of the low one (the
+  worst case of a list scan), client-side p50/p99 and Redis's own time per call (``INFO commandstats``);
+- ``queue move``: ``RequestStore.queue_heads``, what the status streams' shared snapshot reads once
+  per queue move;
+- for reference, what these reads were before tickets (issue 19 item 7): ``LPOS`` of that request and
+  ``LRANGE`` of both lists.
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from bench.recovery_sweep import fill, new_request
+from core.redis_options import async_redis_options
+from core.requests.api_store import RequestStore, create_request
+from core.requests.records import Keys, NewRequest
+from core.settings import Settings
+from stack.launcher import RedisProcess
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"p50 {p50 * 1000:7.3f} ms  p99 {p99 * 1000:7.3f} ms"
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def redis_usec_per_call(conn: redis.Redis, command: str) -> float:
+    stats = conn.info("commandstats").get(f"cmdstat_{command}", {})
+    return float(stats.get("usec_per_call", 0.0))
+
+
+async def measure(redis_url: str, queued: int, repeats: int) -> list[str]:
+    settings = Settings(  # type: ignore[call-arg]  # pydantic-settings' init-only _env_file
+        _env_file=None, redis_url=redis_url, key_prefix=f"bench{uuid.uuid4().hex[:6]}"
+    )
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    started = time.perf_counter()
+    fill(conn, settings, queued)
+    low = new_request(settings)
+    create_request(conn, settings, NewRequest(low.request_id, "bench", settings.endpoint_id, {"prompt": "p"}, "low",
+                                              "http://f", None))  # fmt: skip
+    fill_s = time.perf_counter() - started
+    normal_list, low_list = Keys.rq_queue(settings.queue_normal), Keys.rq_queue(settings.queue_low)
+    last = str(conn.lindex(normal_list, -1))
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, **async_redis_options())
+    store = RequestStore(client, settings)
+    lines = [f"{queued:>7} queued (filled in {fill_s:.0f}s):"]
+    try:
+        for name, rid in (("last normal", last), ("low", low.request_id)):
+            view = await store.status_view(rid)
+            conn.config_resetstat()
+            samples = await timed(lambda rid=rid: store.status_view(rid), repeats)  # type: ignore[misc]
+            redis_us = redis_usec_per_call(conn, "evalsha")
+            lines.append(
+                f"    status of the {name} request (position {view.queue_position}): {percentiles(samples)}"
+                f"  (in Redis {redis_us:.1f} us/call)"
+            )
+        conn.config_resetstat()
+        samples = await timed(store.queue_heads, repeats)
+        lines.append(
+            f"    queue move (shared snapshot, queue_heads):   {percentiles(samples)}"
+            f"  (in Redis {redis_usec_per_call(conn, 'evalsha'):.1f} us/call)"
+        )
+        conn.config_resetstat()
+        samples = await timed(lambda: client.lpos(normal_list, last), repeats)
+        lines.append(
+            f"    before, per status read: LPOS of the last:  {percentiles(samples)}"
+            f"  (in Redis {redis_usec_per_call(conn, 'lpos'):.1f} us/call)"
+        )
+
+        async def both_lists() -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.lrange(normal_list, 0, -1)
+                pipe.lrange(low_list, 0, -1)
+                await pipe.execute()
+
+        conn.config_resetstat()
+        samples = await timed(both_lists, max(5, repeats // 100) if queued > 10_000 else repeats)
+        lines.append(
+            f"    before, per queue move: LRANGE both lists:  {percentiles(samples)}"
+            f"  (in Redis {redis_usec_per_call(conn, 'lrange'):.1f} us/call)"
+        )
+    finally:
+        await client.aclose()
+        conn.close()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.queue_positions", description=__doc__.splitlines()[0])
+    parser.add_argument("--queued", type=int, nargs="+", default=[1000, 100_000], help="queue lengths")
+    parser.add_argument("--repeats", type=int, default=2000, help="reads of each kind per length")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bitdance-bench-positions-") as tmp:
+        redis_server = RedisProcess(Path(tmp) / "redis", log_path=Path(tmp) / "redis.log").start()
+        try:
+            print("status reads against queue length (loopback redis-server, sequential, no workers):")
+            for queued in args.queued:
+                for line in asyncio.run(measure(redis_server.url, queued, args.repeats)):
+                    print(line, flush=True)
+        finally:
+            redis_server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
