@@ -123,6 +123,23 @@ def load_simulated_pipeline(settings: Settings) -> Pipeline:
     return simulated
 
 
+# Connections a worker process may need beside one per slot and client: its background threads (heartbeat,
+# sweep, webhook dispatcher, the queue wake-up's subscription) and a margin.
+BACKGROUND_CONNECTIONS = 16
+
+
+def worker_redis_clients(settings: Settings, slots: int = 1) -> tuple[redis.Redis, redis.Redis]:
+    """The store's client (decoded replies) and RQ's (bytes), each pooled for ``slots`` threads at once.
+
+    redis-py's pools refuse a connection past ``max_connections`` (100 by default in redis-py 8) with
+    ``MaxConnectionsError``: a 300-slot worker lost the slots whose first command found the pool full."""
+    size = slots + BACKGROUND_CONNECTIONS
+    options = redis_client_options()
+    store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, max_connections=size, **options)
+    connection = redis.Redis.from_url(settings.redis_url, max_connections=size, **options)
+    return store_client, connection
+
+
 def serve(
     settings: Settings,
     pipe: Pipeline,
@@ -134,7 +151,7 @@ def serve(
     """Serve the queues with the loaded pipeline: one RQ worker, or a pool of ``slots`` (the simulated
     model's, whose "GPU time" is a wait). ``batch_memory`` bounds what one batch may need (a real model's)."""
     name = settings.worker_name or default_worker_name(device)
-    store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
+    store_client, connection = worker_redis_clients(settings, slots)
     store = WorkerRequestStore(store_client, settings)
     services = WorkerServices(
         settings=settings,
@@ -154,7 +171,6 @@ def serve(
     model = pipe.identity
     info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat
     queues = [settings.queue_normal, settings.queue_low]
-    connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     outbox = build_outbox(store_client, settings)
     if slots > 1:
         pool = SlotPool(services, store, outbox, queues, slots, connection, info)
