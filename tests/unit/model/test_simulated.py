@@ -101,7 +101,8 @@ def test_pipeline_cancel_failure_and_nsfw_mark() -> None:
     checks = iter([False, False, True])
     with pytest.raises(GenerationCancelled):
         pipe.generate_batch([GenerationRequest("x", seed=1)], height=1024, width=1024, should_stop=lambda: next(checks))
-    assert clock.now == pytest.approx(4 * 2.0 / 64)  # steps of 31 ms: the flag is read every 50 ms at most
+    # steps of 31 ms: the wait wakes every 0.1 s (4 steps here), and reads the flag before each wait
+    assert clock.now == pytest.approx(8 * 2.0 / 64)
     failing = SimulatedPipeline(load_profile("flat-2s"), failure_rate=1.0, sleep=clock.sleep, clock=clock)
     with pytest.raises(SimulatedFailure):
         failing.generate_batch([GenerationRequest("x", seed=1)], height=1024, width=1024)
