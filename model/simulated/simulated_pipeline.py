@@ -33,8 +33,10 @@ SIMULATED_PATH = "simulated"  # what BITDANCE_MODEL_PATH names it by
 # step, as the real pipeline does; with a fast profile's short steps it spares Redis a read per step.
 STOP_CHECK_S = 0.05
 # The wait wakes at most this often (or once per step, if steps are longer) and reports the steps that
-# ended meanwhile: 300 slots of 31 ms steps would otherwise be ~10,000 thread wake-ups a second.
-TICK_S = 0.1
+# ended meanwhile, so that an emulated GPU costs Redis what a real one does: the real 64x model's steps
+# take ~0.19 s (12 s / 64), while a fast profile's (flat-2s: 31 ms) made 300 slots wake ~10,000 times a
+# second, each wake a cancel read or a progress log (issue 21).
+TICK_S = 0.2
 ENCODINGS_KEPT = 256  # pictures whose encoded bytes are kept (a few hundred KB each)
 
 
