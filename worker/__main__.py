@@ -123,20 +123,31 @@ def load_simulated_pipeline(settings: Settings) -> Pipeline:
     return simulated
 
 
-# Connections a worker process may need beside one per slot and client: its background threads (heartbeat,
-# sweep, webhook dispatcher, the queue wake-up's subscription) and a margin.
+# Connections a worker process may need beside those of its slots and clients: its background threads
+# (heartbeat, sweep, webhook dispatcher, the queue wake-up's subscription) and a margin.
 BACKGROUND_CONNECTIONS = 16
+# Connections each slot may hold at once in one pool: RQ's worker loop can hold a second one while a
+# pipeline is open (a burst on 320 slots found the pool of ``slots + 16`` full and lost 215 slots).
+CONNECTIONS_PER_SLOT = 2
+# How long a thread waits for a pooled connection when all are in use, before the command fails.
+POOL_WAIT_S = 30.0
 
 
 def worker_redis_clients(settings: Settings, slots: int = 1) -> tuple[redis.Redis, redis.Redis]:
     """The store's client (decoded replies) and RQ's (bytes), each pooled for ``slots`` threads at once.
 
-    redis-py's pools refuse a connection past ``max_connections`` (100 by default in redis-py 8) with
-    ``MaxConnectionsError``: a 300-slot worker lost the slots whose first command found the pool full."""
-    size = slots + BACKGROUND_CONNECTIONS
+    redis-py's default pool refuses a connection past ``max_connections`` with ``MaxConnectionsError``, and
+    a slot whose command is refused stops: a 300-slot worker lost the slots whose first command found the
+    pool full. These pools are sized for every slot and block (up to ``POOL_WAIT_S``) when full instead."""
+    size = CONNECTIONS_PER_SLOT * slots + BACKGROUND_CONNECTIONS
     options = redis_client_options()
-    store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, max_connections=size, **options)
-    connection = redis.Redis.from_url(settings.redis_url, max_connections=size, **options)
+    pools = [
+        redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=size, timeout=POOL_WAIT_S, decode_responses=decode, **options
+        )
+        for decode in (True, False)
+    ]
+    store_client, connection = (redis.Redis(connection_pool=pool, **options) for pool in pools)
     return store_client, connection
 
 
