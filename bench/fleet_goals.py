@@ -13,7 +13,20 @@ B. half as many clients as slots, so that no request waits for a slot: the queue
    the bursts (32 submits, streams and generations at once on 2 cores), not what the queue adds.
 
 Goals (issue 10): 0 errors and 0 lost in A; overhead p50 <= 50 ms and p99 <= 250 ms in B; kit vs
-server within 2 %. Everything here shares the machine with the kit itself (and with whatever else
+server within 2 %.
+
+Then, each on a stack of its own (issue 21; one image per request, the same overhead measure):
+
+C. (``burst``) 300 clients submitting at the same instant on 320 slots, each then following its status
+   stream, as a batch job would;
+D. (``fleet``) 300 emulated GPUs kept busy by 300 closed-loop clients (150 images/s offered) for
+   ``--fleet-duration`` seconds (300 by default).
+
+Goals: 0 errors, 0 lost, overhead p50 <= 100 ms and p99 <= 1 s. Each of C and D prints the CPU seconds
+its processes spent (worker(s), API, Redis, the kit) per request next to what the machine's cores
+offer: what limits one box. ``--workers N`` spreads their slots over N worker processes.
+
+Everything here shares the machine with the kit itself (and with whatever else
 runs on it): the load average is printed with the figures.
 """
 
