@@ -158,9 +158,13 @@ bench-webhooks: install redis
 loadtest: install
 	$(PY) -m loadtest --url $(LOADTEST_URL) $(LOADTEST_ARGS)
 
-# The goals benchmark of the simulated fleet: 64 slots, 2 s profile, 500 status-stream clients.
+# The goals benchmark of the simulated fleet: 64 slots, 2 s profile, 500 status-stream clients (phase ab);
+# 300 clients at once on 320 slots (burst); 300 emulated GPUs for FLEET_S seconds (fleet). PHASES picks
+# among ab,burst,fleet; WORKERS=N spreads the burst's and the fleet's slots over N worker processes.
+PHASES ?= ab,burst,fleet
+FLEET_S ?= 300
 bench-loadtest: install redis
-	$(PY) -m bench.fleet_goals
+	$(PY) -m bench.fleet_goals --phases $(PHASES) --fleet-duration $(FLEET_S) $(if $(WORKERS),--workers $(WORKERS))
 
 # bitdance-generate against a worker on the same input (generation seconds, one run)
 bench-cli: install redis

@@ -13,7 +13,20 @@ B. half as many clients as slots, so that no request waits for a slot: the queue
    the bursts (32 submits, streams and generations at once on 2 cores), not what the queue adds.
 
 Goals (issue 10): 0 errors and 0 lost in A; overhead p50 <= 50 ms and p99 <= 250 ms in B; kit vs
-server within 2 %. Everything here shares the machine with the kit itself (and with whatever else
+server within 2 %.
+
+Then, each on a stack of its own (issue 21; one image per request, the same overhead measure):
+
+C. (``burst``) 300 clients submitting at the same instant on 320 slots, each then following its status
+   stream, as a batch job would;
+D. (``fleet``) 300 emulated GPUs kept busy by 300 closed-loop clients (150 images/s offered) for
+   ``--fleet-duration`` seconds (300 by default).
+
+Goals: 0 errors, 0 lost, overhead p50 <= 100 ms and p99 <= 1 s. Each of C and D prints the CPU seconds
+its processes spent (worker(s), API, Redis, the kit) per request next to what the machine's cores
+offer: what limits one box. ``--workers N`` spreads their slots over N worker processes.
+
+Everything here shares the machine with the kit itself (and with whatever else
 runs on it): the load average is printed with the figures.
 """
 
@@ -23,6 +36,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
+from loadtest.inputs import builtin_mix
 from loadtest.report import summarize
 from stack.launcher import Stack, free_port
 
@@ -39,13 +54,24 @@ SERVICE_S = 2.0  # the flat-2s profile's service time
 GOAL_P50_S, GOAL_P99_S, GOAL_AGREEMENT = 0.050, 0.250, 0.02
 
 
+PHASES = ("ab", "burst", "fleet")
+BURST_P50_S, BURST_P99_S = 0.100, 1.0  # issue 21: the burst and the 300-GPU fleet
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.fleet_goals", description=__doc__.splitlines()[0])
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help=f"comma-separated, of {', '.join(PHASES)} (ab: the 64-slot phases A and B)")  # fmt: skip
     p.add_argument("--slots", type=int, default=64)
     p.add_argument("--clients", type=int, default=500, help="phase A: concurrent status-stream clients")
     p.add_argument("--requests", type=int, default=3000, help="phase A: requests")
     p.add_argument("--overhead-clients", type=int, help="phase B: concurrent clients (default: slots / 2)")
     p.add_argument("--overhead-requests", type=int, default=480, help="phase B: requests")
+    p.add_argument("--burst-clients", type=int, default=300, help="burst: clients submitting at the same instant")
+    p.add_argument("--burst-slots", type=int, default=320)
+    p.add_argument("--fleet-slots", type=int, default=300, help="fleet: emulated GPUs (closed loop, as many clients)")
+    p.add_argument("--fleet-duration", type=float, default=300.0, help="fleet: seconds of sustained load")
+    p.add_argument("--workers", type=int, default=1, help="burst and fleet: worker processes sharing the slots")
     p.add_argument("--keep", type=Path, help="keep the reports and logs in this directory")
     return p.parse_args(argv)
 
@@ -72,20 +98,74 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    overhead_clients = args.overhead_clients or max(args.slots // 2, 1)
-    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-loadtest-"))
-    root.mkdir(parents=True, exist_ok=True)
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a running process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuAccount:
+    """CPU seconds each part of the stack and the kit spend over one phase: what limits a box."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.wall = time.monotonic()
+        self.start = {p.name: process_cpu_s(p.pid) for p in stack.processes}
+        self.kit = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def report(self, requests: int) -> dict[str, float]:
+        wall = time.monotonic() - self.wall
+        used = {p.name: process_cpu_s(p.pid) - self.start.get(p.name, 0.0) for p in self.stack.processes}
+        kit = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used["load-test kit"] = kit.ru_utime + kit.ru_stime - self.kit.ru_utime - self.kit.ru_stime
+        total = sum(used.values())
+        cores = os.cpu_count() or 1
+        parts = ", ".join(f"{name} {seconds:.1f} s ({1000 * seconds / max(requests, 1):.1f} ms/request)"
+                          for name, seconds in used.items())  # fmt: skip
+        print(f"CPU over {wall:.0f} s: {parts}; {total:.1f} CPU s of {cores * wall:.0f} "
+              f"({cores} cores x {wall:.0f} s, {100 * total / (cores * wall):.0f} % busy; "
+              f"other work on the machine not counted)")  # fmt: skip
+        return {**used, "wall_s": wall}
+
+
+def one_image_inputs(path: Path) -> Path:
+    """The kit's built-in mix with one image per request: the fleet's offered load counts images."""
+    lines = [json.dumps({**entry, "num_images": 1}) for entry in builtin_mix()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_stack(root: Path, slots: int, workers: int = 1) -> Stack:
+    """Redis, ``workers`` simulated workers sharing ``slots`` (rounded up per worker) and the API."""
+    per_worker = -(-slots // workers)
     settings = Settings(
-        port=free_port(), simulated_slots=args.slots, simulated_profile=PROFILE, api_keys=[], max_queue_length=None
+        port=free_port(), simulated_slots=per_worker, simulated_profile=PROFILE, api_keys=[], max_queue_length=None
     )
-    stack = Stack(settings, Path("simulated"), root / "stack", log_dir=root)
-    print(f"starting redis, one simulated worker ({args.slots} slots, {PROFILE}) and the API; logs in {root}")
-    load_before = os.getloadavg()
-    started = time.monotonic()
+    stack = Stack(settings, Path("simulated"), root / "stack", workers=workers, log_dir=root)
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"starting redis, {workers} simulated worker(s) of {per_worker} slots ({PROFILE}), the API; logs in {root}")
     try:
         stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def load_text(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    b, a = ("/".join(f"{v:.1f}" for v in load) for load in (before, after))
+    return f"load average (1/5/15 min) before {b}, after {a}"
+
+
+def phase_ab(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    overhead_clients = args.overhead_clients or max(args.slots // 2, 1)
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    stack = start_stack(root, args.slots)
+    try:
         url = stack.url
         print(f"\n=== A. {args.clients} status-stream clients, {args.requests} requests", flush=True)
         a = run_kit(url, root / "phase-a", "--concurrency", str(args.clients), "--requests", str(args.requests),
@@ -102,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     agreement = a.get("server", {}).get("agreement", {})
     lost, errors = a["requests"]["lost"], a["requests"]["errors"]
     print("\n=== Goals (issue 10), one 2-core machine shared with the kit and other work")
-    before, after = ("/".join(f"{v:.1f}" for v in load) for load in (load_before, load_after))
-    print(f"load average (1/5/15 min) before {before}, after {after}; {time.monotonic() - started:.0f} s in all")
+    print(f"{load_text(load_before, load_after)}; {time.monotonic() - started:.0f} s in all")
     print(f"A: {a['requests']['ok']}/{a['requests']['sent']} ok, {errors} errors, {lost} lost "
           f"-> 0 errors and 0 lost: {verdict(errors == 0 and lost == 0)}")  # fmt: skip
     print(f"A: throughput {a['throughput']['requests_per_s']:.2f} requests/s "
@@ -119,7 +198,96 @@ def main(argv: list[str] | None = None) -> int:
         diff = entry["relative_difference"]
         print(f"A: kit vs server {name}: {entry['kit']:.2f} vs {entry['server']:.2f} ({100 * diff:+.2f} %) -> "
               f"within 2 %: {verdict(abs(diff) <= GOAL_AGREEMENT)}")  # fmt: skip
-    summary = {"a": a, "b": b, "overhead_after_service": over, "load_before": load_before, "load_after": load_after}
+    return {"a": a, "b": b, "overhead_after_service": over, "load_before": load_before, "load_after": load_after}
+
+
+def overhead_goals(name: str, report: dict[str, Any], over: dict[str, Any]) -> None:
+    """The issue 21 bounds: 0 errors, 0 lost, overhead p50 <= 100 ms and p99 <= 1 s."""
+    lost, errors = report["requests"]["lost"], report["requests"]["errors"]
+    print(f"{name}: {report['requests']['ok']}/{report['requests']['sent']} ok, {errors} errors, {lost} lost "
+          f"-> 0 errors and 0 lost: {verdict(errors == 0 and lost == 0)}")  # fmt: skip
+    print(f"{name}: queue overhead over the 2.0 s service time: p50 {1000 * over['p50']:.1f} ms, "
+          f"p99 {1000 * over['p99']:.1f} ms, max {1000 * over['max']:.1f} ms (n={over['count']}) -> "
+          f"p50 <= 100 ms: {verdict(over['p50'] <= BURST_P50_S)}, "
+          f"p99 <= 1 s: {verdict(over['p99'] <= BURST_P99_S)}")  # fmt: skip
+    kit_over, phases = report["queue_overhead"], report["phases"]
+    print(f"{name}: to result minus the reported inference_time: p50 {1000 * kit_over['p50']:.1f} ms, "
+          f"p99 {1000 * kit_over['p99']:.1f} ms; submit p50/p99 {1000 * phases['submit']['p50']:.0f}/"
+          f"{1000 * phases['submit']['p99']:.0f} ms, queue wait p50/p99 {1000 * phases['queue_wait']['p50']:.0f}/"
+          f"{1000 * phases['queue_wait']['p99']:.0f} ms")  # fmt: skip
+
+
+def phase_burst(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """C. ``--burst-clients`` clients submit at the same instant (a batch job), each then follows its stream."""
+    load_before = os.getloadavg()
+    stack = start_stack(root, args.burst_slots, args.workers)
+    inputs = one_image_inputs(root / "one-image.jsonl")
+    try:
+        print(f"\n=== C. burst: {args.burst_clients} clients submitting at once on {args.burst_slots} slots",
+              flush=True)  # fmt: skip
+        cpu = CpuAccount(stack)
+        c = run_kit(stack.url, root / "phase-c", "--concurrency", str(args.burst_clients),
+                    "--requests", str(args.burst_clients), "--status", "stream", "--inputs", str(inputs),
+                    "--spawn-rate", str(args.burst_clients))  # fmt: skip
+        cpu_used = cpu.report(c["requests"]["sent"])
+    finally:
+        stack.stop()
+    load_after = os.getloadavg()
+    over = overhead_after_service(root / "phase-c_requests.csv")
+    print(f"\n=== Goals (issue 21): burst; {load_text(load_before, load_after)}")
+    overhead_goals("C", c, over)
+    return {
+        "c": c,
+        "cpu_s": cpu_used,
+        "overhead_after_service": over,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+
+
+def phase_fleet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """D. ``--fleet-slots`` emulated GPUs kept busy by as many closed-loop clients for ``--fleet-duration`` s."""
+    load_before = os.getloadavg()
+    stack = start_stack(root, args.fleet_slots, args.workers)
+    inputs = one_image_inputs(root / "one-image.jsonl")
+    offered = args.fleet_slots / SERVICE_S
+    try:
+        print(f"\n=== D. fleet: {args.fleet_slots} emulated GPUs, {args.fleet_slots} clients "
+              f"({offered:.0f} images/s offered), {args.fleet_duration:.0f} s", flush=True)  # fmt: skip
+        cpu = CpuAccount(stack)
+        d = run_kit(stack.url, root / "phase-d", "--concurrency", str(args.fleet_slots),
+                    "--duration", str(args.fleet_duration), "--status", "stream", "--inputs", str(inputs),
+                    "--start-jitter", str(SERVICE_S))  # fmt: skip
+        cpu_used = cpu.report(d["requests"]["sent"])
+    finally:
+        stack.stop()
+    load_after = os.getloadavg()
+    over = overhead_after_service(root / "phase-d_requests.csv")
+    print(f"\n=== Goals (issue 21): {args.fleet_slots}-GPU fleet; {load_text(load_before, load_after)}")
+    overhead_goals("D", d, over)
+    print(f"D: throughput {d['throughput']['images_per_s']:.1f} images/s of {offered:.0f}/s offered")
+    return {
+        "d": d,
+        "cpu_s": cpu_used,
+        "overhead_after_service": over,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = [name.strip() for name in args.phases.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(PHASES))
+    if unknown:
+        print(f"error: unknown phase(s) {unknown}: choose among {', '.join(PHASES)}", file=sys.stderr)
+        return 2
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-loadtest-"))
+    root.mkdir(parents=True, exist_ok=True)
+    runs = {"ab": phase_ab, "burst": phase_burst, "fleet": phase_fleet}
+    summary = {}
+    for name in chosen:
+        summary[name] = runs[name](args, root / name)
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -123,6 +123,34 @@ def load_simulated_pipeline(settings: Settings) -> Pipeline:
     return simulated
 
 
+# Connections a worker process may need beside those of its slots and clients: its background threads
+# (heartbeat, sweep, webhook dispatcher, the queue wake-up's subscription) and a margin.
+BACKGROUND_CONNECTIONS = 16
+# Connections each slot may hold at once in one pool: RQ's worker loop can hold a second one while a
+# pipeline is open (a burst on 320 slots found the pool of ``slots + 16`` full and lost 215 slots).
+CONNECTIONS_PER_SLOT = 2
+# How long a thread waits for a pooled connection when all are in use, before the command fails.
+POOL_WAIT_S = 30.0
+
+
+def worker_redis_clients(settings: Settings, slots: int = 1) -> tuple[redis.Redis, redis.Redis]:
+    """The store's client (decoded replies) and RQ's (bytes), each pooled for ``slots`` threads at once.
+
+    redis-py's default pool refuses a connection past ``max_connections`` with ``MaxConnectionsError``, and
+    a slot whose command is refused stops: a 300-slot worker lost the slots whose first command found the
+    pool full. These pools are sized for every slot and block (up to ``POOL_WAIT_S``) when full instead."""
+    size = CONNECTIONS_PER_SLOT * slots + BACKGROUND_CONNECTIONS
+    options = redis_client_options()
+    pools = [
+        redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=size, timeout=POOL_WAIT_S, decode_responses=decode, **options
+        )
+        for decode in (True, False)
+    ]
+    store_client, connection = (redis.Redis(connection_pool=pool, **options) for pool in pools)
+    return store_client, connection
+
+
 def serve(
     settings: Settings,
     pipe: Pipeline,
@@ -134,7 +162,7 @@ def serve(
     """Serve the queues with the loaded pipeline: one RQ worker, or a pool of ``slots`` (the simulated
     model's, whose "GPU time" is a wait). ``batch_memory`` bounds what one batch may need (a real model's)."""
     name = settings.worker_name or default_worker_name(device)
-    store_client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_client_options())
+    store_client, connection = worker_redis_clients(settings, slots)
     store = WorkerRequestStore(store_client, settings)
     services = WorkerServices(
         settings=settings,
@@ -154,7 +182,6 @@ def serve(
     model = pipe.identity
     info = {"device": settings.device, "model": model.as_dict()}  # published with each heartbeat
     queues = [settings.queue_normal, settings.queue_low]
-    connection = redis.Redis.from_url(settings.redis_url, **redis_client_options())
     outbox = build_outbox(store_client, settings)
     if slots > 1:
         pool = SlotPool(services, store, outbox, queues, slots, connection, info)

@@ -226,6 +226,7 @@ class RequestWorker(SimpleWorker):
 
 
 SLOT_IDLE_POLL_S = 2  # an idle slot looks at its stop flag this often
+SLOT_RESTART_S = 1.0  # a slot whose loop ended on an error starts it again this much later
 
 
 class SlotWorker(RequestWorker):
@@ -256,8 +257,20 @@ class SlotWorker(RequestWorker):
         self._stop_requested = True
 
     def serve(self, logging_level: str) -> None:
-        """The slot thread's body: work until stopped; an error ends this slot only."""
-        try:
-            self.work(logging_level=logging_level)
-        except Exception:
-            logger.exception("slot %s stopped on an error", self.name)
+        """The slot thread's body: work until stopped. RQ's loop ends on a Redis error (a command refused or
+        lost): raised from its start, logged and "quitting" from its loop. Either ends this slot's loop only,
+        and the slot starts it again ``SLOT_RESTART_S`` later: the process's heartbeat announces every slot,
+        so a slot that stayed down would be counted by /health yet never serve (issue 21: 215 of 320)."""
+        while True:
+            try:
+                self.work(logging_level=logging_level)
+            except Exception:
+                logger.exception("slot %s stopped on an error", self.name)
+            if self._stop_requested:
+                return
+            logger.warning("slot %s: its work loop ended; starting it again in %.0f s", self.name, SLOT_RESTART_S)
+            time.sleep(SLOT_RESTART_S)
+            try:
+                self.register_death()  # RQ refuses to start a worker whose name is registered and alive
+            except redis.RedisError:
+                logger.warning("slot %s: could not clear its registration; starting anyway", self.name)

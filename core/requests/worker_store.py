@@ -132,12 +132,16 @@ class WorkerRequestStore:
         status, held = self.client.hmget(self.keys.record(rid), "status", "attempt_token")
         return as_str(status) == "IN_PROGRESS" and held is not None and as_str(held) == attempt
 
-    def append_log(self, rid: str, entry: LogEntry) -> None:
-        """Append a log entry and tell the request's status streams (one round trip)."""
+    def append_log(self, rid: str, entry: LogEntry, read_cancel: bool = False) -> bool | None:
+        """Append a log entry and tell the request's status streams (one round trip); with ``read_cancel``,
+        read the cancel flag in the same round trip and return it."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.rpush(self.keys.logs(rid), entry.model_dump_json())
             pipe.publish(self.keys.changed(rid), LOGS_CHANGED)
-            pipe.execute()
+            if read_cancel:
+                pipe.hget(self.keys.record(rid), "cancel")
+            replies = pipe.execute()
+        return replies[2] == "1" if read_cancel else None
 
     def is_cancel_requested(self, rid: str) -> bool:
         return self.client.hget(self.keys.record(rid), "cancel") == "1"

@@ -32,13 +32,19 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def render_picture(prompt: str, seed: int, index: int, width: int, height: int) -> Image.Image:
-    """One RGB image of ``width x height``."""
+    """One RGB image of ``width x height`` (a new image: the caller may mark or change it)."""
+    return _marked_small(prompt, seed, index, width, height).resize((width, height), Image.Resampling.NEAREST)
+
+
+@lru_cache(maxsize=128)  # ~200 KB each at 1024x1024: the text drawing is most of a picture's cost
+def _marked_small(prompt: str, seed: int, index: int, width: int, height: int) -> Image.Image:
+    """The picture at 1/SCALE of its size, marked; shared between calls, never changed."""
     rng = random.Random(picture_seed(prompt, seed, index))
     cells = bytes(rng.randrange(40, 216) for _ in range(GRID * GRID * 3))
     small_w, small_h = max(width // SCALE, 1), max(height // SCALE, 1)
     image = Image.frombytes("RGB", (GRID, GRID), cells).resize((small_w, small_h), Image.Resampling.BICUBIC)
     _write_marks(image, prompt, seed, index, f"{width}x{height}")
-    return image.resize((width, height), Image.Resampling.NEAREST)
+    return image
 
 
 def _write_marks(image: Image.Image, prompt: str, seed: int, index: int, size: str) -> None:

@@ -8,12 +8,16 @@ the task runner records like any failed generation (500 ``runner_server_error``)
 
 from __future__ import annotations
 
+import math
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from PIL import Image
 
+from model.encoding import ENCODINGS_INFO_KEY
 from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.interface import ModelIdentity, PipelineOutput, ProgressCallback, StopCheck
@@ -28,6 +32,12 @@ SIMULATED_PATH = "simulated"  # what BITDANCE_MODEL_PATH names it by
 # The cancel flag is read before a step at most this often: with a GPU's ~0.2 s steps that is every
 # step, as the real pipeline does; with a fast profile's short steps it spares Redis a read per step.
 STOP_CHECK_S = 0.05
+# The wait wakes at most this often (or once per step, if steps are longer) and reports the steps that
+# ended meanwhile, so that an emulated GPU costs Redis what a real one does: the real 64x model's steps
+# take ~0.19 s (12 s / 64), while a fast profile's (flat-2s: 31 ms) made 300 slots wake ~10,000 times a
+# second, each wake a cancel read or a progress log (issue 21).
+TICK_S = 0.2
+ENCODINGS_KEPT = 256  # pictures whose encoded bytes are kept (a few hundred KB each)
 
 
 class SimulatedFailure(RuntimeError):
@@ -56,6 +66,13 @@ class SimulatedPipeline:
         self._sleep = sleep
         self._clock = clock
         self._rng = random.Random()
+        # Same picture, same bytes: each picture's encodings, shared by every request that draws it again
+        # (``model.encoding.encode_image`` fills and reads them), so a fleet's worth of requests with
+        # repeated inputs does not encode the same JPEG 150 times a second in one process.
+        self._encodings: OrderedDict[tuple[str, int, int, int, int], dict[tuple[str, int | None], bytes]] = (
+            OrderedDict()
+        )
+        self._encodings_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, profile: str, speed: float = 1.0, failure_rate: float = 0.0) -> SimulatedPipeline:
@@ -89,21 +106,38 @@ class SimulatedPipeline:
         started = self._clock()
         # Drawn first, inside the simulated time: the real model's time includes its decoder too.
         pictures = [self._pictures(request, height, width) for request in requests]
+        step_s = duration / total_steps
+        done = 0  # decoding steps reported so far
         last_stop_check: float | None = None
-        for patch in range(total_steps):
+        while done < total_steps:
             now = self._clock()
             if should_stop is not None and (last_stop_check is None or now - last_stop_check >= STOP_CHECK_S):
                 last_stop_check = now
                 if should_stop():
-                    raise GenerationCancelled(f"stopped before decoding step {patch + 1} of {total_steps}")
-            if patch == fail_at:
-                raise SimulatedFailure(f"simulated failure at decoding step {patch + 1} of {total_steps}")
-            remaining = started + duration * (patch + 1) / total_steps - self._clock()
+                    raise GenerationCancelled(f"stopped before decoding step {done + 1} of {total_steps}")
+            # Wake once per TICK_S (or per step, if longer), then report every step that ended meanwhile.
+            ahead = math.ceil((now - started + TICK_S) / step_s) if step_s > 0 else total_steps
+            target = min(total_steps, max(done + 1, ahead))
+            if fail_at is not None and fail_at < target:
+                target = fail_at
+            remaining = started + step_s * target - self._clock()
             if remaining > 0:
                 self._sleep(remaining)
             if progress is not None:
-                progress(patch + 1, total_steps)
+                for patch in range(done + 1, target + 1):
+                    progress(patch, total_steps)
+            done = target
+            if done == fail_at:
+                raise SimulatedFailure(f"simulated failure at decoding step {done + 1} of {total_steps}")
         return PipelineOutput(pictures)
+
+    def _picture_encodings(self, key: tuple[str, int, int, int, int]) -> dict[tuple[str, int | None], bytes]:
+        with self._encodings_lock:
+            entry = self._encodings.pop(key, None)
+            self._encodings[key] = entry = {} if entry is None else entry
+            while len(self._encodings) > ENCODINGS_KEPT:
+                self._encodings.popitem(last=False)
+            return entry
 
     def _failure_step(self, total_steps: int) -> int | None:
         if self.failure_rate > 0 and self._rng.random() < self.failure_rate:
@@ -117,5 +151,6 @@ class SimulatedPipeline:
         for index in range(request.num_images):
             image = render_picture(request.prompt, seed, index, width, height)
             image.info[NSFW_INFO_KEY] = flagged
+            image.info[ENCODINGS_INFO_KEY] = self._picture_encodings((request.prompt, seed, index, width, height))
             images.append(image)
         return images

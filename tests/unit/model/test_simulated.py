@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from core.settings import is_simulated_model
+from model.encoding import encode_image
 from model.exceptions import GenerationCancelled
 from model.generation_request import GenerationRequest
 from model.simulated.picture import render_picture
@@ -101,7 +104,8 @@ def test_pipeline_cancel_failure_and_nsfw_mark() -> None:
     checks = iter([False, False, True])
     with pytest.raises(GenerationCancelled):
         pipe.generate_batch([GenerationRequest("x", seed=1)], height=1024, width=1024, should_stop=lambda: next(checks))
-    assert clock.now == pytest.approx(4 * 2.0 / 64)  # steps of 31 ms: the flag is read every 50 ms at most
+    # steps of 31 ms: the wait wakes every 0.2 s (7 steps here), and reads the flag before each wait
+    assert clock.now == pytest.approx(14 * 2.0 / 64)
     failing = SimulatedPipeline(load_profile("flat-2s"), failure_rate=1.0, sleep=clock.sleep, clock=clock)
     with pytest.raises(SimulatedFailure):
         failing.generate_batch([GenerationRequest("x", seed=1)], height=1024, width=1024)
@@ -116,3 +120,24 @@ def test_pictures_are_deterministic_and_distinct() -> None:
     assert a.tobytes() != render_picture("a red fox", 2, 0, 768, 1280).tobytes()
     assert a.tobytes() != render_picture("a red fox", 1, 1, 768, 1280).tobytes()
     assert a.tobytes() != render_picture("a blue fox", 1, 0, 768, 1280).tobytes()
+
+
+@pytest.mark.parametrize(("fmt", "pil_format"), [("jpeg", "JPEG"), ("png", "PNG")])
+def test_a_repeated_picture_is_encoded_once_and_stays_a_real_image(fmt: str, pil_format: str) -> None:
+    clock = FakeClock()
+    pipe = SimulatedPipeline(load_profile("flat-2s"), sleep=clock.sleep, clock=clock)
+
+    def one(prompt: str, seed: int) -> Image.Image:
+        [[image]] = pipe.generate_batch([GenerationRequest(prompt, seed=seed)], height=768, width=1280).images
+        return image
+
+    first, again, other = one("a red fox", 7), one("a red fox", 7), one("a red fox", 8)
+    encoded = encode_image(first, fmt)
+    assert encoded.data == encode_image(first, fmt).data
+    assert encode_image(again, fmt).data is encoded.data  # the same request's picture: encoded once
+    assert encode_image(other, fmt).data != encoded.data
+    decoded = Image.open(io.BytesIO(encoded.data))
+    assert decoded.format == pil_format and decoded.size == (1280, 768) == (encoded.width, encoded.height)
+    assert decoded.convert("RGB").tobytes() == first.convert("RGB").tobytes() or fmt == "jpeg"
+    first.paste((0, 0, 0), (0, 0, 1280, 768))  # a caller changing its image changes no later request's
+    assert one("a red fox", 7).getpixel((0, 0)) != (0, 0, 0)

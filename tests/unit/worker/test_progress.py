@@ -8,7 +8,7 @@ import redis
 
 from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
-from worker.progress import ProgressTracker
+from worker.progress import CANCEL_FRESH_S, ProgressTracker
 
 
 class Clock:
@@ -35,6 +35,22 @@ def test_progress_logs_each_step_and_throttles(make_settings: Callable[..., Sett
     assert '"source":"USER"' in logged[0] and '"level":"INFO"' in logged[0] and '"timestamp"' in logged[0]
     assert tracker.should_stop() is False
     store.client.hset(store.keys.record("rid"), "cancel", "1")
+    clock.now += 2 * CANCEL_FRESH_S  # the last log's reading is no longer fresh
+    assert tracker.should_stop() is True
+
+
+def test_a_stop_check_right_after_a_log_uses_the_logs_reading(make_settings: Callable[..., Settings]) -> None:
+    """A logged step reads the cancel flag in its own round trip; the stop check that follows it uses that."""
+    settings = make_settings()
+    store = WorkerRequestStore(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+    clock = Clock()
+    tracker = ProgressTracker(store, "rid", num_inference_steps=25, interval_s=0.0, clock=clock)
+    tracker.on_patch(1, 64)
+    store.client.hset(store.keys.record("rid"), "cancel", "1")  # set after the log read it
+    assert tracker.should_stop() is False  # no second round trip: the log's reading, fresh
+    clock.now += CANCEL_FRESH_S
+    assert tracker.should_stop() is True  # older than CANCEL_FRESH_S: read again
+    tracker.on_patch(2, 64)  # the log reads it set
     assert tracker.should_stop() is True
 
 
