@@ -153,7 +153,10 @@ class RequestStore:
         replies = await self._submit(keys=call.keys, args=call.args)
         if not isinstance(replies, list):
             retry = {"Retry-After": str(self.settings.queue_full_retry_after_s)}
-            if scripts.SubmitRefusal(as_str(replies)) is scripts.SubmitRefusal.KEY_FULL:
+            refusal = scripts.SubmitRefusal(as_str(replies))
+            if refusal is scripts.SubmitRefusal.STORE_FULL:
+                raise redis.exceptions.OutOfMemoryError("redis holds its submit share of maxmemory")
+            if refusal is scripts.SubmitRefusal.KEY_FULL:
                 raise QueueFullError(
                     f"Too many requests waiting for this key ({self.settings.max_queued_per_key})", headers=retry
                 )

@@ -91,12 +91,20 @@ def apply_batch_call(commands: Sequence[Sequence[str | int | float | bytes]], ke
 
 # A submit: APPLY_BATCH's commands, run only if the queue and the key have room, in the same atomic
 # step (a bound read before the write lets concurrent submits all pass it). Answers the batch's
-# replies, or 'queue_full' / 'key_full' with nothing written.
+# replies, or 'queue_full' / 'key_full' with nothing written; 'store_full' once Redis holds
+# SUBMIT_MEMORY_SHARE of its maxmemory: the rest is the workers' room to start, log, renew leases and
+# complete what was accepted (at maxmemory, noeviction refuses every write, theirs too).
 # KEYS: queued (every waiting request), the owner's queued set, then every key the commands touch
 # ARGV: queue limit (-1: none), per-key limit (0: none), request id, record key prefix, then the
 #       commands as APPLY_BATCH takes them
+SUBMIT_MEMORY_SHARE = 0.9
 SUBMIT = (
-    """
+    f"""
+local memory = redis.call('INFO', 'memory')
+local most = tonumber(string.match(memory, 'maxmemory:(%d+)'))
+if most and most > 0 and tonumber(string.match(memory, 'used_memory:(%d+)')) >= most * {SUBMIT_MEMORY_SHARE} then
+  return 'store_full'
+end
 local limit, per_key = tonumber(ARGV[1]), tonumber(ARGV[2])
 if limit >= 0 and redis.call('SCARD', KEYS[1]) >= limit then return 'queue_full' end
 if per_key > 0 and redis.call('SCARD', KEYS[2]) >= per_key then
@@ -119,6 +127,7 @@ class SubmitRefusal(StrEnum):
 
     QUEUE_FULL = "queue_full"
     KEY_FULL = "key_full"
+    STORE_FULL = "store_full"  # Redis near its maxmemory
 
 
 def submit_call(

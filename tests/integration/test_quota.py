@@ -146,6 +146,10 @@ def test_the_launchers_redis_refuses_writes_at_maxmemory(tmp_path: Path) -> None
             assert response.headers["retry-after"] and response.headers["x-fal-request-id"]
             assert client.get("/health/live").status_code == 200  # the API stays up
             assert tiny.process is not None and tiny.process.is_running()
+            # submits stop short of maxmemory: the workers can still start, log, renew and complete
+            # what was accepted (before: submits filled Redis and every write was refused, theirs too)
+            assert conn.set("quota-probe:lease", "worker-attempt", px=30_000)
+            assert conn.rpush("quota-probe:logs", "x" * 1000) == 1
         conn.close()
     finally:
         tiny.stop()
