@@ -12,6 +12,12 @@ store on loopback:
 - for reference, what these reads were before tickets (issue 19 item 7): ``LPOS`` of that request and
   ``LRANGE`` of both lists.
 
+Then (``--streams``, default 20) with the API running: that many status streams open on requests at
+the back of the queue, and a worker taking requests off its head one at a time (DEQUEUE then START,
+which says the queue moved): how long each move takes to reach each stream as its new position.
+That part uses only what main had too (HTTP, ``WorkerRequestStore.dequeue``/``start``), so it can be
+run against an older checkout (``--streams-only``) for the comparison.
+
 Prints figures; asserts nothing.
 """
 
@@ -28,15 +34,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 import redis.asyncio as aioredis
 
+from bench.http_load import StatusStream, open_stream
 from bench.recovery_sweep import fill, new_request
 from core.redis_options import async_redis_options
 from core.requests.api_store import RequestStore, create_request
 from core.requests.records import Keys, NewRequest
+from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings
-from stack.launcher import RedisProcess
+from stack.launcher import RedisProcess, base_url, free_port, start_api, wait_until_ready
+
+KEY = "bench-key"
+APP = "fal-ai/bitdance"
 
 
 def percentiles(samples: list[float]) -> str:
@@ -117,18 +129,77 @@ async def measure(redis_url: str, queued: int, repeats: int) -> list[str]:
     return lines
 
 
+async def measure_streams(redis_url: str, root: Path, queued: int, count: int, moves: int) -> str:
+    settings = Settings(  # type: ignore[call-arg]  # pydantic-settings' init-only _env_file
+        _env_file=None, redis_url=redis_url, key_prefix=f"bench{uuid.uuid4().hex[:6]}", port=free_port(),
+        storage_dir=root / "storage", api_keys=[KEY], torch_threads=1,
+    )  # fmt: skip
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    fill(conn, settings, queued)
+    api = start_api(settings, log_path=root / f"api-{queued}.log")
+    readers: list[asyncio.Task[None]] = []
+    try:
+        url = base_url(settings)
+        wait_until_ready(url, processes=(api,))
+        auth = {"Authorization": f"Key {KEY}"}
+        async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60) as client:
+            body = {"prompt": "a red fox", "num_inference_steps": 10}
+            rids = [(await client.post(f"/queue/{APP}", json=body)).json()["request_id"] for _ in range(count)]
+        streams = [StatusStream(rid) for rid in rids]
+        for stream in streams:
+            path = f"/queue/{APP}/requests/{stream.request_id}/status/stream"
+            readers.append(await open_stream(settings.host, settings.port, path, KEY, stream))
+        while not all(s.events for s in streams):
+            await asyncio.sleep(0.01)
+        worker = WorkerRequestStore(conn, settings)
+        lists = [Keys.rq_queue(settings.queue_normal), Keys.rq_queue(settings.queue_low)]
+        delays: list[float] = []
+        for _ in range(moves):
+            seen = [len(s.events) for s in streams]
+            moved_at = time.perf_counter()
+            taken = worker.dequeue(lists)
+            assert taken is not None
+            worker.start(taken[1], "bench-worker")  # publishes the queue move
+            deadline = moved_at + 10
+            while (
+                any(len(s.events) == n for s, n in zip(streams, seen, strict=True)) and time.perf_counter() < deadline
+            ):
+                await asyncio.sleep(0.001)
+            delays += [s.events[n][0] - moved_at for s, n in zip(streams, seen, strict=True) if len(s.events) > n]
+            await asyncio.sleep(0.02)
+        last = streams[-1].events[-1][1].get("queue_position")
+        return (
+            f"{queued:>7} queued, {count} streams, {moves} moves ({len(delays)} of {count * moves} events; last "
+            f"position {last}): a move reaches a stream {percentiles(delays)}"
+        )
+    finally:
+        for reader in readers:
+            reader.cancel()
+        api.stop()
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.queue_positions", description=__doc__.splitlines()[0])
     parser.add_argument("--queued", type=int, nargs="+", default=[1000, 100_000], help="queue lengths")
     parser.add_argument("--repeats", type=int, default=2000, help="reads of each kind per length")
+    parser.add_argument("--streams", type=int, default=20, help="status streams open (0: none)")
+    parser.add_argument("--moves", type=int, default=50, help="queue moves timed per length")
+    parser.add_argument("--streams-only", action="store_true", help="only the streams (runs on older code too)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bitdance-bench-positions-") as tmp:
         redis_server = RedisProcess(Path(tmp) / "redis", log_path=Path(tmp) / "redis.log").start()
         try:
-            print("status reads against queue length (loopback redis-server, sequential, no workers):")
-            for queued in args.queued:
-                for line in asyncio.run(measure(redis_server.url, queued, args.repeats)):
-                    print(line, flush=True)
+            if not args.streams_only:
+                print("status reads against queue length (loopback redis-server, sequential, no workers):")
+                for queued in args.queued:
+                    for line in asyncio.run(measure(redis_server.url, queued, args.repeats)):
+                        print(line, flush=True)
+            if args.streams:
+                print("status streams while a worker takes requests off the queue's head (loopback API):")
+                for queued in args.queued:
+                    line = asyncio.run(measure_streams(redis_server.url, Path(tmp), queued, args.streams, args.moves))
+                    print("  " + line, flush=True)
         finally:
             redis_server.stop()
     return 0
