@@ -58,6 +58,8 @@ CHAOS_ENVIRONMENT = {
     # The abuse scenarios fill every connection slot and wait out the header timeout: small ones.
     "BITDANCE_MAX_CONNECTIONS": "512",
     "BITDANCE_HEADER_TIMEOUT_S": "3",
+    # The key-flood scenario: one key may have this many waiting, the rest of its submits get 429.
+    "BITDANCE_MAX_QUEUED_PER_KEY": "20",
 }
 
 
@@ -435,7 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         print("(c) SIGTERM the API with sync runs and status streams open ...", flush=True)
         tallies.append(restart_api(stack, client, args.api_restarts, args.per_round, args.settle_s))
         if args.abuse != "none":
-            print("(d) abuse the API's HTTP server (headers, slowloris, pipelining, connection flood) ...", flush=True)
+            print(
+                "(d) abuse the API (headers, slowloris, pipelining, connection flood, one key flooding the queue) ...",
+                flush=True,
+            )
             scale = AbuseScale() if args.abuse == "full" else AbuseScale.short()
             stack.wait_healthy()
             abuse_tallies = run_abuse(
