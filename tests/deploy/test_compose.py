@@ -154,3 +154,12 @@ def test_redis_and_nginx_images_can_be_local_ones(tmp_path: Path) -> None:
     services = yaml.safe_load(out.stdout)["services"]
     assert services["redis"]["image"] == "local/redis:bookworm"
     assert services["proxy"]["image"] == "local/nginx:bookworm"
+
+
+def test_builds_take_a_base_image_and_an_extra_ca_from_the_environment(tmp_path: Path) -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    out = compose_config(tmp_path, {"PYTHON_IMAGE": "local/python:3.11", "EXTRA_CA_CERTS": ca})
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    for name in ("api", "worker-0"):
+        assert services[name]["build"]["args"] == {"PYTHON_IMAGE": "local/python:3.11", "EXTRA_CA_CERTS": ca}
