@@ -73,7 +73,7 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/api.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra model -c requirements/constraints.txt $(LOCK_FLAGS) \
 		-o requirements/worker.txt
-	$(VENV)/bin/uv pip compile requirements/build.in $(LOCK_FLAGS) -o requirements/build.txt
+	$(VENV)/bin/uv pip compile requirements/build.in -c requirements/worker.txt $(LOCK_FLAGS) -o requirements/build.txt
 
 # nginx for tests/deploy/test_nginx.py (the shipped nginx.conf in front of the real API): Debian's package
 # (about 0.5 MB) unpacked into .run/nginx: nothing installed system-wide, no service started.

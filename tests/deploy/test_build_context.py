@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from packaging.requirements import Requirement
 
@@ -140,6 +140,20 @@ def test_the_build_backend_is_pinned_with_hashes_and_not_fetched_by_pip() -> Non
         assert "--no-build-isolation" in step and "--no-deps" in step
     for target in ("api", "worker"):
         assert any("--require-hashes" in s and "/tmp/build.txt" in s and f"/tmp/{target}.txt" in s for s in steps)
+
+
+def pins(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", path.read_text(), flags=re.M))
+
+
+def test_the_build_lock_agrees_with_the_image_locks() -> None:
+    """Installed with api.txt or worker.txt in one pip run: a package pinned in both at two versions
+    (worker.txt's setuptools for torch) makes the worker build fail with ResolutionImpossible."""
+    build = pins(ROOT / "requirements" / "build.txt")
+    for lock in ("api.txt", "worker.txt"):
+        image = pins(ROOT / "requirements" / lock)
+        for name, version in build.items():
+            assert image.get(name, version) == version, f"{name}: {version} in build.txt, {image[name]} in {lock}"
 
 
 def test_an_extra_ca_bundle_reaches_apt_and_pip() -> None:
