@@ -55,6 +55,8 @@ cleanup() {
     as_root kill "$DOCKERD_PID"
     for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
     kill -0 "$DOCKERD_PID" 2>/dev/null && as_root kill -9 "$DOCKERD_PID"
+    # dockerd leaves its data root's bind mount and the default netns mounted: unmount them, so .run is removable.
+    grep -o " $STATE/[^ ]*" /proc/mounts | sort -r | while read -r m; do as_root umount "$m"; done
   fi
 }
 trap cleanup EXIT
