@@ -25,7 +25,7 @@ PY_TRANSFORMERS_457 := $(VENV_TRANSFORMERS_457)/bin/python
 TESTS_TRANSFORMERS_457 ?= tests/unit/model
 
 .PHONY: run test install redis wrk nginx browser js-deps deploy-tools lock tiny verify bench bench-model bench-gpu bench-load bench-api bench-webhooks bench-loadtest loadtest bench-cli chaos lint format
-.PHONY: install-transformers457 test-transformers457 py-clients
+.PHONY: install-transformers457 test-transformers457 py-clients test-containers
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ deploy-tools:
 		echo "docker-compose not found: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
 
+# The images and docker/compose.yaml for real (issue 21; README, "Containers"): Docker from Debian when missing,
+# a private dockerd under .run/containers/ when none answers, base images from Debian packages without a
+# registry, both targets, compose with a simulated worker, checks through nginx, `down && up`, `import torch`.
+# Needs no venv. SKIP_GPU_IMAGE=1 skips the GPU worker image; KEEP_IMAGES=1 keeps the images for a rerun.
+test-containers:
+	bash tests/containers/run.sh
+
 # The images' lock files (requirements/*.txt, pinned with hashes) from pyproject.toml, for Linux x86_64.
 LOCK_FLAGS := --no-config --index-url https://pypi.org/simple --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --quiet
@@ -66,6 +73,7 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/api.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra model -c requirements/constraints.txt $(LOCK_FLAGS) \
 		-o requirements/worker.txt
+	$(VENV)/bin/uv pip compile requirements/build.in -c requirements/worker.txt $(LOCK_FLAGS) -o requirements/build.txt
 
 # nginx for tests/deploy/test_nginx.py (the shipped nginx.conf in front of the real API): Debian's package
 # (about 0.5 MB) unpacked into .run/nginx: nothing installed system-wide, no service started.

@@ -46,7 +46,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_no_top_level_name_and_all_services(config: dict[str, Any]) -> None:
     raw = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     assert "name" not in raw, "Debian's docker-compose rejects a top-level name"
-    assert set(config["services"]) == {"redis", "api", "proxy", *GPU_SERVICES}
+    assert set(config["services"]) == {"redis", "api", "proxy", "worker-simulated", *GPU_SERVICES}
 
 
 def test_one_worker_per_gpu_profile(config: dict[str, Any]) -> None:
@@ -129,3 +129,37 @@ def test_the_proxy_is_the_official_nginx_pinned_non_root_read_only(config: dict[
     source, target, mode = mount.split(":")
     assert target == "/etc/nginx/nginx.conf" and mode == "ro"
     assert (DOCKER / source).resolve() == DEPLOY / "k8s" / "base" / "nginx.conf"  # the file Kubernetes uses
+
+
+def test_a_simulated_worker_without_gpu_runs_from_the_api_image(config: dict[str, Any]) -> None:
+    """Issue 21: MODEL=simulated became /weights/simulated, and no override removes a GPU reservation."""
+    worker = config["services"]["worker-simulated"]
+    assert worker["profiles"] == ["simulated"]
+    assert worker["image"] == config["services"]["api"]["image"]  # the slim image: no torch needed
+    assert "build" not in worker and "deploy" not in worker  # no GPU reservation, nothing to build
+    assert worker["environment"]["BITDANCE_MODEL_PATH"] == "simulated"
+    assert worker["environment"]["BITDANCE_DEVICE"] == "cpu"
+    assert worker["command"][:3] == ["python", "-m", "worker"]
+    assert "simulated" in worker["command"]
+    assert not any("/weights" in v for v in _volumes(worker))  # no checkpoint folder needed
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.probe"]
+    assert worker["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_redis_and_nginx_images_can_be_local_ones(tmp_path: Path) -> None:
+    """Without a registry: images built from Debian packages replace the official Redis and nginx."""
+    local = {"BITDANCE_REDIS_IMAGE": "local/redis:bookworm", "BITDANCE_NGINX_IMAGE": "local/nginx:bookworm"}
+    out = compose_config(tmp_path, local)
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    assert services["redis"]["image"] == "local/redis:bookworm"
+    assert services["proxy"]["image"] == "local/nginx:bookworm"
+
+
+def test_builds_take_a_base_image_and_an_extra_ca_from_the_environment(tmp_path: Path) -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    out = compose_config(tmp_path, {"PYTHON_IMAGE": "local/python:3.11", "EXTRA_CA_CERTS": ca})
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    for name in ("api", "worker-0"):
+        assert services[name]["build"]["args"] == {"PYTHON_IMAGE": "local/python:3.11", "EXTRA_CA_CERTS": ca}
