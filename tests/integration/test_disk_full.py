@@ -46,7 +46,7 @@ def api_on_tiny_disk(redis_server: RedisProcess, tiny_disk: Path) -> Iterator[Ha
     url = base_url(settings)
     try:
         wait_until_ready(url, processes=(api,))
-        yield HardenedApi(url, settings, api)
+        yield HardenedApi(url, settings, api, accept_url=url)  # its own bound is the default one
     finally:
         api.stop()
 
