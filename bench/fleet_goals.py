@@ -113,12 +113,14 @@ class CpuAccount:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.wall = time.monotonic()
-        self.start = {p.name: process_cpu_s(p.pid) for p in stack.processes}
+        self.start = {p.pid: process_cpu_s(p.pid) for p in stack.processes}
         self.kit = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def report(self, requests: int) -> dict[str, float]:
         wall = time.monotonic() - self.wall
-        used = {p.name: process_cpu_s(p.pid) - self.start.get(p.name, 0.0) for p in self.stack.processes}
+        used: dict[str, float] = {}
+        for p in self.stack.processes:  # summed by part: with WORKERS=N, the N workers together
+            used[p.name] = used.get(p.name, 0.0) + process_cpu_s(p.pid) - self.start.get(p.pid, 0.0)
         kit = resource.getrusage(resource.RUSAGE_CHILDREN)
         used["load-test kit"] = kit.ru_utime + kit.ru_stime - self.kit.ru_utime - self.kit.ru_stime
         total = sum(used.values())
