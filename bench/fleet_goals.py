@@ -219,62 +219,53 @@ def overhead_goals(name: str, report: dict[str, Any], over: dict[str, Any]) -> N
           f"{1000 * phases['queue_wait']['p99']:.0f} ms")  # fmt: skip
 
 
-def phase_burst(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """C. ``--burst-clients`` clients submit at the same instant (a batch job), each then follows its stream."""
+def run_phase(
+    args: argparse.Namespace, root: Path, letter: str, slots: int, title: str, goal: str, *kit_args: str
+) -> dict[str, Any]:
+    """Phase ``letter`` (C or D) on a stack of its own of ``slots`` slots: the kit with ``kit_args`` and
+    one image per request, following status streams; its CPU per process and the overhead goals."""
     load_before = os.getloadavg()
-    stack = start_stack(root, args.burst_slots, args.workers)
+    stack = start_stack(root, slots, args.workers)
     inputs = one_image_inputs(root / "one-image.jsonl")
+    phase = f"phase-{letter.lower()}"
     try:
-        print(f"\n=== C. burst: {args.burst_clients} clients submitting at once on {args.burst_slots} slots",
-              flush=True)  # fmt: skip
+        print(f"\n=== {letter}. {title}", flush=True)
         cpu = CpuAccount(stack)
-        c = run_kit(stack.url, root / "phase-c", "--concurrency", str(args.burst_clients),
-                    "--requests", str(args.burst_clients), "--status", "stream", "--inputs", str(inputs),
-                    "--spawn-rate", str(args.burst_clients))  # fmt: skip
-        cpu_used = cpu.report(c["requests"]["sent"])
+        report = run_kit(stack.url, root / phase, *kit_args, "--status", "stream", "--inputs", str(inputs))
+        cpu_used = cpu.report(report["requests"]["sent"])
     finally:
         stack.stop()
     load_after = os.getloadavg()
-    over = overhead_after_service(root / "phase-c_requests.csv")
-    print(f"\n=== Goals (issue 21): burst; {load_text(load_before, load_after)}")
-    overhead_goals("C", c, over)
+    over = overhead_after_service(root / f"{phase}_requests.csv")
+    print(f"\n=== Goals (issue 21): {goal}; {load_text(load_before, load_after)}")
+    overhead_goals(letter, report, over)
     return {
-        "c": c,
+        letter.lower(): report,
         "cpu_s": cpu_used,
         "overhead_after_service": over,
         "load_before": load_before,
         "load_after": load_after,
     }
+
+
+def phase_burst(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """C. ``--burst-clients`` clients submit at the same instant (a batch job), each then follows its stream."""
+    clients = str(args.burst_clients)
+    title = f"burst: {clients} clients submitting at once on {args.burst_slots} slots"
+    return run_phase(args, root, "C", args.burst_slots, title, "burst",
+                     "--concurrency", clients, "--requests", clients, "--spawn-rate", clients)  # fmt: skip
 
 
 def phase_fleet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """D. ``--fleet-slots`` emulated GPUs kept busy by as many closed-loop clients for ``--fleet-duration`` s."""
-    load_before = os.getloadavg()
-    stack = start_stack(root, args.fleet_slots, args.workers)
-    inputs = one_image_inputs(root / "one-image.jsonl")
     offered = args.fleet_slots / SERVICE_S
-    try:
-        print(f"\n=== D. fleet: {args.fleet_slots} emulated GPUs, {args.fleet_slots} clients "
-              f"({offered:.0f} images/s offered), {args.fleet_duration:.0f} s", flush=True)  # fmt: skip
-        cpu = CpuAccount(stack)
-        d = run_kit(stack.url, root / "phase-d", "--concurrency", str(args.fleet_slots),
-                    "--duration", str(args.fleet_duration), "--status", "stream", "--inputs", str(inputs),
-                    "--start-jitter", str(SERVICE_S))  # fmt: skip
-        cpu_used = cpu.report(d["requests"]["sent"])
-    finally:
-        stack.stop()
-    load_after = os.getloadavg()
-    over = overhead_after_service(root / "phase-d_requests.csv")
-    print(f"\n=== Goals (issue 21): {args.fleet_slots}-GPU fleet; {load_text(load_before, load_after)}")
-    overhead_goals("D", d, over)
-    print(f"D: throughput {d['throughput']['images_per_s']:.1f} images/s of {offered:.0f}/s offered")
-    return {
-        "d": d,
-        "cpu_s": cpu_used,
-        "overhead_after_service": over,
-        "load_before": load_before,
-        "load_after": load_after,
-    }
+    title = (f"fleet: {args.fleet_slots} emulated GPUs, {args.fleet_slots} clients ({offered:.0f} images/s "
+             f"offered), {args.fleet_duration:.0f} s")  # fmt: skip
+    result = run_phase(args, root, "D", args.fleet_slots, title, f"{args.fleet_slots}-GPU fleet",
+                       "--concurrency", str(args.fleet_slots), "--duration", str(args.fleet_duration),
+                       "--start-jitter", str(SERVICE_S))  # fmt: skip
+    print(f"D: throughput {result['d']['throughput']['images_per_s']:.1f} images/s of {offered:.0f}/s offered")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ Pure ASGI (not BaseHTTPMiddleware) so that server-sent events stream through unt
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import REQUEST_ID_HEADER, PayloadTooLargeError
@@ -42,7 +44,7 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class HttpMiddleware:
+class HttpMiddleware(ABC):
     """A pure ASGI middleware that acts on HTTP exchanges (``handle``) and passes anything else
     (lifespan, websockets) straight through."""
 
@@ -55,8 +57,9 @@ class HttpMiddleware:
             return
         await self.handle(scope, receive, send)
 
+    @abstractmethod
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raise NotImplementedError
+        """Serve one HTTP exchange (each subclass's own work, then ``self.app``)."""
 
 
 class RoutingMiddleware(HttpMiddleware):

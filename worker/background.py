@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 BACKOFF_MAX_S = 10.0  # a failing thread (but the heartbeat) retries at most this far apart
 
 
-class PeriodicThread(threading.Thread):
+class PeriodicThread(threading.Thread, ABC):
     """A daemon thread that runs ``tick`` at once, then every ``interval_s`` until ``stop``; a ``tick``
     that raises is logged and retried after a backoff (``retry_after_s``), never the thread's end."""
 
@@ -83,8 +84,9 @@ class PeriodicThread(threading.Thread):
         """Failing, or ended (it only ends when stopped)."""
         return self.failures > 0 or (self.ident is not None and not self.is_alive() and not self.stopped.is_set())
 
+    @abstractmethod
     def tick(self) -> None:
-        raise NotImplementedError
+        """One round of the thread's work (each subclass's own)."""
 
     def stop(self) -> None:
         self.stopped.set()

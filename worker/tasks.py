@@ -111,10 +111,6 @@ class TaskRunner:
         self.lost: set[tuple[str, str]] = set()  # (request id, attempt) whose lease renewal was refused
         self.last_outcome: tuple[str, str] | None = None  # (request id, outcome) of the last run
 
-    @property
-    def current_requests(self) -> tuple[str, ...]:
-        return tuple(rid for rid, _ in self.current_leases)
-
     def lose(self, request_id: str, attempt: str) -> None:
         """The heartbeat's word that this run no longer holds ``request_id`` (each beat, until the run ends)."""
         if (request_id, attempt) in self.lost:

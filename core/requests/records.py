@@ -133,20 +133,10 @@ class Keys:
         ``BITDANCE_MAX_QUEUED_PER_KEY`` is set; ids no longer IN_QUEUE are pruned when it is full)."""
         return f"{self.prefix}:owner:{owner_tag(owner)}:queued"
 
-    def owner_running(self, owner: str) -> str:
-        """Set of the requests of one key started and maybe still running (kept only while
-        ``BITDANCE_MAX_RUNNING_PER_KEY`` is set; ids no longer IN_PROGRESS are pruned when it is full)."""
-        return f"{self.prefix}:owner:{owner_tag(owner)}:running"
-
     def owner_deferred(self, owner: str) -> str:
         """List of one key's requests taken off the queue while the key ran its limit: they wait here,
         still IN_QUEUE, until one of the key's requests ends (``BITDANCE_MAX_RUNNING_PER_KEY``)."""
         return f"{self.prefix}:owner:{owner_tag(owner)}:deferred"
-
-    @property
-    def owner_prefix(self) -> str:
-        """What the scripts prepend to ``owner_tag(owner)`` to name that key's sets and lists."""
-        return f"{self.prefix}:owner:"
 
     @property
     def deferred_owners(self) -> str:

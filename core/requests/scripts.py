@@ -173,6 +173,7 @@ def dequeue_call(keys: Keys, *, queue_lists: Sequence[str], now: float) -> Scrip
 # still IN_QUEUE, until RELEASE_DEFERRED puts it back at the front of its queue; a companion (mode
 # 'check') is left where it is. The running set is pruned of ids that are neither running nor queued
 # (ended, expired): a requeued request keeps its place in it and is admitted again when taken.
+# The key's running set is ``<prefix>:owner:<owner_tag>:running``, its deferred list ``Keys.owner_deferred``.
 # KEYS: rec, dequeued, deferred_owners   ARGV: rid, owner prefix, limit, mode
 _PRUNE_RUNNING = """
 local function prune(running)
