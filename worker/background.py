@@ -131,8 +131,8 @@ class Heartbeat(PeriodicThread):
     def tick(self) -> None:
         down = self.threads_down()
         info = {**self.info, "threads_down": down} if self.info is not None and down else self.info
-        for worker_name, runner in self.members:
-            self.store.heartbeat(worker_name, info)
+        self.store.heartbeat_all([worker_name for worker_name, _ in self.members], info)
+        for _, runner in self.members:
             for rid, attempt in runner.current_leases:
                 if not self.store.refresh_lease(rid, attempt):  # requeued or completed since (a stalled worker)
                     runner.lose(rid, attempt)

@@ -63,6 +63,7 @@ class SlotPool:
         self.stopping.set()
         for worker in self.workers:
             worker.request_slot_stop()
+        self.wakeup.wake_all()  # the idle slots see their stop flags now
 
     def work(self, logging_level: str = "INFO") -> None:
         self.background.start()

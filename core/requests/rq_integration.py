@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis
@@ -21,6 +21,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now as rq_now
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +107,9 @@ class QueueWaiter(Protocol):
     @property
     def heard(self) -> int: ...
 
-    @property
-    def fallback_s(self) -> float: ...
-
     def wait_after(self, seen: int, timeout_s: float) -> None: ...
+
+    def pass_on(self) -> None: ...
 
 
 LOST_OUTCOME = "lost"  # a run's outcome when another run holds its request now (``worker.tasks``)
@@ -123,9 +123,16 @@ class RequestRunner(Protocol):
     def run(self, request_id: str) -> str: ...
 
 
-def tracked_queue_class(taker: RequestTaker, wakeup: QueueWaiter) -> type[Queue]:
+def tracked_queue_class(
+    taker: RequestTaker, wakeup: QueueWaiter, stopping: Callable[[], bool] = lambda: False
+) -> type[Queue]:
     """RQ's ``Queue`` whose dequeue goes through ``taker.dequeue`` (RQ's own pops leave no trace; a
-    blocking pop cannot also note what it took), waiting for ``wakeup`` while the queues are empty."""
+    blocking pop cannot also note what it took), waiting for ``wakeup`` while the queues are empty.
+
+    A request found by looking rather than announced (requeued by the recovery sweep, or left from a
+    burst) is passed on: one more idle dequeuer looks, so a backlog nobody announced is taken by every
+    idle dequeuer in turn, not one per recheck. Once ``stopping()`` (a slot asked to stop), the dequeue
+    ends with nothing."""
 
     class TrackedQueue(Queue):
         @classmethod
@@ -134,14 +141,18 @@ def tracked_queue_class(taker: RequestTaker, wakeup: QueueWaiter) -> type[Queue]
             to ``timeout`` seconds (woken by submits) and raises ``DequeueTimeout``."""
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
+                if stopping():
+                    return None  # RQ's dequeue loop ends on None
                 seen = wakeup.heard  # before looking: a submit heard after this wakes the wait below
                 taken = taker.dequeue(list(queue_keys))
+                if taken is not None and wakeup.heard == seen:
+                    wakeup.pass_on()
                 if taken is not None or deadline is None:
                     return taken
                 left_s = deadline - time.monotonic()
                 if left_s <= 0:
                     raise DequeueTimeout(timeout, queue_keys)
-                wakeup.wait_after(seen, min(left_s, wakeup.fallback_s))
+                wakeup.wait_after(seen, left_s)
 
         @classmethod
         def lmove(cls, connection: Any, queue_key: str, timeout: int | None) -> Any:
@@ -199,10 +210,14 @@ class RequestWorker(SimpleWorker):
     def __init__(
         self, queues: Any, runner: RequestRunner, taker: RequestTaker, wakeup: QueueWaiter, **kwargs: Any
     ) -> None:
-        kwargs.setdefault("queue_class", tracked_queue_class(taker, wakeup))
+        kwargs.setdefault("queue_class", tracked_queue_class(taker, wakeup, self.dequeue_stopping))
         kwargs.setdefault("job_class", request_job_class(runner))
         super().__init__(queues, **kwargs)
         self.runner = runner
+
+    def dequeue_stopping(self) -> bool:
+        """Whether a dequeue should end with nothing now (a slot asked to stop; RQ stops a lone worker itself)."""
+        return False
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """RQ's bookkeeping of a job that returned; for a run that lost its request (stalled past its
@@ -225,7 +240,12 @@ class RequestWorker(SimpleWorker):
             self.log.removeFilter(outcome_lines)
 
 
-SLOT_IDLE_POLL_S = 2  # an idle slot looks at its stop flag this often
+# An idle slot's RQ loop comes round this often (a stop wakes it at once: ``SlotPool.request_stop``).
+SLOT_IDLE_POLL_S = 30
+# A slot's own RQ heartbeat (its worker key's TTL, 480 s) is sent at most this often: the process's
+# heartbeat thread keeps every slot visible to /health, and RQ sent three round trips per loop, twice
+# per request (a third of the Redis commands of an idle 320-slot worker).
+SLOT_RQ_HEARTBEAT_S = 60.0
 SLOT_RESTART_S = 1.0  # a slot whose loop ended on an error starts it again this much later
 
 
@@ -234,6 +254,28 @@ class SlotWorker(RequestWorker):
     the process's main thread owns the signals, and the pool stops each slot."""
 
     death_penalty_class = TimerDeathPenalty  # RQ's default job timeout uses SIGALRM: main thread only
+
+    def dequeue_stopping(self) -> bool:
+        return bool(self._stop_requested)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat inside RQ's own pipelines (a job's start, a job's end) as RQ sends it; alone (each
+        round of the work loop), at most every ``SLOT_RQ_HEARTBEAT_S`` and in one round trip."""
+        if pipeline is not None or timeout is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        last = self.last_heartbeat
+        if last is not None and (rq_now() - last).total_seconds() < SLOT_RQ_HEARTBEAT_S:
+            return
+        with self.connection.pipeline() as batch:
+            super().heartbeat(None, batch)
+            batch.execute()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's state write, skipped when the slot is already in ``state`` (RQ writes "idle" again at each dequeue)."""
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline)
 
     def _install_signal_handlers(self) -> None:
         """Nothing: the pool's main thread handles the signals for every slot."""

@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -189,12 +189,18 @@ class WorkerRequestStore:
     def heartbeat(self, worker: str, info: dict[str, Any] | None = None) -> None:
         """Mark ``worker`` alive now, keep its ``info`` (device, model) while heartbeats come, and forget
         the workers that stopped beating long ago."""
+        self.heartbeat_all([worker], info)
+
+    def heartbeat_all(self, workers: Sequence[str], info: dict[str, Any] | None = None) -> None:
+        """``heartbeat`` for each of ``workers`` (the slots of one process), in one round trip."""
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.keys.workers, {worker: now})
+            pipe.zadd(self.keys.workers, dict.fromkeys(workers, now))
             pipe.zremrangebyscore(self.keys.workers, "-inf", now - self.settings.worker_forget_after_s)
             if info is not None:
-                pipe.set(self.keys.worker_info(worker), json.dumps(info), px=3 * self.lease_ms)
+                text = json.dumps(info)
+                for worker in workers:
+                    pipe.set(self.keys.worker_info(worker), text, px=3 * self.lease_ms)
             pipe.execute()
 
     def alive_worker_names(self) -> list[str]:

@@ -23,13 +23,16 @@ class NoRequests:
 
 
 class NoSubmits:
-    """A wake-up that hears nothing: the dequeuer looks again every ``fallback_s``."""
+    """A wake-up that hears nothing: the dequeuer looks again every ``RECHECK_S`` (its fallback)."""
 
     heard = 0
-    fallback_s = 0.05
+    RECHECK_S = 0.05
 
     def wait_after(self, seen: int, timeout_s: float) -> None:
-        time.sleep(timeout_s)
+        time.sleep(min(timeout_s, self.RECHECK_S))
+
+    def pass_on(self) -> None:
+        raise AssertionError("no request was queued")
 
 
 class NeverRun:
