@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.submit_floor import SubmitFloor, measure_submit_floor, process_cpu_s
 from core.settings import Settings
 from loadtest.inputs import builtin_mix
 from loadtest.report import summarize
@@ -96,15 +97,6 @@ def overhead_after_service(requests_csv: Path) -> dict[str, Any]:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
-
-
-def process_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of a running process so far (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuAccount:
@@ -219,6 +211,15 @@ def overhead_goals(name: str, report: dict[str, Any], over: dict[str, Any]) -> N
           f"{1000 * phases['queue_wait']['p99']:.0f} ms")  # fmt: skip
 
 
+def print_burst_floor(floor: SubmitFloor) -> None:
+    """What one API process allows: a burst's median request waits at least for half of the submits."""
+    print(f"C: floor: {floor.submits} simultaneous submits to a second API alone (no worker, a minimal client): "
+          f"{floor.accepted} accepted, API CPU {floor.api_cpu_ms_per_submit:.2f} ms/submit, answered p50/max "
+          f"{1000 * floor.latency_p50_s:.0f}/{1000 * floor.latency_max_s:.0f} ms; one API process answers the "
+          f"median submit no sooner than {1000 * floor.median_floor_s:.0f} ms after the burst "
+          f"(p50 <= 100 ms needs <= {2 * BURST_P50_S * 1000 / max(floor.submits, 1):.2f} ms/submit)")  # fmt: skip
+
+
 def run_phase(
     args: argparse.Namespace, root: Path, letter: str, slots: int, title: str, goal: str, *kit_args: str
 ) -> dict[str, Any]:
@@ -233,15 +234,19 @@ def run_phase(
         cpu = CpuAccount(stack)
         report = run_kit(stack.url, root / phase, *kit_args, "--status", "stream", "--inputs", str(inputs))
         cpu_used = cpu.report(report["requests"]["sent"])
+        floor = measure_submit_floor(stack.settings, root, report["requests"]["sent"]) if letter == "C" else None
     finally:
         stack.stop()
     load_after = os.getloadavg()
     over = overhead_after_service(root / f"{phase}_requests.csv")
     print(f"\n=== Goals (issue 21): {goal}; {load_text(load_before, load_after)}")
     overhead_goals(letter, report, over)
+    if floor is not None:
+        print_burst_floor(floor)
     return {
         letter.lower(): report,
         "cpu_s": cpu_used,
+        "submit_floor": vars(floor) if floor is not None else None,
         "overhead_after_service": over,
         "load_before": load_before,
         "load_after": load_after,
