@@ -58,8 +58,8 @@ class QueueWakeup(threading.Thread):
 
     def wait_after(self, seen: int, timeout_s: float) -> None:
         """Sleep until a submit after ``seen`` is heard (or this dequeuer's turn to look anyway comes), or
-        ``timeout_s`` passes; without the subscription, at most ``DEQUEUE_POLL_S``."""
-        if not self.connected.is_set():
+        ``timeout_s`` passes; without the subscription (or the listener), at most ``DEQUEUE_POLL_S``."""
+        if not self.connected.is_set() or not self.is_alive():
             timeout_s = min(timeout_s, DEQUEUE_POLL_S)
         with self._changed:
             self._changed.wait_for(lambda: self._heard != seen or self.stopped.is_set(), timeout_s)
