@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import hiredis
@@ -49,54 +48,3 @@ def async_redis_options() -> dict[str, Any]:
     options["retry"] = AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRY_ATTEMPTS)
     options["connection_class"] = HiredisPackingConnection
     return options
-
-
-_taking = threading.local()  # set while this thread takes a connection from an ``UnpolledCheckoutPool``
-
-
-class UnpolledCheckoutPool(redis.BlockingConnectionPool):
-    """redis-py's blocking pool, whose connections are not polled when taken for a command.
-
-    redis-py polls a connection's socket each time it leaves the pool, to catch one left with a reply
-    unread or closed by the server: a system call per command, and in a process of many threads (a
-    320-slot simulated worker) each system call hands the GIL to another thread. Without that poll a
-    burst's worker spent 14.3 CPU ms per request instead of 23.1, with half the context switches
-    (issue 21). What the poll guarded against is covered otherwise: redis-py disconnects a connection
-    on any error or interruption while it sends or reads, so none returns to the pool with a reply
-    pending (and redis-py 8, its maintenance notifications on "auto" by default, ignores the poll's
-    answer for such data anyway: its own pool hands such a connection out as it is); the one effect
-    left was finding a socket the server closed before sending on it: the command then fails with a
-    ``ConnectionError`` before it ran, and the clients' ``Retry`` (``redis_client_options``) sends it
-    again on a new connection; a connection idle for ``health_check_interval`` is pinged before use.
-    Bytes hiredis already buffered are still looked at (no system call); pub/sub's reads poll as before."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connection_class = _unpolled_at_checkout(self.connection_class)
-
-    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        _taking.active = True
-        try:
-            return super().get_connection(*args, **kwargs)
-        finally:
-            _taking.active = False
-
-
-_UNPOLLED_CLASSES: dict[type[Any], type[Any]] = {}
-
-
-def _unpolled_at_checkout(connection_class: type[Any]) -> type[Any]:
-    """``connection_class`` (TCP, TLS or Unix socket, as the URL chose) whose ``can_read(0)``, while its
-    thread takes it from the pool, looks only at what hiredis has buffered."""
-    if connection_class not in _UNPOLLED_CLASSES:
-
-        def can_read(self: Any, timeout: float = 0) -> bool:
-            reader = getattr(self._parser, "_reader", None)  # hiredis's (the pure-Python parser: polled)
-            if timeout == 0 and getattr(_taking, "active", False) and self._sock is not None and reader is not None:
-                return bool(reader.has_data())
-            return bool(connection_class.can_read(self, timeout))
-
-        _UNPOLLED_CLASSES[connection_class] = type(
-            connection_class.__name__, (connection_class,), {"can_read": can_read}
-        )
-    return _UNPOLLED_CLASSES[connection_class]

@@ -16,7 +16,7 @@ import redis
 from pydantic import ValidationError
 
 from core.logconfig import configure_logging
-from core.redis_options import UnpolledCheckoutPool, redis_client_options
+from core.redis_options import redis_client_options
 from core.requests.worker_store import WorkerRequestStore
 from core.settings import Settings, is_simulated_model
 from core.storage import LocalStorage
@@ -138,12 +138,11 @@ def worker_redis_clients(settings: Settings, slots: int = 1) -> tuple[redis.Redi
 
     redis-py's default pool refuses a connection past ``max_connections`` with ``MaxConnectionsError``, and
     a slot whose command is refused stops: a 300-slot worker lost the slots whose first command found the
-    pool full. These pools are sized for every slot and block (up to ``POOL_WAIT_S``) when full instead,
-    and do not poll a connection each time it is taken (``UnpolledCheckoutPool``)."""
+    pool full. These pools are sized for every slot and block (up to ``POOL_WAIT_S``) when full instead."""
     size = CONNECTIONS_PER_SLOT * slots + BACKGROUND_CONNECTIONS
     options = redis_client_options()
     pools = [
-        UnpolledCheckoutPool.from_url(
+        redis.BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=size, timeout=POOL_WAIT_S, decode_responses=decode, **options
         )
         for decode in (True, False)
