@@ -44,7 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench.submit_floor import SubmitFloor, measure_submit_floor, process_cpu_s
+from core.requests.rq_integration import worker_key
 from core.settings import Settings
 from loadtest.inputs import builtin_mix
 from loadtest.report import summarize
@@ -143,10 +146,36 @@ def start_stack(root: Path, slots: int, workers: int = 1) -> Stack:
     print(f"starting redis, {workers} simulated worker(s) of {per_worker} slots ({PROFILE}), the API; logs in {root}")
     try:
         stack.start()
+        waited_s = wait_for_listening_slots(stack.settings.redis_url, per_worker * workers)
     except BaseException:
         stack.stop()
         raise
+    print(f"every slot listening {waited_s:.1f} s after /health counted them")
     return stack
+
+
+def wait_for_listening_slots(redis_url: str, slots: int, timeout_s: float = 120.0) -> float:
+    """Wait until every slot's RQ loop is listening (RQ's worker state "idle"), not only announced.
+
+    ``/health`` counts a worker's slots as soon as its heartbeat names them, while each slot may still
+    be in RQ's start (its registration): a phase started then would count that as its own (0.0-0.4 s
+    measured here for 320 slots)."""
+    began = time.monotonic()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        while True:
+            keys = [key for key in client.scan_iter(match=worker_key("*"), count=1000) if key.count(":") == 2]
+            states = client.pipeline(transaction=False)
+            for key in keys:
+                states.hget(key, "state")
+            idle = sum(1 for state in states.execute() if state == "idle")
+            if idle >= slots:
+                return time.monotonic() - began
+            if time.monotonic() - began > timeout_s:
+                raise RuntimeError(f"only {idle} of {slots} slots listening after {timeout_s:.0f} s")
+            time.sleep(0.2)
+    finally:
+        client.close()
 
 
 def load_text(before: tuple[float, ...], after: tuple[float, ...]) -> str:
