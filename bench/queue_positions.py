@@ -85,7 +85,7 @@ async def measure(redis_url: str, queued: int, repeats: int) -> list[str]:
     fill_s = time.perf_counter() - started
     normal_list, low_list = Keys.rq_queue(settings.queue_normal), Keys.rq_queue(settings.queue_low)
     last = str(conn.lindex(normal_list, -1))
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, **async_redis_options())
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, **async_redis_options(redis_url))
     store = RequestStore(client, settings)
     lines = [f"{queued:>7} queued (filled in {fill_s:.0f}s):"]
     try:

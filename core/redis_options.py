@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 import redis
@@ -40,11 +41,16 @@ class HiredisPackingConnection(aioredis.Connection):
         return [hiredis.pack_command(tuple(a if type(a) in (str, bytes) else encode(a) for a in args))]
 
 
-def async_redis_options() -> dict[str, Any]:
+def async_redis_options(url: str) -> dict[str, Any]:
+    """The asyncio clients' options for ``url``: hiredis packing on a plain TCP URL (``redis://``). A TLS
+    (``rediss://``) or Unix socket URL keeps redis-py's own connection for it: since redis-py 8.2 a
+    ``connection_class`` passed to ``from_url`` replaces the one the URL's scheme chose, and TLS would be
+    lost (8.1 let the URL's win)."""
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
 
     options = redis_client_options()
     options["retry"] = AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRY_ATTEMPTS)
-    options["connection_class"] = HiredisPackingConnection
+    if urlsplit(url).scheme == "redis":
+        options["connection_class"] = HiredisPackingConnection
     return options

@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         decode_responses=True,
         max_connections=API_REDIS_CONNECTIONS,
         timeout=API_REDIS_POOL_WAIT_S,
-        **async_redis_options(),
+        **async_redis_options(settings.redis_url),
     )
     app.state.redis = aioredis.Redis.from_pool(pool)
     # bytes, not str: RQ pickles job data

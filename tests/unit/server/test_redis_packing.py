@@ -41,8 +41,20 @@ def test_arguments_redis_py_refuses_are_still_refused() -> None:
 
 
 def test_the_api_clients_use_it() -> None:
-    pool = aioredis.BlockingConnectionPool.from_url("redis://127.0.0.1:1/0", **async_redis_options())
+    url = "redis://127.0.0.1:1/0"
+    pool = aioredis.BlockingConnectionPool.from_url(url, **async_redis_options(url))
     assert pool.connection_class is HiredisPackingConnection
-    # a TLS URL keeps redis-py's own TLS connection
-    tls_pool = aioredis.ConnectionPool.from_url("rediss://127.0.0.1:1/0", **async_redis_options())
-    assert tls_pool.connection_class is not HiredisPackingConnection
+
+
+@pytest.mark.parametrize(
+    ("url", "connection_class"),
+    [
+        ("rediss://127.0.0.1:1/0", aioredis.SSLConnection),
+        ("unix:///tmp/redis.sock", aioredis.UnixDomainSocketConnection),
+    ],
+)
+def test_tls_and_unix_socket_urls_keep_their_connections(url: str, connection_class: type) -> None:
+    """redis-py 8.2 lets a ``connection_class`` given to ``from_url`` replace the URL's (8.1 did not):
+    a TLS URL must still connect over TLS, a socket path through the socket."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, **async_redis_options(url))
+    assert pool.connection_class is connection_class
