@@ -163,7 +163,9 @@ def test_a_submit_through_the_batch_script_writes_what_a_multi_writes(make_setti
     create_request(client, settings, new("multi"))
 
     async def through_script() -> int:
-        async_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
+        async_client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, **async_redis_options(settings.redis_url)
+        )
         try:
             return await RequestStore(async_client, settings).create(new("script"), client)
         finally:

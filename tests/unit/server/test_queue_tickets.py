@@ -38,7 +38,9 @@ def test_positions_follow_dequeues_and_cancels(make_settings: Callable[..., Sett
     worker = WorkerRequestStore(sync, settings)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
+        client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, **async_redis_options(settings.redis_url)
+        )
         store = RequestStore(client, settings)
 
         async def shown() -> dict[str, int]:
@@ -115,7 +117,9 @@ def test_a_status_read_and_a_queue_move_scan_no_queue_list(make_settings: Callab
         return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("lpos", "lrange")}
 
     async def read() -> list[int | None]:
-        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **async_redis_options())
+        client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, **async_redis_options(settings.redis_url)
+        )
         try:
             store = RequestStore(client, settings)
             views = [await store.status_view(rid) for rid in (rids[0], rids[1], rids[-1])]
