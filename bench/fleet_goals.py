@@ -46,8 +46,9 @@ from typing import Any
 
 import redis
 
-from bench.submit_floor import SubmitFloor, measure_submit_floor, process_cpu_s
-from core.requests.rq_integration import worker_key
+from bench.http_load import cpu_seconds
+from bench.submit_floor import SubmitFloor, measure_submit_floor
+from core.requests.rq_integration import idle_worker_count
 from core.settings import Settings
 from loadtest.inputs import builtin_mix
 from loadtest.report import summarize
@@ -108,14 +109,14 @@ class CpuAccount:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.wall = time.monotonic()
-        self.start = {p.pid: process_cpu_s(p.pid) for p in stack.processes}
+        self.start = {p.pid: cpu_seconds([p.pid]) for p in stack.processes}
         self.kit = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def report(self, requests: int) -> dict[str, float]:
         wall = time.monotonic() - self.wall
         used: dict[str, float] = {}
         for p in self.stack.processes:  # summed by part: with WORKERS=N, the N workers together
-            used[p.name] = used.get(p.name, 0.0) + process_cpu_s(p.pid) - self.start.get(p.pid, 0.0)
+            used[p.name] = used.get(p.name, 0.0) + cpu_seconds([p.pid]) - self.start.get(p.pid, 0.0)
         kit = resource.getrusage(resource.RUSAGE_CHILDREN)
         used["load-test kit"] = kit.ru_utime + kit.ru_stime - self.kit.ru_utime - self.kit.ru_stime
         total = sum(used.values())
@@ -161,19 +162,13 @@ def wait_for_listening_slots(redis_url: str, slots: int, timeout_s: float = 120.
     be in RQ's start (its registration): a phase started then would count that as its own (0.0-0.4 s
     measured here for 320 slots)."""
     began = time.monotonic()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url)
     try:
-        while True:
-            keys = [key for key in client.scan_iter(match=worker_key("*"), count=1000) if key.count(":") == 2]
-            states = client.pipeline(transaction=False)
-            for key in keys:
-                states.hget(key, "state")
-            idle = sum(1 for state in states.execute() if state == "idle")
-            if idle >= slots:
-                return time.monotonic() - began
+        while (idle := idle_worker_count(client)) < slots:
             if time.monotonic() - began > timeout_s:
                 raise RuntimeError(f"only {idle} of {slots} slots listening after {timeout_s:.0f} s")
             time.sleep(0.2)
+        return time.monotonic() - began
     finally:
         client.close()
 
@@ -250,7 +245,14 @@ def print_burst_floor(floor: SubmitFloor) -> None:
 
 
 def run_phase(
-    args: argparse.Namespace, root: Path, letter: str, slots: int, title: str, goal: str, *kit_args: str
+    args: argparse.Namespace,
+    root: Path,
+    letter: str,
+    slots: int,
+    title: str,
+    goal: str,
+    *kit_args: str,
+    with_floor: bool = False,
 ) -> dict[str, Any]:
     """Phase ``letter`` (C or D) on a stack of its own of ``slots`` slots: the kit with ``kit_args`` and
     one image per request, following status streams; its CPU per process and the overhead goals."""
@@ -263,7 +265,7 @@ def run_phase(
         cpu = CpuAccount(stack)
         report = run_kit(stack.url, root / phase, *kit_args, "--status", "stream", "--inputs", str(inputs))
         cpu_used = cpu.report(report["requests"]["sent"])
-        floor = measure_submit_floor(stack.settings, root, report["requests"]["sent"]) if letter == "C" else None
+        floor = measure_submit_floor(stack.settings, root, report["requests"]["sent"]) if with_floor else None
     finally:
         stack.stop()
     load_after = os.getloadavg()
@@ -287,7 +289,8 @@ def phase_burst(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     clients = str(args.burst_clients)
     title = f"burst: {clients} clients submitting at once on {args.burst_slots} slots"
     return run_phase(args, root, "C", args.burst_slots, title, "burst",
-                     "--concurrency", clients, "--requests", clients, "--spawn-rate", clients)  # fmt: skip
+                     "--concurrency", clients, "--requests", clients, "--spawn-rate", clients,
+                     with_floor=True)  # fmt: skip
 
 
 def phase_fleet(args: argparse.Namespace, root: Path) -> dict[str, Any]:

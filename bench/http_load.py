@@ -103,11 +103,14 @@ def run_wrk(url: str, *, connections: int, duration_s: float, script: str, threa
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU seconds these processes have used so far (Linux /proc)."""
+    """User + system CPU seconds these processes have used so far (Linux /proc; a process gone counts 0)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / ticks
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.http_load import cpu_seconds
 from core.settings import Settings
 from stack.launcher import free_port, start_api, wait_until_ready
 
@@ -36,15 +36,6 @@ class SubmitFloor:
     def median_floor_s(self) -> float:
         """How long one API process needs, at the least, for the first half of the submits."""
         return self.submits / 2 * self.api_cpu_ms_per_submit / 1000
-
-
-def process_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of a running process so far (Linux ``/proc``; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def one_submit(host: str, port: int, opened: asyncio.Event) -> tuple[int, float]:
@@ -71,10 +62,10 @@ async def burst(host: str, port: int, count: int, api_pid: int) -> tuple[list[tu
     opened = asyncio.Event()
     tasks = [asyncio.create_task(one_submit(host, port, opened)) for _ in range(count)]
     await asyncio.sleep(0.5)  # every connection accepted (not counted) before the first byte of a request
-    before = process_cpu_s(api_pid)
+    before = cpu_seconds([api_pid])
     opened.set()
     answers = await asyncio.gather(*tasks)
-    return answers, process_cpu_s(api_pid) - before
+    return answers, cpu_seconds([api_pid]) - before
 
 
 def measure_submit_floor(settings: Settings, log_dir: Path, count: int) -> SubmitFloor:

@@ -43,14 +43,6 @@ def queue_key(queue_name: str) -> str:
     return QUEUE_KEY_PREFIX + queue_name
 
 
-WORKER_KEY_PREFIX: str = SimpleWorker.redis_worker_namespace_prefix  # "rq:worker:": a worker's hash (its state)
-
-
-def worker_key(worker_name: str) -> str:
-    """RQ's hash of the worker (or slot) named ``worker_name``: its state ("idle", "busy"), heartbeat."""
-    return WORKER_KEY_PREFIX + worker_name
-
-
 def job_key(request_id: str) -> str:
     """RQ's hash of the job that carries ``request_id``."""
     return JOB_KEY_PREFIX + request_id
@@ -101,6 +93,11 @@ def push_index(commands: list[Command], queue_name: str) -> int:
 
 
 # --- the workers' side ----------------------------------------------------------------------------
+
+
+def idle_worker_count(connection: redis.Redis) -> int:
+    """Workers (slots included) registered with RQ whose loop is listening for a request (state "idle")."""
+    return sum(1 for worker in SimpleWorker.all(connection=connection) if worker.get_state() == "idle")
 
 
 class RequestTaker(Protocol):
